@@ -1,0 +1,148 @@
+//! The three prompt formats the released models have met (SPEC section 2).
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::conversation::Conversation;
+use crate::instruction::INSTRUCTION;
+
+/// How the instruction and the input block are put together into the text the model reads.
+///
+/// Every format is rendered without the BOS token: the tokenizer adds it, as it did when the
+/// released models were trained and evaluated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PromptFormat {
+    /// `instruction + "\n" + input` as raw text: what the paper's numbers were measured on.
+    #[default]
+    Eval,
+    /// `instruction + input` as raw text: the repository's deploy script.
+    Deploy,
+    /// LLaMA-Factory's `llama3` chat template around `instruction + "\n" + input`: the training form.
+    Llama3Chat,
+}
+
+/// The user header of the llama3 chat template.
+const LLAMA3_USER_HEADER: &str = "<|start_header_id|>user<|end_header_id|>\n\n";
+/// What closes the user turn and opens the assistant's in the llama3 chat template.
+const LLAMA3_ASSISTANT_HEADER: &str = "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n";
+
+impl PromptFormat {
+    /// Every format, in the order the CLI lists them.
+    pub const ALL: [PromptFormat; 3] = [Self::Eval, Self::Deploy, Self::Llama3Chat];
+
+    /// The name used on the command line and in JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Eval => "eval",
+            Self::Deploy => "deploy",
+            Self::Llama3Chat => "llama3-chat",
+        }
+    }
+
+    /// Renders a conversation into the text the model reads.
+    pub fn render(self, conversation: &Conversation) -> String {
+        self.render_input(&conversation.input_block())
+    }
+
+    /// Renders an already-built input block (as stored in the benchmark files).
+    pub fn render_input(self, input: &str) -> String {
+        match self {
+            Self::Eval => format!("{INSTRUCTION}\n{input}"),
+            Self::Deploy => format!("{INSTRUCTION}{input}"),
+            Self::Llama3Chat => {
+                format!("{LLAMA3_USER_HEADER}{INSTRUCTION}\n{input}{LLAMA3_ASSISTANT_HEADER}")
+            }
+        }
+    }
+
+    /// The part of every rendered prompt that does not depend on the conversation. A backend can
+    /// evaluate it once and reuse its state for every prompt.
+    pub fn shared_prefix(self) -> String {
+        match self {
+            Self::Eval => format!("{INSTRUCTION}\n"),
+            Self::Deploy => INSTRUCTION.to_string(),
+            Self::Llama3Chat => format!("{LLAMA3_USER_HEADER}{INSTRUCTION}\n"),
+        }
+    }
+}
+
+impl fmt::Display for PromptFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The error for a prompt format name that does not exist.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown prompt format `{0}`: expected one of eval, deploy, llama3-chat")]
+pub struct UnknownPromptFormat(pub String);
+
+impl FromStr for PromptFormat {
+    type Err = UnknownPromptFormat;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|format| format.name() == name)
+            .ok_or_else(|| UnknownPromptFormat(name.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eval_form_adds_one_newline_between_instruction_and_input() {
+        let conversation = Conversation::prompt_only("hi");
+        let text = PromptFormat::Eval.render(&conversation);
+        assert_eq!(
+            text,
+            format!("{INSTRUCTION}\nHuman user:\nhi\n\nAI assistant:\nNone\n\n")
+        );
+    }
+
+    #[test]
+    fn deploy_form_joins_without_a_newline() {
+        let conversation = Conversation::prompt_only("hi");
+        assert_eq!(
+            PromptFormat::Deploy.render(&conversation),
+            format!("{INSTRUCTION}Human user:\nhi\n\nAI assistant:\nNone\n\n")
+        );
+    }
+
+    #[test]
+    fn chat_form_wraps_the_eval_text_in_the_llama3_template() {
+        let conversation = Conversation::with_response("a", "b");
+        let text = PromptFormat::Llama3Chat.render(&conversation);
+        assert!(
+            text.starts_with("<|start_header_id|>user<|end_header_id|>\n\nYou are a classifier")
+        );
+        assert!(text.ends_with(
+            "AI assistant:\nb\n\n<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
+        ));
+        assert!(text.contains(&PromptFormat::Eval.render(&conversation)));
+    }
+
+    #[test]
+    fn every_rendered_prompt_starts_with_the_shared_prefix() {
+        let conversation = Conversation::with_response("x", "y");
+        for format in PromptFormat::ALL {
+            assert!(format
+                .render(&conversation)
+                .starts_with(&format.shared_prefix()));
+        }
+    }
+
+    #[test]
+    fn names_parse_back() {
+        for format in PromptFormat::ALL {
+            assert_eq!(format.name().parse::<PromptFormat>().unwrap(), format);
+        }
+        let err = "chatml".parse::<PromptFormat>().unwrap_err();
+        assert!(err.to_string().contains("chatml"));
+    }
+}

@@ -1,0 +1,21 @@
+//! The GuardReasoner protocol: what goes into a guard model and how to read what comes out.
+//!
+//! This crate has no ML dependency, so that anyone who runs a GuardReasoner model elsewhere (vLLM,
+//! llama.cpp, a hosted endpoint) can build prompts and parse outputs with it alone.
+//!
+//! - [`instruction`]: the exact instruction and input block the released models were trained on.
+//! - [`Conversation`] and [`PromptFormat`]: a user turn plus optional AI response, rendered in one of
+//!   the three prompt formats (evaluation, deploy, llama3 chat).
+//! - [`Verdict`] and the label types: the three answers a guard gives.
+//! - [`parse`]: the paper's last-300-characters extractor and a structured parser of the whole output.
+
+pub mod conversation;
+pub mod format;
+pub mod instruction;
+pub mod label;
+pub mod parse;
+
+pub use conversation::Conversation;
+pub use format::PromptFormat;
+pub use instruction::INSTRUCTION;
+pub use label::{Answer, Harm, Label, Refusal, Task, Verdict};
