@@ -49,11 +49,16 @@ impl PromptFormat {
 
     /// Renders an already-built input block (as stored in the benchmark files).
     pub fn render_input(self, input: &str) -> String {
+        self.render_parts(INSTRUCTION, input)
+    }
+
+    /// Renders with an instruction of the caller's (a benchmark record's own, say).
+    pub fn render_parts(self, instruction: &str, input: &str) -> String {
         match self {
-            Self::Eval => format!("{INSTRUCTION}\n{input}"),
-            Self::Deploy => format!("{INSTRUCTION}{input}"),
+            Self::Eval => format!("{instruction}\n{input}"),
+            Self::Deploy => format!("{instruction}{input}"),
             Self::Llama3Chat => {
-                format!("{LLAMA3_USER_HEADER}{INSTRUCTION}\n{input}{LLAMA3_ASSISTANT_HEADER}")
+                format!("{LLAMA3_USER_HEADER}{instruction}\n{input}{LLAMA3_ASSISTANT_HEADER}")
             }
         }
     }

@@ -1,0 +1,63 @@
+//! Evaluation of guard models on the GuardReasoner benchmarks.
+//!
+//! Data flows one way through this crate:
+//! [`registry`] (which benchmarks exist) → [`dataset`] (their samples and ground truth) →
+//! [`predictions`] (a model's saved outputs, checked line by line against the samples) →
+//! [`score`] (F1 and friends per benchmark and task, averages, headline) → [`report`] (a table,
+//! markdown or JSON, beside the paper's own numbers from [`paper`]).
+//!
+//! Nothing here depends on an ML library: the scorer works on outputs from any runtime.
+
+use std::path::Path;
+
+pub mod dataset;
+pub mod error;
+pub mod metrics;
+pub mod paper;
+pub mod predictions;
+pub mod registry;
+pub mod report;
+pub mod score;
+mod wildguard;
+
+pub use error::EvalError;
+pub use registry::{Benchmark, BENCHMARKS};
+pub use score::{Report, ScoreMode, Weighting};
+
+/// Scores every benchmark whose outputs are found under `outputs` (a directory in GuardReasoner's
+/// layout or ours, or one JSONL file of ours), against the benchmark files under `benchmarks`.
+///
+/// Every output line is checked against its sample first; the first mismatch is the error.
+pub fn score_outputs(
+    outputs: &Path,
+    benchmarks: &Path,
+    mode: ScoreMode,
+    weighting: Weighting,
+) -> Result<Report, EvalError> {
+    let root = dataset::resolve_root(benchmarks)?;
+    let found = predictions::discover(outputs)?;
+    if found.is_empty() {
+        return Err(EvalError::file(
+            outputs,
+            format!(
+                "no model outputs found: expected <Benchmark>/{} folders or *.jsonl files",
+                predictions::GUARDREASONER_FILE
+            ),
+        ));
+    }
+    let mut scores = Vec::new();
+    for found in &found {
+        let dataset = dataset::load(&root, found.benchmark)?;
+        let aligned = predictions::align(found, &dataset)?;
+        for &(task, _) in found.benchmark.tasks {
+            scores.push(score::score_task(&dataset, &aligned, task, mode, weighting));
+        }
+    }
+    let order = registry::scored_pairs();
+    scores.sort_by_key(|s| {
+        order
+            .iter()
+            .position(|(b, t)| b.name == s.benchmark && *t == s.task)
+    });
+    Ok(Report::new(mode, weighting, scores))
+}
