@@ -1,0 +1,17 @@
+//! The data the project evaluates on, fetched from its public origin into a local cache.
+//!
+//! - [`manifest`]: every file we download, with its origin, size and SHA-256.
+//! - [`cache`]: where the files live on this machine.
+//! - [`fetch`]: downloading with resume, verification, and repair of bad files.
+//!
+//! The cache mirrors the origin's layout (`benchmarks/benchmark/*.json`,
+//! `benchmarks/wildguardtest/wildguardtest.parquet`, `benchmarks/test/<size>/<Benchmark>/...`), so
+//! that a mirror of it is served by any static file server.
+
+pub mod cache;
+pub mod fetch;
+pub mod manifest;
+
+pub use cache::{benchmarks_dir, data_dir};
+pub use fetch::{fetch, FetchError, FetchEvent, FetchOptions, FetchOutcome, Source};
+pub use manifest::{DataFile, Group, MANIFEST};

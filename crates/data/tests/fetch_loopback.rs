@@ -1,0 +1,214 @@
+//! The real download path, against a static file server on loopback that serves `shared/data`.
+
+use std::collections::HashSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::thread;
+
+use guardreasoner_data::manifest::{files, Group};
+use guardreasoner_data::{fetch, FetchError, FetchOptions, FetchOutcome, Source, MANIFEST};
+
+fn shared_data() -> Option<PathBuf> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data");
+    if root.join("benchmarks").is_dir() {
+        Some(root)
+    } else {
+        eprintln!(
+            "skipped: {} is absent (the shared data is not here)",
+            root.display()
+        );
+        None
+    }
+}
+
+/// How the test server behaves.
+#[derive(Default)]
+struct Behaviour {
+    /// Paths answered with corrupted bytes.
+    corrupt: HashSet<String>,
+    /// Whether `Range` headers are honoured.
+    ignore_ranges: bool,
+    /// Every `Range` header received, with its path.
+    ranges_seen: Vec<(String, String)>,
+    /// Every path requested.
+    requested: Vec<String>,
+}
+
+/// A static file server on 127.0.0.1 serving `root`, with range support. Returns its base URL.
+fn serve(root: PathBuf, behaviour: Arc<Mutex<Behaviour>>) -> String {
+    let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", server.server_addr().to_ip().unwrap());
+    thread::spawn(move || {
+        for request in server.incoming_requests() {
+            let path = request.url().trim_start_matches('/').to_string();
+            let range = request
+                .headers()
+                .iter()
+                .find(|h| h.field.equiv("Range"))
+                .map(|h| h.value.as_str().to_string());
+            let mut state = behaviour.lock().unwrap();
+            state.requested.push(path.clone());
+            let Ok(mut bytes) = fs::read(root.join(&path)) else {
+                let _ = request.respond(tiny_http::Response::empty(404));
+                continue;
+            };
+            if state.corrupt.contains(&path) {
+                bytes[0] ^= 0xff;
+            }
+            let start = range
+                .as_deref()
+                .and_then(|r| r.strip_prefix("bytes="))
+                .and_then(|r| r.trim_end_matches('-').parse::<usize>().ok());
+            if let Some(range) = &range {
+                state.ranges_seen.push((path.clone(), range.clone()));
+            }
+            let response = match start {
+                Some(start) if !state.ignore_ranges && start < bytes.len() => {
+                    let total = bytes.len();
+                    let header = format!("Content-Range: bytes {start}-{}/{total}", total - 1);
+                    tiny_http::Response::from_data(bytes[start..].to_vec())
+                        .with_status_code(206)
+                        .with_header(header.parse::<tiny_http::Header>().unwrap())
+                }
+                _ => tiny_http::Response::from_data(bytes),
+            };
+            drop(state);
+            let _ = request.respond(response);
+        }
+    });
+    base
+}
+
+fn options(base: &str) -> FetchOptions {
+    FetchOptions {
+        source: Source::Mirror(base.to_string()),
+        ..FetchOptions::default()
+    }
+}
+
+fn same_bytes(a: &Path, b: &Path) -> bool {
+    fs::read(a).unwrap() == fs::read(b).unwrap()
+}
+
+#[test]
+fn fetches_verifies_resumes_and_repairs() {
+    let Some(shared) = shared_data() else { return };
+    let behaviour = Arc::new(Mutex::new(Behaviour::default()));
+    let base = serve(shared.clone(), behaviour.clone());
+    let cache = tempfile::tempdir().unwrap();
+    let all = files(&[Group::Benchmarks, Group::Outputs]);
+
+    // A first fetch downloads everything, and each file equals the origin's.
+    let mut progress_events = 0;
+    let outcomes = fetch(&all, cache.path(), &options(&base), &mut |event| {
+        if matches!(event, guardreasoner_data::FetchEvent::Progress { .. }) {
+            progress_events += 1;
+        }
+    })
+    .unwrap();
+    assert_eq!(outcomes.len(), 29);
+    assert!(outcomes.iter().all(|(_, o)| *o == FetchOutcome::Downloaded));
+    assert!(progress_events >= 29);
+    for file in MANIFEST.iter() {
+        assert!(
+            same_bytes(&cache.path().join(&file.path), &shared.join(&file.path)),
+            "{}",
+            file.path
+        );
+    }
+
+    // A second fetch downloads nothing.
+    let requests_before = behaviour.lock().unwrap().requested.len();
+    let outcomes = fetch(&all, cache.path(), &options(&base), &mut |_| {}).unwrap();
+    assert!(outcomes
+        .iter()
+        .all(|(_, o)| *o == FetchOutcome::AlreadyValid));
+    assert_eq!(behaviour.lock().unwrap().requested.len(), requests_before);
+
+    // An interrupted download resumes from where it stopped, with a range request.
+    let toxic = MANIFEST
+        .iter()
+        .find(|f| f.path.ends_with("0_8_toxic_chat.json"))
+        .unwrap();
+    let target = cache.path().join(&toxic.path);
+    let bytes = fs::read(&target).unwrap();
+    fs::remove_file(&target).unwrap();
+    fs::write(format!("{}.part", target.display()), &bytes[..1_000_000]).unwrap();
+    let outcomes = fetch(&[toxic], cache.path(), &options(&base), &mut |_| {}).unwrap();
+    assert_eq!(outcomes[0].1, FetchOutcome::Resumed { from: 1_000_000 });
+    assert!(same_bytes(&target, &shared.join(&toxic.path)));
+    assert_eq!(
+        behaviour.lock().unwrap().ranges_seen.last().unwrap(),
+        &(toxic.path.clone(), "bytes=1000000-".to_string())
+    );
+    assert!(!Path::new(&format!("{}.part", target.display())).exists());
+
+    // A corrupted file in the cache is downloaded again.
+    let mut damaged = bytes.clone();
+    damaged[500] ^= 0x01;
+    fs::write(&target, &damaged).unwrap();
+    let outcomes = fetch(&[toxic], cache.path(), &options(&base), &mut |_| {}).unwrap();
+    assert_eq!(outcomes[0].1, FetchOutcome::Replaced);
+    assert!(same_bytes(&target, &shared.join(&toxic.path)));
+
+    // A server that ignores ranges still yields a correct file.
+    behaviour.lock().unwrap().ignore_ranges = true;
+    fs::remove_file(&target).unwrap();
+    fs::write(format!("{}.part", target.display()), &bytes[..5000]).unwrap();
+    let outcomes = fetch(&[toxic], cache.path(), &options(&base), &mut |_| {}).unwrap();
+    assert_eq!(outcomes[0].1, FetchOutcome::Downloaded);
+    assert!(same_bytes(&target, &shared.join(&toxic.path)));
+}
+
+#[test]
+fn a_file_that_never_verifies_is_an_error_naming_it() {
+    let Some(shared) = shared_data() else { return };
+    let behaviour = Arc::new(Mutex::new(Behaviour::default()));
+    let sst = MANIFEST
+        .iter()
+        .find(|f| f.path.ends_with("0_0_SimpleSafetyTests.json"))
+        .unwrap();
+    behaviour.lock().unwrap().corrupt.insert(sst.path.clone());
+    let base = serve(shared, behaviour.clone());
+    let cache = tempfile::tempdir().unwrap();
+    let error = fetch(&[sst], cache.path(), &options(&base), &mut |_| {}).unwrap_err();
+    assert!(
+        matches!(error, FetchError::Checksum { attempts: 2, .. }),
+        "{error}"
+    );
+    let message = error.to_string();
+    assert!(message.contains("0_0_SimpleSafetyTests.json"), "{message}");
+    assert!(message.contains(&sst.sha256), "{message}");
+    // Nothing that looks complete is left behind.
+    assert!(!cache.path().join(&sst.path).exists());
+    assert_eq!(behaviour.lock().unwrap().requested.len(), 2);
+}
+
+#[test]
+fn a_missing_file_on_the_server_is_an_http_error() {
+    let Some(_) = shared_data() else { return };
+    let empty = tempfile::tempdir().unwrap();
+    let base = serve(
+        empty.path().to_path_buf(),
+        Arc::new(Mutex::new(Behaviour::default())),
+    );
+    let cache = tempfile::tempdir().unwrap();
+    let error = fetch(&[&MANIFEST[0]], cache.path(), &options(&base), &mut |_| {}).unwrap_err();
+    assert!(
+        matches!(error, FetchError::Status { status: 404, .. }),
+        "{error}"
+    );
+}
+
+#[test]
+fn the_manifest_matches_the_shared_data() {
+    let Some(shared) = shared_data() else { return };
+    for file in MANIFEST.iter() {
+        assert!(
+            guardreasoner_data::fetch::is_valid(&shared.join(&file.path), file),
+            "{}",
+            file.path
+        );
+    }
+}
