@@ -11,6 +11,8 @@
 pub mod cache;
 pub mod fetch;
 pub mod manifest;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use cache::{benchmarks_dir, data_dir};
 pub use fetch::{fetch, FetchError, FetchEvent, FetchOptions, FetchOutcome, Source};

@@ -1,12 +1,11 @@
 //! The real download path, against a static file server on loopback that serves `shared/data`.
 
-use std::collections::HashSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::thread;
 
 use guardreasoner_data::manifest::{files, Group};
+use guardreasoner_data::testing::{serve, Behaviour};
 use guardreasoner_data::{fetch, FetchError, FetchOptions, FetchOutcome, Source, MANIFEST};
 
 fn shared_data() -> Option<PathBuf> {
@@ -20,64 +19,6 @@ fn shared_data() -> Option<PathBuf> {
         );
         None
     }
-}
-
-/// How the test server behaves.
-#[derive(Default)]
-struct Behaviour {
-    /// Paths answered with corrupted bytes.
-    corrupt: HashSet<String>,
-    /// Whether `Range` headers are honoured.
-    ignore_ranges: bool,
-    /// Every `Range` header received, with its path.
-    ranges_seen: Vec<(String, String)>,
-    /// Every path requested.
-    requested: Vec<String>,
-}
-
-/// A static file server on 127.0.0.1 serving `root`, with range support. Returns its base URL.
-fn serve(root: PathBuf, behaviour: Arc<Mutex<Behaviour>>) -> String {
-    let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
-    let base = format!("http://{}", server.server_addr().to_ip().unwrap());
-    thread::spawn(move || {
-        for request in server.incoming_requests() {
-            let path = request.url().trim_start_matches('/').to_string();
-            let range = request
-                .headers()
-                .iter()
-                .find(|h| h.field.equiv("Range"))
-                .map(|h| h.value.as_str().to_string());
-            let mut state = behaviour.lock().unwrap();
-            state.requested.push(path.clone());
-            let Ok(mut bytes) = fs::read(root.join(&path)) else {
-                let _ = request.respond(tiny_http::Response::empty(404));
-                continue;
-            };
-            if state.corrupt.contains(&path) {
-                bytes[0] ^= 0xff;
-            }
-            let start = range
-                .as_deref()
-                .and_then(|r| r.strip_prefix("bytes="))
-                .and_then(|r| r.trim_end_matches('-').parse::<usize>().ok());
-            if let Some(range) = &range {
-                state.ranges_seen.push((path.clone(), range.clone()));
-            }
-            let response = match start {
-                Some(start) if !state.ignore_ranges && start < bytes.len() => {
-                    let total = bytes.len();
-                    let header = format!("Content-Range: bytes {start}-{}/{total}", total - 1);
-                    tiny_http::Response::from_data(bytes[start..].to_vec())
-                        .with_status_code(206)
-                        .with_header(header.parse::<tiny_http::Header>().unwrap())
-                }
-                _ => tiny_http::Response::from_data(bytes),
-            };
-            drop(state);
-            let _ = request.respond(response);
-        }
-    });
-    base
 }
 
 fn options(base: &str) -> FetchOptions {

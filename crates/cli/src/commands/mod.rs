@@ -1,0 +1,6 @@
+//! One module per subcommand.
+
+pub mod data;
+pub mod parse;
+pub mod prompt;
+pub mod score;
