@@ -24,6 +24,18 @@ use crate::registry::{self, Benchmark, BENCHMARKS};
 /// The file name of GuardReasoner's output layout.
 pub const GUARDREASONER_FILE: &str = "generated_predictions.jsonl";
 
+/// The file `guardreasoner generate` writes beside the outputs, recording how they were made and
+/// whether the run was limited to the first samples of the benchmark.
+pub const RUN_FILE: &str = "generation.json";
+
+/// What `generation.json` records that the scorer needs.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct RunRecord {
+    /// The run covered only the first `limit` samples.
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
 /// One line of an outputs file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutputLine {
@@ -48,6 +60,8 @@ pub struct FoundOutputs {
     pub path: PathBuf,
     /// The lines, in file order.
     pub lines: Vec<OutputLine>,
+    /// The run covered only the first `limit` samples (from `generation.json`).
+    pub limit: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -92,6 +106,7 @@ pub fn discover(path: &Path) -> Result<Vec<FoundOutputs>, EvalError> {
                 benchmark,
                 lines: read_guardreasoner(&file)?,
                 path: file,
+                limit: read_run_record(&entry.join(RUN_FILE))?.limit,
             });
         } else if entry.extension().is_some_and(|ext| ext == "jsonl") && entry.is_file() {
             found.extend(read_ours(&entry)?);
@@ -115,6 +130,15 @@ pub fn discover(path: &Path) -> Result<Vec<FoundOutputs>, EvalError> {
     }
     found.sort_by_key(|f| BENCHMARKS.iter().position(|b| b.name == f.benchmark.name));
     Ok(found)
+}
+
+/// Reads `generation.json` where there is one.
+pub fn read_run_record(path: &Path) -> Result<RunRecord, EvalError> {
+    if !path.is_file() {
+        return Ok(RunRecord::default());
+    }
+    let text = fs::read_to_string(path).map_err(|e| EvalError::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| EvalError::at_line(path, e.line(), e.to_string()))
 }
 
 fn read_lines(path: &Path) -> Result<Vec<(usize, RawLine)>, EvalError> {
@@ -192,14 +216,21 @@ pub fn read_ours(path: &Path) -> Result<Vec<FoundOutputs>, EvalError> {
             benchmark: &BENCHMARKS[position],
             path: path.to_path_buf(),
             lines,
+            limit: None,
         })
         .collect())
 }
 
 /// Checks `found` against the benchmark's samples and returns one output per sample, in order.
+///
+/// A run limited to the first samples (recorded in `generation.json`) yields that many outputs;
+/// otherwise every sample must have one.
 pub fn align(found: &FoundOutputs, dataset: &Dataset) -> Result<Vec<String>, EvalError> {
     let path = &found.path;
-    let samples = &dataset.samples;
+    let expected = found.limit.map_or(dataset.samples.len(), |limit| {
+        limit.min(dataset.samples.len())
+    });
+    let samples = &dataset.samples[..expected];
     let mut outputs: Vec<Option<&OutputLine>> = vec![None; samples.len()];
     for line in &found.lines {
         let Some(sample) = samples.get(line.index) else {
@@ -207,11 +238,16 @@ pub fn align(found: &FoundOutputs, dataset: &Dataset) -> Result<Vec<String>, Eva
                 path,
                 line.line,
                 format!(
-                    "output for sample {} of {}, which has only {} samples ({})",
+                    "output for sample {} of {}, which has only {} samples ({}{})",
                     line.index + 1,
                     dataset.benchmark.name,
                     samples.len(),
-                    dataset.path.display()
+                    dataset.path.display(),
+                    if found.limit.is_some() {
+                        ", as limited by generation.json"
+                    } else {
+                        ""
+                    }
                 ),
             ));
         };

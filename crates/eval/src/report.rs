@@ -169,6 +169,16 @@ pub fn notes(report: &Report) -> Vec<String> {
             }
         ));
     }
+    for score in report
+        .benchmarks
+        .iter()
+        .filter(|s| s.samples < s.benchmark_samples)
+    {
+        notes.push(format!(
+            "note: {} ({}): a limited run, scored on its first {} of {} samples",
+            score.benchmark, score.task, score.samples, score.benchmark_samples
+        ));
+    }
     if !report.complete {
         notes.push(format!(
             "note: {} of the paper's 13 benchmark-tasks were scored; averages cover only those, so compare them with the paper's only per benchmark",

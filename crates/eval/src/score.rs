@@ -82,8 +82,10 @@ pub struct BenchmarkScore {
     /// The (truth, prediction) pairs F1 was computed from (in paper mode, with its doubled and
     /// dropped failures).
     pub confusion: Confusion,
-    /// Samples in the benchmark file.
+    /// Samples scored from the benchmark file (all of them, unless the run was limited).
     pub samples: usize,
+    /// Samples in the benchmark file.
+    pub benchmark_samples: usize,
     /// Samples with a ground truth for this task (the others are skipped).
     pub scored: usize,
     /// Samples skipped because the benchmark has no ground truth for this task.
@@ -135,7 +137,7 @@ pub fn score_task(
     }
 
     let weight = match weighting {
-        Weighting::Files => dataset.samples.len(),
+        Weighting::Files => outputs.len(),
         Weighting::Paper => benchmark_weight(dataset.benchmark, task),
     };
     BenchmarkScore {
@@ -146,7 +148,8 @@ pub fn score_task(
         recall: confusion.recall(),
         accuracy: confusion.accuracy(),
         confusion,
-        samples: dataset.samples.len(),
+        samples: outputs.len(),
+        benchmark_samples: dataset.samples.len(),
         scored,
         skipped_no_truth: skipped,
         parse_failures: failures,

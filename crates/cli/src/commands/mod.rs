@@ -1,6 +1,12 @@
-//! One module per subcommand.
+//! One module per subcommand, and what several share.
 
+pub mod bench;
+pub mod check;
 pub mod data;
+pub mod generate;
+pub mod model_args;
 pub mod parse;
+mod paths;
+mod progress;
 pub mod prompt;
 pub mod score;

@@ -1,14 +1,11 @@
 //! `guardreasoner score`: F1 tables from saved outputs.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use clap::ValueEnum;
 use guardreasoner_eval::report::{self, ReportFormat};
 use guardreasoner_eval::{score_outputs, ScoreMode, Weighting};
-
-/// The environment variable naming the benchmarks directory.
-const BENCHMARKS_ENV: &str = "GUARDREASONER_BENCHMARKS";
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -52,7 +49,7 @@ enum Weights {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let benchmarks = benchmarks_dir(args.benchmarks, &args.outputs)?;
+    let benchmarks = super::paths::benchmarks_dir(args.benchmarks, Some(&args.outputs))?;
     let mode = match args.mode {
         Mode::Paper => ScoreMode::Paper,
         Mode::Strict => ScoreMode::Strict,
@@ -76,28 +73,4 @@ pub fn run(args: Args) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Where the benchmark files are, in the order documented on `--benchmarks`.
-fn benchmarks_dir(given: Option<PathBuf>, outputs: &Path) -> Result<PathBuf> {
-    if let Some(dir) = given {
-        return Ok(dir);
-    }
-    if let Some(dir) = std::env::var_os(BENCHMARKS_ENV).filter(|d| !d.is_empty()) {
-        return Ok(PathBuf::from(dir));
-    }
-    // GuardReasoner's repository keeps outputs in data/test/<size> beside data/benchmark.
-    if let Some(root) = outputs.parent().and_then(Path::parent) {
-        if root.join("benchmark").is_dir() {
-            return Ok(root.to_path_buf());
-        }
-    }
-    let cached = guardreasoner_data::benchmarks_dir(&guardreasoner_data::data_dir());
-    if cached.join("benchmark").is_dir() {
-        return Ok(cached);
-    }
-    bail!(
-        "no benchmark files found: run `guardreasoner data fetch` (downloads them into {}), or pass --benchmarks DIR",
-        cached.display()
-    )
 }

@@ -1,0 +1,158 @@
+//! The options every command that runs a model shares, and loading the backend they name.
+
+use anyhow::{bail, Context, Result};
+use clap::ValueEnum;
+use guardreasoner_engine::backends::openai::{OpenAiEngine, OpenAiOptions};
+use guardreasoner_engine::model::{self, ModelLocation, DEFAULT_MODEL};
+use guardreasoner_engine::{Generate, SamplingParams};
+use guardreasoner_guard::{GuardConfig, UnparseablePolicy};
+use guardreasoner_protocol::PromptFormat;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// A GGUF file, a model directory, a Hugging Face repo id, or an alias: guardreasoner-1b,
+    /// guardreasoner-3b, guardreasoner-8b, smollm2-135m. With --backend openai, the served model's
+    /// name.
+    #[arg(long, default_value = DEFAULT_MODEL)]
+    pub model: String,
+    /// Which backend runs the model: `auto` picks llama.cpp for GGUF files.
+    #[arg(long, value_enum, default_value_t = Backend::Auto)]
+    pub backend: Backend,
+    /// Base URL of an OpenAI-compatible server (for --backend openai), e.g. http://localhost:8000.
+    #[arg(long, env = "GUARDREASONER_OPENAI_URL")]
+    pub openai_url: Option<String>,
+    /// API key for the OpenAI-compatible server.
+    #[arg(long, env = "GUARDREASONER_OPENAI_KEY", hide_env_values = true)]
+    pub openai_key: Option<String>,
+    /// Tokens one conversation may use, prompt and reasoning together.
+    #[arg(long, default_value_t = 4096)]
+    pub context: usize,
+    /// Conversations decoded together (and, with openai, requests in flight).
+    #[arg(long, default_value_t = 4)]
+    pub batch_size: usize,
+    /// CPU threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Layers to offload to the GPU (builds with the `cuda` feature).
+    #[arg(long, default_value_t = 0)]
+    pub gpu_layers: u32,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Backend {
+    Auto,
+    LlamaCpp,
+    Openai,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct GenerationArgs {
+    /// The most tokens to generate per conversation (the paper: 2048).
+    #[arg(long, default_value_t = guardreasoner_engine::generate::DEFAULT_MAX_NEW_TOKENS)]
+    pub max_new_tokens: usize,
+    /// Sampling temperature; 0 is greedy, as the paper evaluated.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// Nucleus sampling threshold (with --temperature above 0).
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    /// Sampling seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// How the conversation becomes a prompt: `eval` (what the paper measured), `deploy`, or
+    /// `llama3-chat` (the training template).
+    #[arg(long, value_enum, default_value_t = Format::Eval)]
+    pub format: Format,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Format {
+    Eval,
+    Deploy,
+    Llama3Chat,
+}
+
+impl GenerationArgs {
+    pub fn params(&self) -> SamplingParams {
+        SamplingParams {
+            temperature: self.temperature,
+            top_p: self.top_p,
+            seed: self.seed,
+            max_new_tokens: self.max_new_tokens,
+            logprobs: false,
+        }
+    }
+
+    pub fn format(&self) -> PromptFormat {
+        match self.format {
+            Format::Eval => PromptFormat::Eval,
+            Format::Deploy => PromptFormat::Deploy,
+            Format::Llama3Chat => PromptFormat::Llama3Chat,
+        }
+    }
+
+    pub fn guard_config(&self, policy: UnparseablePolicy) -> GuardConfig {
+        GuardConfig {
+            format: self.format(),
+            policy,
+            params: self.params(),
+        }
+    }
+}
+
+/// Loads the backend `args` name.
+pub fn load_engine(args: &ModelArgs) -> Result<Box<dyn Generate>> {
+    if matches!(args.backend, Backend::Openai) {
+        let Some(base_url) = args.openai_url.clone() else {
+            bail!("--backend openai needs --openai-url (the server's base URL)");
+        };
+        return Ok(Box::new(OpenAiEngine::new(OpenAiOptions {
+            base_url,
+            model: args.model.clone(),
+            api_key: args.openai_key.clone(),
+            max_in_flight: args.batch_size.max(1),
+            context_length: args.context,
+            timeout: std::time::Duration::from_secs(3600),
+        })));
+    }
+    let location = model::resolve(&args.model)
+        .with_context(|| format!("cannot resolve --model {}", args.model))?;
+    match location {
+        ModelLocation::Gguf(path) => load_gguf(&path, args),
+        ModelLocation::HuggingFaceDir(path) => bail!(
+            "{}: safetensors models need the candle backend, which this build does not have yet; \
+             convert the model to GGUF (llama.cpp's convert_hf_to_gguf.py) or serve it with vLLM \
+             and use --backend openai",
+            path.display()
+        ),
+        ModelLocation::HuggingFaceRepo(repo) => bail!(
+            "{repo} is a Hugging Face repository of safetensors weights, which need the candle \
+             backend that this build does not have yet; pass a GGUF file of it (--model \
+             path/to/model.gguf), or serve it with vLLM and use --backend openai"
+        ),
+    }
+}
+
+#[cfg(feature = "llama-cpp")]
+fn load_gguf(path: &std::path::Path, args: &ModelArgs) -> Result<Box<dyn Generate>> {
+    use guardreasoner_engine::backends::llama_cpp::{LlamaCppEngine, LlamaCppOptions};
+    let engine = LlamaCppEngine::load(
+        path,
+        LlamaCppOptions {
+            context_per_sequence: args.context,
+            max_batch: args.batch_size.max(1),
+            threads: args.threads,
+            gpu_layers: args.gpu_layers,
+            ..LlamaCppOptions::default()
+        },
+    )?;
+    Ok(Box::new(engine))
+}
+
+#[cfg(not(feature = "llama-cpp"))]
+fn load_gguf(path: &std::path::Path, _: &ModelArgs) -> Result<Box<dyn Generate>> {
+    bail!(
+        "{}: GGUF files run on llama.cpp, which this build leaves out (rebuild with the `llama-cpp` feature)",
+        path.display()
+    )
+}

@@ -1,0 +1,5 @@
+//! The generation backends, each behind the [`Generate`](crate::Generate) trait.
+
+#[cfg(feature = "llama-cpp")]
+pub mod llama_cpp;
+pub mod openai;

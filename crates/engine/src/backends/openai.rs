@@ -1,0 +1,266 @@
+//! A client of any OpenAI-compatible `/v1/completions` server (vLLM, llama.cpp's server, ours).
+//!
+//! This is how users scale out: vLLM on GPUs, several replicas behind a balancer. Prompts are sent
+//! as raw text (the server's tokenizer adds BOS), streamed, with at most `max_in_flight` requests
+//! open at once.
+
+use std::io::{BufRead, BufReader};
+use std::sync::mpsc;
+use std::sync::Mutex;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::error::EngineError;
+use crate::generate::{
+    Batch, Generate, Generation, ModelInfo, SamplingParams, StopReason, Timings, TokenEvent,
+};
+
+const BACKEND: &str = "openai";
+
+/// Where the server is and how to talk to it.
+#[derive(Debug, Clone)]
+pub struct OpenAiOptions {
+    /// The server's base URL, e.g. `http://localhost:8000` (with or without `/v1`).
+    pub base_url: String,
+    /// The model name the server expects.
+    pub model: String,
+    /// An API key, sent as a bearer token.
+    pub api_key: Option<String>,
+    /// The most requests open at once.
+    pub max_in_flight: usize,
+    /// The server's context window, as far as the client knows it.
+    pub context_length: usize,
+    /// The longest one request may take.
+    pub timeout: Duration,
+}
+
+/// A remote model behind an OpenAI-compatible completions endpoint.
+pub struct OpenAiEngine {
+    options: OpenAiOptions,
+    info: ModelInfo,
+    agent: ureq::Agent,
+}
+
+impl OpenAiEngine {
+    /// A client for the server in `options`; no request is made until the first generation.
+    pub fn new(options: OpenAiOptions) -> Self {
+        let agent = ureq::Agent::config_builder()
+            .timeout_global(Some(options.timeout))
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let info = ModelInfo {
+            backend: BACKEND,
+            source: format!("{} ({})", options.base_url, options.model),
+            context_length: options.context_length,
+            max_batch: options.max_in_flight.max(1),
+        };
+        Self {
+            options,
+            info,
+            agent,
+        }
+    }
+
+    fn url(&self) -> String {
+        let base = self.options.base_url.trim_end_matches('/');
+        let base = base.strip_suffix("/v1").unwrap_or(base);
+        format!("{base}/v1/completions")
+    }
+
+    fn complete(
+        &self,
+        prompt: &str,
+        params: &SamplingParams,
+        seed: u64,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<Generation, EngineError> {
+        let started = Instant::now();
+        let mut body = json!({
+            "model": self.options.model,
+            "prompt": prompt,
+            "max_tokens": params.max_new_tokens,
+            "temperature": params.temperature,
+            "top_p": if params.is_greedy() { 1.0 } else { params.top_p },
+            "seed": seed,
+            "stream": true,
+            "stream_options": {"include_usage": true},
+        });
+        if params.logprobs {
+            body["logprobs"] = json!(1);
+        }
+        let mut request = self.agent.post(&self.url());
+        if let Some(key) = &self.options.api_key {
+            request = request.header("Authorization", format!("Bearer {key}"));
+        }
+        let mut response = request
+            .send_json(&body)
+            .map_err(|e| error(format!("POST {}: {e}", self.url())))?;
+        let status = response.status().as_u16();
+        if status != 200 {
+            let text = response.body_mut().read_to_string().unwrap_or_default();
+            return Err(error(format!(
+                "POST {}: HTTP {status}: {}",
+                self.url(),
+                text.trim()
+            )));
+        }
+        let reader = BufReader::new(response.body_mut().as_reader());
+        let mut text = String::new();
+        let mut logprobs = params.logprobs.then(Vec::new);
+        let mut chunks = 0usize;
+        let mut usage: Option<Usage> = None;
+        let mut stop = None;
+        let mut first_at = None;
+        for line in reader.lines() {
+            let line = line.map_err(|e| error(format!("reading the stream: {e}")))?;
+            let Some(data) = line.strip_prefix("data:") else {
+                continue;
+            };
+            let data = data.trim();
+            if data == "[DONE]" {
+                break;
+            }
+            let chunk: Chunk = serde_json::from_str(data).map_err(|e| {
+                error(format!(
+                    "a stream event is not a completion chunk ({e}): {data}"
+                ))
+            })?;
+            if let Some(u) = chunk.usage {
+                usage = Some(u);
+            }
+            for choice in chunk.choices {
+                if !choice.text.is_empty() {
+                    first_at.get_or_insert_with(Instant::now);
+                    chunks += 1;
+                    on_text(&choice.text);
+                    text.push_str(&choice.text);
+                }
+                if let (Some(all), Some(lp)) = (&mut logprobs, choice.logprobs) {
+                    all.extend(lp.token_logprobs.into_iter().flatten());
+                }
+                match choice.finish_reason.as_deref() {
+                    Some("length") => stop = Some(StopReason::MaxTokens),
+                    Some(_) => stop = Some(StopReason::EndOfText),
+                    None => {}
+                }
+            }
+        }
+        let finished = Instant::now();
+        let first = first_at.unwrap_or(finished);
+        Ok(Generation {
+            text,
+            prompt_tokens: usage.as_ref().map_or(0, |u| u.prompt_tokens),
+            cached_prompt_tokens: 0,
+            generated_tokens: usage.as_ref().map_or(chunks, |u| u.completion_tokens),
+            token_ids: Vec::new(),
+            logprobs,
+            stop: stop.unwrap_or(StopReason::EndOfText),
+            timings: Timings {
+                prefill: first.duration_since(started),
+                decode: finished.duration_since(first),
+            },
+        })
+    }
+}
+
+fn error(message: String) -> EngineError {
+    EngineError::Backend {
+        backend: BACKEND,
+        message,
+    }
+}
+
+#[derive(Deserialize)]
+struct Chunk {
+    #[serde(default)]
+    choices: Vec<Choice>,
+    #[serde(default)]
+    usage: Option<Usage>,
+}
+
+#[derive(Deserialize)]
+struct Choice {
+    #[serde(default)]
+    text: String,
+    #[serde(default)]
+    finish_reason: Option<String>,
+    #[serde(default)]
+    logprobs: Option<Logprobs>,
+}
+
+#[derive(Deserialize)]
+struct Logprobs {
+    #[serde(default)]
+    token_logprobs: Vec<Option<f32>>,
+}
+
+#[derive(Deserialize)]
+struct Usage {
+    prompt_tokens: usize,
+    completion_tokens: usize,
+}
+
+impl Generate for OpenAiEngine {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn generate(
+        &mut self,
+        batch: &Batch,
+        on_token: &mut dyn FnMut(TokenEvent<'_>),
+    ) -> Result<Vec<Generation>, EngineError> {
+        let next = Mutex::new(0usize);
+        let (events, receiver) =
+            mpsc::channel::<(usize, Result<String, Result<Generation, EngineError>>)>();
+        let this = &*self;
+        let mut results: Vec<Option<Result<Generation, EngineError>>> =
+            (0..batch.prompts.len()).map(|_| None).collect();
+        thread::scope(|scope| {
+            for _ in 0..this.options.max_in_flight.max(1).min(batch.prompts.len()) {
+                let events = events.clone();
+                let next = &next;
+                scope.spawn(move || loop {
+                    let index = {
+                        let mut next = next.lock().unwrap_or_else(|p| p.into_inner());
+                        let index = *next;
+                        *next += 1;
+                        index
+                    };
+                    let Some(prompt) = batch.prompts.get(index) else {
+                        break;
+                    };
+                    let seed = batch.params.seed.wrapping_add(index as u64);
+                    let result = this.complete(prompt, &batch.params, seed, &mut |text| {
+                        let _ = events.send((index, Ok(text.to_string())));
+                    });
+                    let _ = events.send((index, Err(result)));
+                });
+            }
+            drop(events);
+            for (index, event) in receiver {
+                match event {
+                    Ok(text) => on_token(TokenEvent {
+                        sequence: index,
+                        text: &text,
+                    }),
+                    Err(result) => results[index] = Some(result),
+                }
+            }
+        });
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(error("a request thread stopped".into()))))
+            .collect()
+    }
+
+    fn count_tokens(&mut self, text: &str) -> Result<usize, EngineError> {
+        // The completions API has no tokenizer endpoint; estimate generously (4 bytes a token
+        // would undercount), and let the server reject what does not fit.
+        Ok(text.len().div_ceil(3))
+    }
+}

@@ -1,0 +1,46 @@
+//! Engine errors: each says what failed and, where it can, what to do.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong loading a model or generating.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The model file or directory is absent.
+    #[error("{}: no such model file or directory", path.display())]
+    NotFound {
+        /// The path given.
+        path: PathBuf,
+    },
+    /// The file is not a model this backend can load.
+    #[error("{}: {message}", path.display())]
+    InvalidModel {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A model name that no backend knows.
+    #[error("{0}")]
+    UnknownModel(String),
+    /// The prompt does not fit the context window.
+    #[error("prompt {index} is {tokens} tokens; the context holds {context} per sequence, with room for at least one new token (shorten the conversation or raise --context)")]
+    PromptTooLong {
+        /// The prompt's index in its batch.
+        index: usize,
+        /// Its length in tokens.
+        tokens: usize,
+        /// The context window.
+        context: usize,
+    },
+    /// The backend failed while running.
+    #[error("{backend}: {message}")]
+    Backend {
+        /// Which backend.
+        backend: &'static str,
+        /// What failed.
+        message: String,
+    },
+    /// A download or local file operation failed.
+    #[error("{0}")]
+    Io(String),
+}

@@ -1,0 +1,258 @@
+//! The llama.cpp backend on the real-weights test model, SmolLM2-135M-Instruct (Q4_1 GGUF).
+#![cfg(feature = "llama-cpp")]
+
+use std::path::PathBuf;
+
+use guardreasoner_engine::backends::llama_cpp::{LlamaCppEngine, LlamaCppOptions};
+use guardreasoner_engine::model::{models_dir, SMOLLM2_135M};
+use guardreasoner_engine::{Batch, EngineError, Generate, SamplingParams, StopReason};
+use guardreasoner_protocol::{Conversation, PromptFormat};
+
+/// The cached test model; `scripts/fetch-test-model` puts it there.
+fn test_model() -> Option<PathBuf> {
+    let path = models_dir().join(SMOLLM2_135M.cache_path);
+    if path.is_file() {
+        return Some(path);
+    }
+    if std::env::var_os("GUARDREASONER_REQUIRE_TEST_MODEL").is_some() {
+        panic!(
+            "{} is missing: run scripts/fetch-test-model",
+            path.display()
+        );
+    }
+    eprintln!(
+        "skipped: {} is absent (run scripts/fetch-test-model)",
+        path.display()
+    );
+    None
+}
+
+fn engine(max_batch: usize) -> Option<LlamaCppEngine> {
+    let path = test_model()?;
+    Some(
+        LlamaCppEngine::load(
+            &path,
+            LlamaCppOptions {
+                context_per_sequence: 1024,
+                max_batch,
+                ..LlamaCppOptions::default()
+            },
+        )
+        .unwrap(),
+    )
+}
+
+fn guard_prompts() -> Vec<String> {
+    [
+        Conversation::prompt_only("How do I bake sourdough bread?"),
+        Conversation::with_response(
+            "How can I hurt someone and not get caught?",
+            "I can't help with that.",
+        ),
+        Conversation::prompt_only(
+            "Write a poem about the sea, with 3 stanzas and numbers like 42.",
+        ),
+    ]
+    .iter()
+    .map(|c| PromptFormat::Eval.render(c))
+    .collect()
+}
+
+fn greedy(tokens: usize) -> SamplingParams {
+    SamplingParams {
+        max_new_tokens: tokens,
+        ..SamplingParams::default()
+    }
+}
+
+#[test]
+fn greedy_generation_is_deterministic_and_streams_what_it_returns() {
+    let Some(mut engine) = engine(1) else { return };
+    let batch = Batch {
+        prompts: vec![guard_prompts()[0].clone()],
+        params: greedy(24),
+        shared_prefix: None,
+    };
+    let mut streamed = String::new();
+    let first = engine
+        .generate(&batch, &mut |event| streamed.push_str(event.text))
+        .unwrap();
+    let second = engine.generate(&batch, &mut |_| {}).unwrap();
+    assert_eq!(first[0].text, streamed);
+    assert_eq!(first[0].token_ids, second[0].token_ids);
+    assert_eq!(first[0].generated_tokens, first[0].token_ids.len());
+    assert!(first[0].generated_tokens > 0 && first[0].generated_tokens <= 24);
+    assert!(first[0].prompt_tokens > 100);
+}
+
+#[test]
+fn batched_and_prefix_cached_generation_matches_single_stream() {
+    let Some(mut single) = engine(1) else { return };
+    let Some(mut batched) = engine(4) else { return };
+    let prompts = guard_prompts();
+    let alone: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|prompt| {
+            let batch = Batch {
+                prompts: vec![prompt.clone()],
+                params: greedy(16),
+                shared_prefix: Some(String::new()),
+            };
+            single
+                .generate(&batch, &mut |_| {})
+                .unwrap()
+                .remove(0)
+                .token_ids
+        })
+        .collect();
+    let batch = Batch {
+        prompts: prompts.clone(),
+        params: greedy(16),
+        shared_prefix: Some(PromptFormat::Eval.shared_prefix()),
+    };
+    let mut sequences_seen = std::collections::BTreeSet::new();
+    let together = batched
+        .generate(&batch, &mut |event| {
+            sequences_seen.insert(event.sequence);
+        })
+        .unwrap();
+    assert_eq!(
+        sequences_seen.into_iter().collect::<Vec<_>>(),
+        vec![0, 1, 2]
+    );
+    for (index, generation) in together.iter().enumerate() {
+        assert!(
+            generation.cached_prompt_tokens > 90,
+            "{}",
+            generation.cached_prompt_tokens
+        );
+        assert_eq!(generation.token_ids, alone[index], "prompt {index}");
+    }
+    // The prefix stays cached for the next batch.
+    let again = batched.generate(&batch, &mut |_| {}).unwrap();
+    assert_eq!(again[1].token_ids, alone[1]);
+}
+
+#[test]
+fn logprobs_are_returned_per_token() {
+    let Some(mut engine) = engine(1) else { return };
+    let params = SamplingParams {
+        logprobs: true,
+        ..greedy(8)
+    };
+    let batch = Batch {
+        prompts: vec![guard_prompts()[1].clone()],
+        params,
+        shared_prefix: None,
+    };
+    let generation = engine.generate(&batch, &mut |_| {}).unwrap().remove(0);
+    let logprobs = generation.logprobs.unwrap();
+    assert_eq!(logprobs.len(), generation.generated_tokens);
+    assert!(
+        logprobs.iter().all(|&p| p <= 0.0 && p > -50.0),
+        "{logprobs:?}"
+    );
+}
+
+#[test]
+fn sampling_with_a_seed_is_reproducible() {
+    let Some(mut engine) = engine(2) else { return };
+    let params = SamplingParams {
+        temperature: 0.9,
+        top_p: 0.95,
+        seed: 7,
+        ..greedy(16)
+    };
+    let batch = Batch {
+        prompts: vec![guard_prompts()[2].clone()],
+        params,
+        shared_prefix: None,
+    };
+    let a = engine.generate(&batch, &mut |_| {}).unwrap();
+    let b = engine.generate(&batch, &mut |_| {}).unwrap();
+    assert_eq!(a[0].token_ids, b[0].token_ids);
+}
+
+#[test]
+fn a_prompt_longer_than_the_context_is_an_error() {
+    let Some(mut engine) = engine(1) else { return };
+    let long = "word ".repeat(3000);
+    let batch = Batch {
+        prompts: vec!["short".into(), long],
+        params: greedy(4),
+        shared_prefix: None,
+    };
+    match engine.generate(&batch, &mut |_| {}) {
+        Err(EngineError::PromptTooLong {
+            index: 1,
+            context: 1024,
+            tokens,
+        }) => assert!(tokens > 1024),
+        other => panic!("{other:?}"),
+    }
+    // The engine still works afterwards.
+    let ok = Batch {
+        prompts: vec!["hello".into()],
+        params: greedy(2),
+        shared_prefix: None,
+    };
+    assert_eq!(engine.generate(&ok, &mut |_| {}).unwrap().len(), 1);
+}
+
+#[test]
+fn generation_stops_at_the_context_limit() {
+    let Some(path) = test_model() else { return };
+    let mut engine = LlamaCppEngine::load(
+        &path,
+        LlamaCppOptions {
+            context_per_sequence: 160,
+            max_batch: 1,
+            ..LlamaCppOptions::default()
+        },
+    )
+    .unwrap();
+    let prompt = guard_prompts()[0].clone();
+    let tokens = engine.count_tokens(&prompt).unwrap();
+    assert!(tokens < 160);
+    let batch = Batch {
+        prompts: vec![prompt],
+        params: greedy(500),
+        shared_prefix: None,
+    };
+    let generation = engine.generate(&batch, &mut |_| {}).unwrap().remove(0);
+    if generation.stop != StopReason::EndOfText {
+        assert_eq!(generation.stop, StopReason::ContextFull);
+        assert_eq!(tokens + generation.generated_tokens, 160);
+    }
+}
+
+#[test]
+fn truncated_and_corrupt_files_are_clear_errors() {
+    let Some(path) = test_model() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("truncated.gguf", bytes[..bytes.len() / 2].to_vec()),
+        ("header-only.gguf", bytes[..64].to_vec()),
+        ("not-gguf.gguf", b"this is not a model".to_vec()),
+        ("empty.gguf", Vec::new()),
+        ("garbage.gguf", {
+            let mut garbage = b"GGUF\x03\x00\x00\x00".to_vec();
+            garbage.extend((0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8));
+            garbage
+        }),
+    ];
+    for (name, content) in cases {
+        let file = dir.path().join(name);
+        std::fs::write(&file, content).unwrap();
+        let error = LlamaCppEngine::load(&file, LlamaCppOptions::default())
+            .err()
+            .unwrap_or_else(|| panic!("{name} loaded"));
+        let message = error.to_string();
+        assert!(message.contains(name), "{name}: {message}");
+    }
+    let missing = LlamaCppEngine::load(&dir.path().join("absent.gguf"), LlamaCppOptions::default())
+        .err()
+        .unwrap();
+    assert!(matches!(missing, EngineError::NotFound { .. }));
+}

@@ -1,0 +1,421 @@
+//! A guard: a [`Generate`] backend, a prompt format and the output parser, turning conversations
+//! into verdicts.
+//!
+//! The guard renders each conversation in its [`PromptFormat`], generates (in batches, the
+//! instruction evaluated once and shared), parses the output with the structured parser, and
+//! applies its [`UnparseablePolicy`] when an answer the conversation calls for is missing. The
+//! result always says whether the policy, rather than the model, decided.
+
+use std::fmt;
+use std::str::FromStr;
+
+use guardreasoner_engine::{
+    Batch, EngineError, Generate, Generation, SamplingParams, StopReason, Timings,
+};
+use guardreasoner_protocol::parse::{parse_structured, ParsedOutput};
+use guardreasoner_protocol::{Answer, Conversation, PromptFormat, Task, Verdict};
+use serde::Serialize;
+
+/// What to do when the model's output lacks an answer the conversation calls for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UnparseablePolicy {
+    /// Report an error for that conversation.
+    Error,
+    /// Treat the conversation as harmful (the safe choice for a deployed guard).
+    #[default]
+    FailClosed,
+    /// Treat the conversation as unharmful.
+    FailOpen,
+}
+
+impl UnparseablePolicy {
+    /// The policy's name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Error => "error",
+            Self::FailClosed => "fail-closed",
+            Self::FailOpen => "fail-open",
+        }
+    }
+}
+
+impl fmt::Display for UnparseablePolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for UnparseablePolicy {
+    type Err = String;
+    fn from_str(name: &str) -> Result<Self, String> {
+        [Self::Error, Self::FailClosed, Self::FailOpen]
+            .into_iter()
+            .find(|p| p.name() == name)
+            .ok_or_else(|| {
+                format!("unknown policy `{name}`: expected error, fail-closed or fail-open")
+            })
+    }
+}
+
+/// How a guard runs.
+#[derive(Debug, Clone, Default)]
+pub struct GuardConfig {
+    /// How conversations become prompts.
+    pub format: PromptFormat,
+    /// What to do with output that does not parse.
+    pub policy: UnparseablePolicy,
+    /// Sampling (greedy and 2048 new tokens by default, as the paper evaluated).
+    pub params: SamplingParams,
+}
+
+/// Who made the final decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DecidedBy {
+    /// The model's answers.
+    Model,
+    /// The unparseable-output policy, because answers were missing.
+    Policy,
+}
+
+/// The guard's verdict on one conversation.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckResult {
+    /// Whether to block: the request or the response is harmful (or the policy says so).
+    pub harmful: bool,
+    /// Whether the model or the policy decided.
+    pub decided_by: DecidedBy,
+    /// The answers the model gave the conversation calls for but were missing.
+    pub missing: Vec<Task>,
+    /// The policy in force.
+    pub policy: UnparseablePolicy,
+    /// The three answers as parsed.
+    pub verdict: Verdict,
+    /// The reasoning, split into tasks and steps.
+    pub parsed: ParsedOutput,
+    /// The raw output.
+    pub output: String,
+    /// Token counts.
+    pub usage: Usage,
+    /// Why generation stopped.
+    pub stop: StopReason,
+    /// Where the time went.
+    pub timings: Timings,
+}
+
+/// Token counts of one check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Usage {
+    /// Prompt tokens.
+    pub prompt_tokens: usize,
+    /// Of those, reused from the shared-prefix cache.
+    pub cached_prompt_tokens: usize,
+    /// Generated tokens.
+    pub generated_tokens: usize,
+}
+
+/// Why a check failed.
+#[derive(Debug, thiserror::Error)]
+pub enum GuardError {
+    /// The backend failed.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// The output lacks answers, and the policy is `error`.
+    #[error("the model's output gives no {} answer ({} new tokens, stopped: {stop:?}); output ends with: {tail:?}", missing.iter().map(|t| t.answer_key()).collect::<Vec<_>>().join("/"), generated)]
+    Unparseable {
+        /// The missing answers.
+        missing: Vec<Task>,
+        /// Tokens generated.
+        generated: usize,
+        /// Why generation stopped.
+        stop: StopReason,
+        /// The last characters of the output.
+        tail: String,
+    },
+}
+
+/// A guard model ready to check conversations.
+pub struct Guard<G> {
+    engine: G,
+    config: GuardConfig,
+}
+
+impl<G: Generate> Guard<G> {
+    /// A guard over `engine`.
+    pub fn new(engine: G, config: GuardConfig) -> Self {
+        Self { engine, config }
+    }
+
+    /// The backend.
+    pub fn engine(&mut self) -> &mut G {
+        &mut self.engine
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &GuardConfig {
+        &self.config
+    }
+
+    /// Checks one conversation, streaming the reasoning to `on_text`.
+    pub fn check(
+        &mut self,
+        conversation: &Conversation,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<CheckResult, GuardError> {
+        let mut results = self
+            .check_batch(std::slice::from_ref(conversation), &mut |_, text| {
+                on_text(text)
+            })?;
+        results.pop().expect("one result per conversation")
+    }
+
+    /// Checks conversations together (one batch, the instruction shared). The outer error is the
+    /// backend's; each conversation has its own result.
+    pub fn check_batch(
+        &mut self,
+        conversations: &[Conversation],
+        on_text: &mut dyn FnMut(usize, &str),
+    ) -> Result<Vec<Result<CheckResult, GuardError>>, GuardError> {
+        let batch = Batch {
+            prompts: conversations
+                .iter()
+                .map(|c| self.config.format.render(c))
+                .collect(),
+            params: self.config.params.clone(),
+            shared_prefix: Some(self.config.format.shared_prefix()),
+        };
+        let generations = self
+            .engine
+            .generate(&batch, &mut |event| on_text(event.sequence, event.text))?;
+        Ok(conversations
+            .iter()
+            .zip(generations)
+            .map(|(conversation, generation)| self.judge(conversation, generation))
+            .collect())
+    }
+
+    /// Turns one generation into a result under the policy.
+    fn judge(
+        &self,
+        conversation: &Conversation,
+        generation: Generation,
+    ) -> Result<CheckResult, GuardError> {
+        let parsed = parse_structured(&generation.text);
+        let verdict = parsed.verdict;
+        let missing = required_missing(conversation, &verdict);
+        let (harmful, decided_by) = if missing.is_empty() {
+            (verdict.is_harmful(), DecidedBy::Model)
+        } else {
+            match self.config.policy {
+                UnparseablePolicy::Error => {
+                    let chars: Vec<char> = generation.text.chars().collect();
+                    let tail: String = chars[chars.len().saturating_sub(200)..].iter().collect();
+                    return Err(GuardError::Unparseable {
+                        missing,
+                        generated: generation.generated_tokens,
+                        stop: generation.stop,
+                        tail,
+                    });
+                }
+                // A harmful answer the model did give still counts, whatever the policy.
+                UnparseablePolicy::FailClosed => (true, DecidedBy::Policy),
+                UnparseablePolicy::FailOpen => (verdict.is_harmful(), DecidedBy::Policy),
+            }
+        };
+        Ok(CheckResult {
+            harmful,
+            decided_by,
+            missing,
+            policy: self.config.policy,
+            verdict,
+            parsed,
+            usage: Usage {
+                prompt_tokens: generation.prompt_tokens,
+                cached_prompt_tokens: generation.cached_prompt_tokens,
+                generated_tokens: generation.generated_tokens,
+            },
+            stop: generation.stop,
+            timings: generation.timings,
+            output: generation.text,
+        })
+    }
+}
+
+/// The answers a conversation calls for that the verdict lacks: the request always; the refusal and
+/// response answers only when there is a response (a `None` answer is accepted there).
+pub fn required_missing(conversation: &Conversation, verdict: &Verdict) -> Vec<Task> {
+    let mut missing = Vec::new();
+    if !matches!(verdict.request, Answer::Label(_)) {
+        missing.push(Task::Prompt);
+    }
+    if conversation.response.is_some() {
+        if !matches!(verdict.completion, Answer::Label(_)) {
+            missing.push(Task::Refusal);
+        }
+        if !matches!(verdict.response, Answer::Label(_)) {
+            missing.push(Task::Response);
+        }
+    }
+    missing
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use guardreasoner_engine::{ModelInfo, TokenEvent};
+
+    /// Replays fixed outputs: the policy logic under test does not depend on where text comes from.
+    struct Replay {
+        info: ModelInfo,
+        outputs: Vec<String>,
+        seen: Vec<Batch>,
+    }
+
+    impl Replay {
+        fn new(outputs: &[&str]) -> Self {
+            Self {
+                info: ModelInfo {
+                    backend: "replay",
+                    source: "test".into(),
+                    context_length: 4096,
+                    max_batch: 8,
+                },
+                outputs: outputs.iter().map(|s| s.to_string()).collect(),
+                seen: Vec::new(),
+            }
+        }
+    }
+
+    impl Generate for Replay {
+        fn info(&self) -> &ModelInfo {
+            &self.info
+        }
+        fn generate(
+            &mut self,
+            batch: &Batch,
+            on_token: &mut dyn FnMut(TokenEvent<'_>),
+        ) -> Result<Vec<Generation>, EngineError> {
+            self.seen.push(batch.clone());
+            Ok(self.outputs[..batch.prompts.len()]
+                .iter()
+                .enumerate()
+                .map(|(sequence, text)| {
+                    on_token(TokenEvent { sequence, text });
+                    Generation {
+                        text: text.clone(),
+                        prompt_tokens: 10,
+                        cached_prompt_tokens: 5,
+                        generated_tokens: 3,
+                        token_ids: vec![1, 2, 3],
+                        logprobs: None,
+                        stop: StopReason::EndOfText,
+                        timings: Timings::default(),
+                    }
+                })
+                .collect())
+        }
+        fn count_tokens(&mut self, text: &str) -> Result<usize, EngineError> {
+            Ok(text.len())
+        }
+    }
+
+    const HARMFUL: &str = "# Task 1\n\n## Reasoning Step 1\nBad.\n\n---\n\nAnswers: \nRequest: harmful\nCompletion: None\nResponse: None";
+    const TRUNCATED: &str = "# Task 1\n\n## Reasoning Step 1\nThe user asks";
+
+    fn guard(outputs: &[&str], policy: UnparseablePolicy) -> Guard<Replay> {
+        Guard::new(
+            Replay::new(outputs),
+            GuardConfig {
+                policy,
+                ..GuardConfig::default()
+            },
+        )
+    }
+
+    #[test]
+    fn a_parsed_verdict_decides() {
+        let mut guard = guard(&[HARMFUL], UnparseablePolicy::Error);
+        let mut streamed = String::new();
+        let result = guard
+            .check(&Conversation::prompt_only("x"), &mut |t| {
+                streamed.push_str(t)
+            })
+            .unwrap();
+        assert!(result.harmful);
+        assert_eq!(result.decided_by, DecidedBy::Model);
+        assert_eq!(streamed, HARMFUL);
+        assert_eq!(result.parsed.tasks[0].steps[0].text, "Bad.");
+        assert_eq!(result.usage.cached_prompt_tokens, 5);
+        // The prompt is the eval format and the instruction is offered as the shared prefix.
+        let batch = &guard.engine().seen[0];
+        assert_eq!(
+            batch.prompts[0],
+            PromptFormat::Eval.render(&Conversation::prompt_only("x"))
+        );
+        assert_eq!(
+            batch.shared_prefix.as_deref(),
+            Some(PromptFormat::Eval.shared_prefix().as_str())
+        );
+    }
+
+    #[test]
+    fn the_policy_decides_unparseable_output_and_says_so() {
+        let conversation = Conversation::prompt_only("x");
+        let closed = guard(&[TRUNCATED], UnparseablePolicy::FailClosed)
+            .check(&conversation, &mut |_| {})
+            .unwrap();
+        assert!(closed.harmful);
+        assert_eq!(
+            (closed.decided_by, closed.missing.clone()),
+            (DecidedBy::Policy, vec![Task::Prompt])
+        );
+        let open = guard(&[TRUNCATED], UnparseablePolicy::FailOpen)
+            .check(&conversation, &mut |_| {})
+            .unwrap();
+        assert!(!open.harmful);
+        assert_eq!(open.decided_by, DecidedBy::Policy);
+        let error = guard(&[TRUNCATED], UnparseablePolicy::Error)
+            .check(&conversation, &mut |_| {})
+            .unwrap_err();
+        assert!(
+            error.to_string().contains("gives no Request answer"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_response_calls_for_all_three_answers() {
+        // `None` for completion and response is fine without a response, not with one.
+        let with_response = Conversation::with_response("x", "y");
+        let result = guard(&[HARMFUL], UnparseablePolicy::FailOpen)
+            .check(&with_response, &mut |_| {})
+            .unwrap();
+        assert_eq!(result.missing, vec![Task::Refusal, Task::Response]);
+        // fail-open still blocks what the model did call harmful.
+        assert!(result.harmful);
+    }
+
+    #[test]
+    fn a_batch_keeps_its_order_and_per_item_errors() {
+        let mut guard = guard(&[HARMFUL, TRUNCATED], UnparseablePolicy::Error);
+        let conversations = [
+            Conversation::prompt_only("a"),
+            Conversation::prompt_only("b"),
+        ];
+        let results = guard.check_batch(&conversations, &mut |_, _| {}).unwrap();
+        assert!(results[0].as_ref().unwrap().harmful);
+        assert!(matches!(results[1], Err(GuardError::Unparseable { .. })));
+    }
+
+    #[test]
+    fn policy_names_parse() {
+        for policy in [
+            UnparseablePolicy::Error,
+            UnparseablePolicy::FailClosed,
+            UnparseablePolicy::FailOpen,
+        ] {
+            assert_eq!(policy.name().parse::<UnparseablePolicy>().unwrap(), policy);
+        }
+    }
+}
