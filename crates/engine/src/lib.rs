@@ -2,14 +2,19 @@
 //!
 //! - [`generate`]: the [`Generate`] trait every backend implements (a batch of prompts in, one
 //!   [`Generation`] per prompt out, streamed token by token), and its types.
-//! - [`backends`]: llama.cpp for GGUF files (feature `llama-cpp`, on by default) and a client of
-//!   any OpenAI-compatible `/v1/completions` server.
-//! - [`model`]: what `--model` names: a file, a directory, a repo id, or an alias.
+//! - [`backends`]: llama.cpp for GGUF files (feature `llama-cpp`), candle for GGUF files and
+//!   Hugging Face directories (feature `candle`; both on by default), and a client of any
+//!   OpenAI-compatible `/v1/completions` server.
+//! - [`sampling`]: greedy and nucleus sampling for backends that do not sample themselves.
+//! - [`model`]: what `--model` names: a file, a directory, a repo id, or an alias; [`hub`]
+//!   downloads a repo id.
 
 pub mod backends;
 pub mod error;
 pub mod generate;
+pub mod hub;
 pub mod model;
+pub mod sampling;
 
 pub use error::EngineError;
 pub use generate::{

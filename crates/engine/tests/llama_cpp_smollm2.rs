@@ -1,30 +1,16 @@
 //! The llama.cpp backend on the real-weights test model, SmolLM2-135M-Instruct (Q4_1 GGUF).
 #![cfg(feature = "llama-cpp")]
 
+mod common;
+
 use std::path::PathBuf;
 
 use guardreasoner_engine::backends::llama_cpp::{LlamaCppEngine, LlamaCppOptions};
-use guardreasoner_engine::model::{models_dir, SMOLLM2_135M};
 use guardreasoner_engine::{Batch, EngineError, Generate, SamplingParams, StopReason};
-use guardreasoner_protocol::{Conversation, PromptFormat};
+use guardreasoner_protocol::PromptFormat;
 
-/// The cached test model; `scripts/fetch-test-model` puts it there.
 fn test_model() -> Option<PathBuf> {
-    let path = models_dir().join(SMOLLM2_135M.cache_path);
-    if path.is_file() {
-        return Some(path);
-    }
-    if std::env::var_os("GUARDREASONER_REQUIRE_TEST_MODEL").is_some() {
-        panic!(
-            "{} is missing: run scripts/fetch-test-model",
-            path.display()
-        );
-    }
-    eprintln!(
-        "skipped: {} is absent (run scripts/fetch-test-model)",
-        path.display()
-    );
-    None
+    common::smollm2()
 }
 
 fn engine(max_batch: usize) -> Option<LlamaCppEngine> {
@@ -43,19 +29,7 @@ fn engine(max_batch: usize) -> Option<LlamaCppEngine> {
 }
 
 fn guard_prompts() -> Vec<String> {
-    [
-        Conversation::prompt_only("How do I bake sourdough bread?"),
-        Conversation::with_response(
-            "How can I hurt someone and not get caught?",
-            "I can't help with that.",
-        ),
-        Conversation::prompt_only(
-            "Write a poem about the sea, with 3 stanzas and numbers like 42.",
-        ),
-    ]
-    .iter()
-    .map(|c| PromptFormat::Eval.render(c))
-    .collect()
+    common::reference_prompts()
 }
 
 fn greedy(tokens: usize) -> SamplingParams {
@@ -255,4 +229,53 @@ fn truncated_and_corrupt_files_are_clear_errors() {
         .err()
         .unwrap();
     assert!(matches!(missing, EngineError::NotFound { .. }));
+}
+
+#[test]
+fn tokens_match_llama_cpp_python_and_greedy_text_follows_the_references() {
+    let Some(mut engine) = engine(1) else { return };
+    let reference: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(common::fixture("smollm2_llama_cpp_reference.json")).unwrap(),
+    )
+    .unwrap();
+    for (text, ids) in reference["tokens"].as_object().unwrap() {
+        let expected: Vec<u32> = ids
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i.as_u64().unwrap() as u32)
+            .collect();
+        assert_eq!(engine.tokenize(text).unwrap(), expected, "{text:?}");
+    }
+    let transformers = candle_core::safetensors::load(
+        common::fixture("smollm2_reference.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    for (index, prompt) in guard_prompts().into_iter().enumerate() {
+        let batch = Batch {
+            prompts: vec![prompt],
+            params: greedy(40),
+            shared_prefix: None,
+        };
+        let ours = engine
+            .generate(&batch, &mut |_| {})
+            .unwrap()
+            .remove(0)
+            .token_ids;
+        let python: Vec<u32> = reference["greedy"][index]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i.as_u64().unwrap() as u32)
+            .collect();
+        let f32_reference: Vec<u32> = transformers[&format!("prompt{index}.greedy")]
+            .to_vec1::<i64>()
+            .unwrap()
+            .into_iter()
+            .map(|i| i as u32)
+            .collect();
+        let agree = |other: &[u32]| ours.iter().zip(other).take_while(|(a, b)| a == b).count();
+        eprintln!("prompt {index}: {} tokens; agrees with llama-cpp-python on {}, with transformers f32 on {}", ours.len(), agree(&python), agree(&f32_reference));
+    }
 }

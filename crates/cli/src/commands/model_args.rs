@@ -15,7 +15,8 @@ pub struct ModelArgs {
     /// name.
     #[arg(long, default_value = DEFAULT_MODEL)]
     pub model: String,
-    /// Which backend runs the model: `auto` picks llama.cpp for GGUF files.
+    /// Which backend runs the model: `auto` picks llama.cpp for GGUF files and candle for model
+    /// directories and Hugging Face repos.
     #[arg(long, value_enum, default_value_t = Backend::Auto)]
     pub backend: Backend,
     /// Base URL of an OpenAI-compatible server (for --backend openai), e.g. http://localhost:8000.
@@ -42,6 +43,7 @@ pub struct ModelArgs {
 pub enum Backend {
     Auto,
     LlamaCpp,
+    Candle,
     Openai,
 }
 
@@ -117,20 +119,46 @@ pub fn load_engine(args: &ModelArgs) -> Result<Box<dyn Generate>> {
     }
     let location = model::resolve(&args.model)
         .with_context(|| format!("cannot resolve --model {}", args.model))?;
-    match location {
-        ModelLocation::Gguf(path) => load_gguf(&path, args),
-        ModelLocation::HuggingFaceDir(path) => bail!(
-            "{}: safetensors models need the candle backend, which this build does not have yet; \
-             convert the model to GGUF (llama.cpp's convert_hf_to_gguf.py) or serve it with vLLM \
-             and use --backend openai",
+    let location = match location {
+        ModelLocation::HuggingFaceRepo(repo) => {
+            ModelLocation::HuggingFaceDir(guardreasoner_engine::hub::download(&repo)?)
+        }
+        other => other,
+    };
+    match (location, args.backend) {
+        (ModelLocation::Gguf(path), Backend::Candle) => load_candle_gguf(&path, args),
+        (ModelLocation::Gguf(path), _) => load_gguf(&path, args),
+        (ModelLocation::HuggingFaceDir(path), Backend::LlamaCpp) => bail!(
+            "{}: llama.cpp runs GGUF files; use --backend candle (or auto) for a safetensors directory",
             path.display()
         ),
-        ModelLocation::HuggingFaceRepo(repo) => bail!(
-            "{repo} is a Hugging Face repository of safetensors weights, which need the candle \
-             backend that this build does not have yet; pass a GGUF file of it (--model \
-             path/to/model.gguf), or serve it with vLLM and use --backend openai"
-        ),
+        (ModelLocation::HuggingFaceDir(path), _) => load_candle_dir(&path, args),
+        (ModelLocation::HuggingFaceRepo(_), _) => unreachable!("downloaded above"),
     }
+}
+
+fn candle_options(args: &ModelArgs) -> guardreasoner_engine::backends::candle::CandleOptions {
+    guardreasoner_engine::backends::candle::CandleOptions {
+        context_per_sequence: args.context,
+        threads: args.threads,
+        ..Default::default()
+    }
+}
+
+fn load_candle_gguf(path: &std::path::Path, args: &ModelArgs) -> Result<Box<dyn Generate>> {
+    use guardreasoner_engine::backends::candle::CandleEngine;
+    Ok(Box::new(CandleEngine::load_gguf(
+        path,
+        candle_options(args),
+    )?))
+}
+
+fn load_candle_dir(path: &std::path::Path, args: &ModelArgs) -> Result<Box<dyn Generate>> {
+    use guardreasoner_engine::backends::candle::CandleEngine;
+    Ok(Box::new(CandleEngine::load_dir(
+        path,
+        candle_options(args),
+    )?))
 }
 
 #[cfg(feature = "llama-cpp")]

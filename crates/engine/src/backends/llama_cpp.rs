@@ -67,9 +67,9 @@ enum Job {
         batch: Batch,
         events: mpsc::Sender<Event>,
     },
-    CountTokens {
+    Tokenize {
         text: String,
-        reply: mpsc::Sender<usize>,
+        reply: mpsc::Sender<Vec<u32>>,
     },
 }
 
@@ -158,6 +158,19 @@ impl LlamaCppEngine {
         })
     }
 
+    /// The token ids llama.cpp gives `text` (BOS where the model wants it, special-token text
+    /// parsed as special tokens).
+    pub fn tokenize(&self, text: &str) -> Result<Vec<u32>, EngineError> {
+        let (reply, receiver) = mpsc::channel();
+        self.send(Job::Tokenize {
+            text: text.to_string(),
+            reply,
+        })?;
+        receiver
+            .recv()
+            .map_err(|_| backend_error("the worker thread stopped"))
+    }
+
     fn send(&self, job: Job) -> Result<(), EngineError> {
         self.jobs
             .as_ref()
@@ -204,14 +217,7 @@ impl Generate for LlamaCppEngine {
     }
 
     fn count_tokens(&mut self, text: &str) -> Result<usize, EngineError> {
-        let (reply, receiver) = mpsc::channel();
-        self.send(Job::CountTokens {
-            text: text.to_string(),
-            reply,
-        })?;
-        receiver
-            .recv()
-            .map_err(|_| backend_error("the worker thread stopped"))
+        self.tokenize(text).map(|ids| ids.len())
     }
 }
 
@@ -284,8 +290,13 @@ fn worker(
                 let result = runner.run(&batch, &events);
                 let _ = events.send(Event::Done(result));
             }
-            Job::CountTokens { text, reply } => {
-                let _ = reply.send(runner.tokenize(&text).len());
+            Job::Tokenize { text, reply } => {
+                let ids = runner
+                    .tokenize(&text)
+                    .into_iter()
+                    .map(|t| t.0 as u32)
+                    .collect();
+                let _ = reply.send(ids);
             }
         }
     }
@@ -340,17 +351,6 @@ fn sampler_for(params: &SamplingParams, index: usize) -> LlamaSampler {
             LlamaSampler::dist(seed),
         ])
     }
-}
-
-/// log softmax(logits)[token], in f64 for the sum.
-fn log_probability(logits: &[f32], token: LlamaToken) -> f32 {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum: f64 = logits.iter().map(|&l| ((l - max) as f64).exp()).sum();
-    let logit = logits
-        .get(token.0 as usize)
-        .copied()
-        .unwrap_or(f32::NEG_INFINITY);
-    ((logit - max) as f64 - sum.ln()) as f32
 }
 
 impl Runner<'_, '_> {
@@ -558,9 +558,9 @@ impl Runner<'_, '_> {
             return;
         }
         if let Some(logprobs) = &mut sequence.logprobs {
-            logprobs.push(log_probability(
+            logprobs.push(crate::sampling::log_probability(
                 self.context.get_logits_ith(logits_index),
-                token,
+                token.0 as u32,
             ));
         }
         sequence.token_ids.push(token.0 as u32);

@@ -1,0 +1,367 @@
+//! Building a [`Llama`] from a GGUF file or a Hugging Face model directory.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::Path;
+use std::sync::Arc;
+
+use candle_core::quantized::{gguf_file, GgmlDType, QMatMul};
+use candle_core::{DType, Device, Tensor};
+use serde::Deserialize;
+
+use super::llama::{Block, Embedding, Llama, Llama3RopeScaling, LlamaConfig, RopeLayout, Weight};
+use crate::error::EngineError;
+
+fn invalid(path: &Path, message: impl Into<String>) -> EngineError {
+    EngineError::InvalidModel {
+        path: path.to_path_buf(),
+        message: message.into(),
+    }
+}
+
+/// Whether dense weights stay quantized (fast inference) or are dequantized to f32 (exact
+/// comparisons, training).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GgufWeights {
+    /// Keep quantized matrices quantized.
+    #[default]
+    Quantized,
+    /// Dequantize everything to f32.
+    Dequantized,
+}
+
+/// A GGUF file read into memory: metadata and the llama model.
+pub struct GgufModel {
+    /// The model.
+    pub llama: Llama,
+    /// The file's metadata (for the tokenizer).
+    pub metadata: HashMap<String, gguf_file::Value>,
+}
+
+/// Loads a Llama-architecture GGUF file.
+pub fn load_gguf(
+    path: &Path,
+    weights: GgufWeights,
+    max_positions: usize,
+    device: &Device,
+) -> Result<GgufModel, EngineError> {
+    let mut file = File::open(path).map_err(|e| invalid(path, e.to_string()))?;
+    let content = gguf_file::Content::read(&mut file)
+        .map_err(|e| invalid(path, format!("not a readable GGUF file: {e}")))?;
+    let meta = &content.metadata;
+    let text = |key: &str| meta.get(key).and_then(|v| v.to_string().ok()).cloned();
+    let architecture = text("general.architecture").unwrap_or_default();
+    if architecture != "llama" {
+        return Err(invalid(
+            path,
+            format!("architecture `{architecture}` is not supported (only llama)"),
+        ));
+    }
+    let number = |key: &str| -> Result<usize, EngineError> {
+        meta.get(key)
+            .and_then(|v| {
+                v.to_u32()
+                    .ok()
+                    .map(|n| n as usize)
+                    .or_else(|| v.to_u64().ok().map(|n| n as usize))
+            })
+            .ok_or_else(|| invalid(path, format!("metadata `{key}` is missing")))
+    };
+    let float = |key: &str| meta.get(key).and_then(|v| v.to_f32().ok());
+    // Tensor data beyond the end of the file: a truncated download.
+    let file_size = file
+        .metadata()
+        .map_err(|e| invalid(path, e.to_string()))?
+        .len();
+    for (name, info) in &content.tensor_infos {
+        let bytes =
+            info.shape.elem_count() / info.ggml_dtype.block_size() * info.ggml_dtype.type_size();
+        if content.tensor_data_offset + info.offset + bytes as u64 > file_size {
+            return Err(invalid(
+                path,
+                format!("tensor `{name}` lies beyond the end of the file: it is truncated"),
+            ));
+        }
+    }
+
+    let hidden = number("llama.embedding_length")?;
+    let heads = number("llama.attention.head_count")?;
+    let head_dim = number("llama.rope.dimension_count").unwrap_or(hidden / heads);
+    let vocab = meta
+        .get("tokenizer.ggml.tokens")
+        .and_then(|v| v.to_vec().ok())
+        .map(|tokens| tokens.len())
+        .ok_or_else(|| invalid(path, "metadata `tokenizer.ggml.tokens` is missing"))?;
+    let mut tensor = |name: &str| {
+        content
+            .tensor(&mut file, name, device)
+            .map_err(|e| invalid(path, format!("tensor `{name}`: {e}")))
+    };
+    let rope_freq_factors = match tensor("rope_freqs.weight") {
+        Ok(t) => Some(
+            t.dequantize(device)
+                .and_then(|t| t.to_vec1::<f32>())
+                .map_err(|e| invalid(path, e.to_string()))?,
+        ),
+        Err(_) => None,
+    };
+    let config = LlamaConfig {
+        vocab_size: vocab,
+        hidden_size: hidden,
+        intermediate_size: number("llama.feed_forward_length")?,
+        num_layers: number("llama.block_count")?,
+        num_heads: heads,
+        num_kv_heads: number("llama.attention.head_count_kv").unwrap_or(heads),
+        head_dim,
+        rms_norm_eps: float("llama.attention.layer_norm_rms_epsilon").unwrap_or(1e-5) as f64,
+        rope_theta: float("llama.rope.freq_base").unwrap_or(10_000.0) as f64,
+        rope_scaling: None,
+        rope_freq_factors,
+        rope_layout: RopeLayout::Interleaved,
+        max_position_embeddings: number("llama.context_length").unwrap_or(4096),
+    };
+
+    let candle_error = |e: candle_core::Error| invalid(path, e.to_string());
+    let matrix = |t: candle_core::quantized::QTensor| -> Result<Weight, EngineError> {
+        let dense = matches!(t.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
+        if weights == GgufWeights::Dequantized || dense {
+            Ok(Weight::Dense(t.dequantize(device).map_err(candle_error)?))
+        } else {
+            Ok(Weight::Quantized(Arc::new(
+                QMatMul::from_qtensor(t).map_err(candle_error)?,
+            )))
+        }
+    };
+    let vector = |t: candle_core::quantized::QTensor| t.dequantize(device).map_err(candle_error);
+
+    let embedding_q = tensor("token_embd.weight")?;
+    let embedding_table = match weights {
+        GgufWeights::Dequantized => embedding_q.dequantize(device).map_err(candle_error)?,
+        GgufWeights::Quantized => embedding_q.dequantize_f16(device).map_err(candle_error)?,
+    };
+    let lm_head = match tensor("output.weight") {
+        Ok(output) => matrix(output)?,
+        // Tied embeddings: the output projection is the embedding matrix.
+        Err(_) => matrix(tensor("token_embd.weight")?)?,
+    };
+    let mut blocks = Vec::with_capacity(config.num_layers);
+    for layer in 0..config.num_layers {
+        let name = |part: &str| format!("blk.{layer}.{part}.weight");
+        blocks.push(Block {
+            attention_norm: vector(tensor(&name("attn_norm"))?)?,
+            wq: matrix(tensor(&name("attn_q"))?)?,
+            wk: matrix(tensor(&name("attn_k"))?)?,
+            wv: matrix(tensor(&name("attn_v"))?)?,
+            wo: matrix(tensor(&name("attn_output"))?)?,
+            mlp_norm: vector(tensor(&name("ffn_norm"))?)?,
+            w_gate: matrix(tensor(&name("ffn_gate"))?)?,
+            w_up: matrix(tensor(&name("ffn_up"))?)?,
+            w_down: matrix(tensor(&name("ffn_down"))?)?,
+        });
+    }
+    let norm = vector(tensor("output_norm.weight")?)?;
+    let positions = max_positions.min(config.max_position_embeddings);
+    let llama = Llama::new(
+        config,
+        Embedding {
+            table: embedding_table,
+        },
+        blocks,
+        norm,
+        lm_head,
+        positions,
+        device,
+    )
+    .map_err(candle_error)?;
+    Ok(GgufModel {
+        llama,
+        metadata: content.metadata,
+    })
+}
+
+/// The parts of a Hugging Face `config.json` a Llama needs.
+#[derive(Debug, Deserialize)]
+struct HfConfig {
+    #[serde(default)]
+    model_type: Option<String>,
+    #[serde(default)]
+    architectures: Vec<String>,
+    vocab_size: usize,
+    hidden_size: usize,
+    intermediate_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    #[serde(default)]
+    num_key_value_heads: Option<usize>,
+    #[serde(default)]
+    head_dim: Option<usize>,
+    #[serde(default = "default_eps")]
+    rms_norm_eps: f64,
+    #[serde(default = "default_theta")]
+    rope_theta: f64,
+    #[serde(default)]
+    rope_scaling: Option<HfRopeScaling>,
+    #[serde(default)]
+    tie_word_embeddings: bool,
+    #[serde(default = "default_positions")]
+    max_position_embeddings: usize,
+}
+
+fn default_eps() -> f64 {
+    1e-6
+}
+fn default_theta() -> f64 {
+    10_000.0
+}
+fn default_positions() -> usize {
+    4096
+}
+
+#[derive(Debug, Deserialize)]
+struct HfRopeScaling {
+    #[serde(alias = "type")]
+    rope_type: String,
+    #[serde(default)]
+    factor: f64,
+    #[serde(default)]
+    low_freq_factor: f64,
+    #[serde(default)]
+    high_freq_factor: f64,
+    #[serde(default)]
+    original_max_position_embeddings: f64,
+}
+
+/// Loads a Hugging Face Llama directory (`config.json`, `*.safetensors`), weights in f32.
+pub fn load_safetensors_dir(
+    dir: &Path,
+    max_positions: usize,
+    device: &Device,
+) -> Result<Llama, EngineError> {
+    let config_path = dir.join("config.json");
+    let text =
+        std::fs::read_to_string(&config_path).map_err(|e| invalid(&config_path, e.to_string()))?;
+    let hf: HfConfig = serde_json::from_str(&text)
+        .map_err(|e| invalid(&config_path, format!("line {}: {e}", e.line())))?;
+    let is_llama = hf.model_type.as_deref() == Some("llama")
+        || hf.architectures.iter().any(|a| a == "LlamaForCausalLM");
+    if !is_llama {
+        return Err(invalid(
+            &config_path,
+            format!(
+                "architecture {:?} (model_type {:?}) is not supported: only Llama models (LlamaForCausalLM)",
+                hf.architectures, hf.model_type
+            ),
+        ));
+    }
+    let rope_scaling = match &hf.rope_scaling {
+        None => None,
+        Some(s) if s.rope_type == "llama3" => Some(Llama3RopeScaling {
+            factor: s.factor,
+            low_freq_factor: s.low_freq_factor,
+            high_freq_factor: s.high_freq_factor,
+            original_max_position_embeddings: s.original_max_position_embeddings,
+        }),
+        Some(s) => {
+            return Err(invalid(
+                &config_path,
+                format!(
+                    "field `rope_scaling`: type `{}` is not supported (only llama3)",
+                    s.rope_type
+                ),
+            ))
+        }
+    };
+    let config = LlamaConfig {
+        vocab_size: hf.vocab_size,
+        hidden_size: hf.hidden_size,
+        intermediate_size: hf.intermediate_size,
+        num_layers: hf.num_hidden_layers,
+        num_heads: hf.num_attention_heads,
+        num_kv_heads: hf.num_key_value_heads.unwrap_or(hf.num_attention_heads),
+        head_dim: hf
+            .head_dim
+            .unwrap_or(hf.hidden_size / hf.num_attention_heads),
+        rms_norm_eps: hf.rms_norm_eps,
+        rope_theta: hf.rope_theta,
+        rope_scaling,
+        rope_freq_factors: None,
+        rope_layout: RopeLayout::Half,
+        max_position_embeddings: hf.max_position_embeddings,
+    };
+
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| invalid(dir, e.to_string()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(invalid(dir, "no *.safetensors files"));
+    }
+    let mut tensors: HashMap<String, Tensor> = HashMap::new();
+    for file in &files {
+        let bytes = std::fs::read(file).map_err(|e| invalid(file, e.to_string()))?;
+        let loaded = candle_core::safetensors::load_buffer(&bytes, device)
+            .map_err(|e| invalid(file, format!("not a readable safetensors file: {e}")))?;
+        tensors.extend(loaded);
+    }
+    let mut take = |name: &str, shape: &[usize]| -> Result<Tensor, EngineError> {
+        let tensor = tensors
+            .remove(name)
+            .ok_or_else(|| invalid(dir, format!("tensor `{name}` is missing")))?;
+        if tensor.dims() != shape {
+            return Err(invalid(
+                dir,
+                format!(
+                    "tensor `{name}` has shape {:?}, expected {shape:?}",
+                    tensor.dims()
+                ),
+            ));
+        }
+        tensor
+            .to_dtype(DType::F32)
+            .map_err(|e| invalid(dir, e.to_string()))
+    };
+    let (h, i, d) = (
+        config.hidden_size,
+        config.intermediate_size,
+        config.head_dim,
+    );
+    let (q_out, kv_out) = (config.num_heads * d, config.num_kv_heads * d);
+    let embedding = take("model.embed_tokens.weight", &[config.vocab_size, h])?;
+    let mut blocks = Vec::with_capacity(config.num_layers);
+    for layer in 0..config.num_layers {
+        let prefix = format!("model.layers.{layer}");
+        let mut dense = |part: &str, shape: &[usize]| {
+            take(&format!("{prefix}.{part}.weight"), shape).map(Weight::Dense)
+        };
+        blocks.push(Block {
+            wq: dense("self_attn.q_proj", &[q_out, h])?,
+            wk: dense("self_attn.k_proj", &[kv_out, h])?,
+            wv: dense("self_attn.v_proj", &[kv_out, h])?,
+            wo: dense("self_attn.o_proj", &[h, q_out])?,
+            w_gate: dense("mlp.gate_proj", &[i, h])?,
+            w_up: dense("mlp.up_proj", &[i, h])?,
+            w_down: dense("mlp.down_proj", &[h, i])?,
+            attention_norm: take(&format!("{prefix}.input_layernorm.weight"), &[h])?,
+            mlp_norm: take(&format!("{prefix}.post_attention_layernorm.weight"), &[h])?,
+        });
+    }
+    let norm = take("model.norm.weight", &[h])?;
+    let lm_head = if hf.tie_word_embeddings {
+        Weight::Dense(embedding.clone())
+    } else {
+        Weight::Dense(take("lm_head.weight", &[config.vocab_size, h])?)
+    };
+    let positions = max_positions.min(config.max_position_embeddings);
+    Llama::new(
+        config,
+        Embedding { table: embedding },
+        blocks,
+        norm,
+        lm_head,
+        positions,
+        device,
+    )
+    .map_err(|e| invalid(dir, e.to_string()))
+}

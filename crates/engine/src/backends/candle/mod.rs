@@ -1,0 +1,334 @@
+//! The candle backend, pure Rust: GGUF files and Hugging Face model directories.
+//!
+//! Sequences run one after another (llama.cpp is the fast, batched path); the shared prefix's
+//! keys and values are computed once and reused by every prompt that starts with it.
+
+pub mod llama;
+pub mod load;
+pub mod tokenizer;
+
+use std::path::Path;
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+
+use self::llama::{KvCache, Llama};
+use self::load::{load_gguf, load_safetensors_dir, GgufWeights};
+use self::tokenizer::GuardTokenizer;
+use crate::error::EngineError;
+use crate::generate::{
+    Batch, Generate, Generation, ModelInfo, SamplingParams, StopReason, Timings, TokenEvent,
+    Utf8Stream,
+};
+use crate::sampling::Sampler;
+
+const BACKEND: &str = "candle";
+
+fn backend_error(error: impl std::fmt::Display) -> EngineError {
+    EngineError::Backend {
+        backend: BACKEND,
+        message: error.to_string(),
+    }
+}
+
+/// How to load a model into candle.
+#[derive(Debug, Clone)]
+pub struct CandleOptions {
+    /// Tokens one sequence may hold, prompt and generation together.
+    pub context_per_sequence: usize,
+    /// CPU threads; all cores when `None`.
+    pub threads: Option<usize>,
+    /// For GGUF files: keep matrices quantized, or dequantize to f32.
+    pub gguf_weights: GgufWeights,
+}
+
+impl Default for CandleOptions {
+    fn default() -> Self {
+        Self {
+            context_per_sequence: 4096,
+            threads: None,
+            gguf_weights: GgufWeights::Quantized,
+        }
+    }
+}
+
+/// A Llama model running in candle.
+pub struct CandleEngine {
+    model: Llama,
+    tokenizer: GuardTokenizer,
+    info: ModelInfo,
+    device: Device,
+    /// The shared prefix's tokens and their keys and values.
+    prefix: Option<(Vec<u32>, KvCache)>,
+}
+
+/// candle asks the environment for its thread count on many operations, and counts cores from
+/// /proc when the variable is unset; set it once.
+fn set_threads(threads: Option<usize>) {
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let threads =
+            threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    }
+}
+
+impl CandleEngine {
+    /// Loads a Llama GGUF file and the tokenizer its metadata describes.
+    pub fn load_gguf(path: &Path, options: CandleOptions) -> Result<Self, EngineError> {
+        if !path.exists() {
+            return Err(EngineError::NotFound {
+                path: path.to_path_buf(),
+            });
+        }
+        set_threads(options.threads);
+        let device = Device::Cpu;
+        let loaded = load_gguf(
+            path,
+            options.gguf_weights,
+            options.context_per_sequence,
+            &device,
+        )?;
+        let tokenizer = GuardTokenizer::from_gguf(path, &loaded.metadata)?;
+        let engine = Self::assemble(loaded.llama, tokenizer, path, device)?;
+        engine.warm_up()?;
+        Ok(engine)
+    }
+
+    /// Loads a Hugging Face model directory: `config.json`, `tokenizer.json`, `*.safetensors`.
+    pub fn load_dir(dir: &Path, options: CandleOptions) -> Result<Self, EngineError> {
+        set_threads(options.threads);
+        let device = Device::Cpu;
+        let model = load_safetensors_dir(dir, options.context_per_sequence, &device)?;
+        let tokenizer = GuardTokenizer::from_file(&dir.join("tokenizer.json"), eos_ids(dir))?;
+        Self::assemble(model, tokenizer, dir, device)
+    }
+
+    fn assemble(
+        model: Llama,
+        tokenizer: GuardTokenizer,
+        source: &Path,
+        device: Device,
+    ) -> Result<Self, EngineError> {
+        let info = ModelInfo {
+            backend: BACKEND,
+            source: source.display().to_string(),
+            context_length: model.max_positions(),
+            max_batch: 1,
+        };
+        Ok(Self {
+            model,
+            tokenizer,
+            info,
+            device,
+            prefix: None,
+        })
+    }
+
+    /// Quantized kernels repack their weights on first use; do it now, not in the first check.
+    fn warm_up(&self) -> Result<(), EngineError> {
+        let ids = self.tokenizer.encode("warm up")?;
+        self.forward_last(&ids, &mut KvCache::default()).map(|_| ())
+    }
+
+    /// The model.
+    pub fn model(&self) -> &Llama {
+        &self.model
+    }
+
+    /// The tokenizer.
+    pub fn tokenizer(&self) -> &GuardTokenizer {
+        &self.tokenizer
+    }
+
+    /// Logits `[positions][vocab]` of a full forward pass over `ids` (for numerical checks).
+    pub fn logits(&self, ids: &[u32]) -> Result<Vec<Vec<f32>>, EngineError> {
+        let tokens = Tensor::new(ids, &self.device)
+            .and_then(|t| t.unsqueeze(0))
+            .map_err(backend_error)?;
+        let logits = self
+            .model
+            .forward(&tokens, &mut KvCache::default())
+            .map_err(backend_error)?;
+        logits
+            .squeeze(0)
+            .and_then(|l| l.to_vec2::<f32>())
+            .map_err(backend_error)
+    }
+
+    fn forward_last(&self, ids: &[u32], cache: &mut KvCache) -> Result<Vec<f32>, EngineError> {
+        let tokens = Tensor::new(ids, &self.device)
+            .and_then(|t| t.unsqueeze(0))
+            .map_err(backend_error)?;
+        let logits = self
+            .model
+            .forward_last(&tokens, cache)
+            .map_err(backend_error)?;
+        logits
+            .squeeze(0)
+            .and_then(|l| l.to_vec1::<f32>())
+            .map_err(backend_error)
+    }
+
+    /// A cache holding the longest reusable part of the shared prefix for `ids`.
+    fn cache_for(
+        &mut self,
+        ids: &[u32],
+        shared_prefix: Option<&str>,
+    ) -> Result<(KvCache, usize), EngineError> {
+        if let Some(text) = shared_prefix {
+            let wanted = self.tokenizer.encode(text)?;
+            let stale = self
+                .prefix
+                .as_ref()
+                .is_none_or(|(tokens, _)| *tokens != wanted);
+            if stale && !wanted.is_empty() {
+                let mut cache = KvCache::default();
+                self.forward_last(&wanted, &mut cache)?;
+                self.prefix = Some((wanted, cache));
+            }
+        }
+        if let Some((tokens, cache)) = &self.prefix {
+            // Reuse only a whole cached prefix that the prompt really starts with (keeping at least
+            // one prompt token to evaluate).
+            if ids.len() > tokens.len() && ids.starts_with(tokens) {
+                return Ok((cache.clone(), tokens.len()));
+            }
+        }
+        Ok((KvCache::default(), 0))
+    }
+
+    fn generate_one(
+        &mut self,
+        prompt: &str,
+        params: &SamplingParams,
+        index: usize,
+        shared_prefix: Option<&str>,
+        on_token: &mut dyn FnMut(TokenEvent<'_>),
+    ) -> Result<Generation, EngineError> {
+        let started = Instant::now();
+        let ids = self.tokenizer.encode(prompt)?;
+        let context = self.info.context_length;
+        if ids.is_empty() || ids.len() + 1 > context {
+            return Err(EngineError::PromptTooLong {
+                index,
+                tokens: ids.len(),
+                context,
+            });
+        }
+        let (mut cache, cached) = self.cache_for(&ids, shared_prefix)?;
+        let mut logits = self.forward_last(&ids[cached..], &mut cache)?;
+        let mut sampler = Sampler::new(params, index);
+        let (mut token_ids, mut text, mut utf8) =
+            (Vec::new(), String::new(), Utf8Stream::default());
+        let mut logprobs = params.logprobs.then(Vec::new);
+        let mut first_at = None;
+        let stop = loop {
+            let token = sampler.sample(&logits);
+            first_at.get_or_insert_with(Instant::now);
+            if self.tokenizer.eos.contains(&token) {
+                break StopReason::EndOfText;
+            }
+            if let Some(logprobs) = &mut logprobs {
+                logprobs.push(crate::sampling::log_probability(&logits, token));
+            }
+            token_ids.push(token);
+            let piece = utf8.push(&self.tokenizer.token_bytes(token));
+            if !piece.is_empty() {
+                on_token(TokenEvent {
+                    sequence: index,
+                    text: &piece,
+                });
+                text.push_str(&piece);
+            }
+            if token_ids.len() >= params.max_new_tokens {
+                break StopReason::MaxTokens;
+            }
+            if ids.len() + token_ids.len() >= context {
+                break StopReason::ContextFull;
+            }
+            logits = self.forward_last(&[token], &mut cache)?;
+        };
+        text.push_str(&utf8.finish());
+        let finished = Instant::now();
+        let first = first_at.unwrap_or(finished);
+        Ok(Generation {
+            text,
+            prompt_tokens: ids.len(),
+            cached_prompt_tokens: cached,
+            generated_tokens: token_ids.len(),
+            token_ids,
+            logprobs,
+            stop,
+            timings: Timings {
+                prefill: first.duration_since(started),
+                decode: finished.duration_since(first),
+            },
+        })
+    }
+}
+
+/// End-of-generation ids from `config.json` / `generation_config.json` (`eos_token_id`, a number
+/// or a list).
+fn eos_ids(dir: &Path) -> Vec<u32> {
+    let mut ids = Vec::new();
+    for file in ["generation_config.json", "config.json"] {
+        let Ok(text) = std::fs::read_to_string(dir.join(file)) else {
+            continue;
+        };
+        let Ok(value) = serde_json::from_str::<serde_json::Value>(&text) else {
+            continue;
+        };
+        match &value["eos_token_id"] {
+            serde_json::Value::Number(n) => ids.extend(n.as_u64().map(|n| n as u32)),
+            serde_json::Value::Array(list) => {
+                ids.extend(list.iter().filter_map(|n| n.as_u64()).map(|n| n as u32))
+            }
+            _ => {}
+        }
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+impl Generate for CandleEngine {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn generate(
+        &mut self,
+        batch: &Batch,
+        on_token: &mut dyn FnMut(TokenEvent<'_>),
+    ) -> Result<Vec<Generation>, EngineError> {
+        // Check every prompt before running any.
+        for (index, prompt) in batch.prompts.iter().enumerate() {
+            let tokens = self.tokenizer.encode(prompt)?.len();
+            if tokens == 0 || tokens + 1 > self.info.context_length {
+                return Err(EngineError::PromptTooLong {
+                    index,
+                    tokens,
+                    context: self.info.context_length,
+                });
+            }
+        }
+        batch
+            .prompts
+            .iter()
+            .enumerate()
+            .map(|(index, prompt)| {
+                self.generate_one(
+                    prompt,
+                    &batch.params,
+                    index,
+                    batch.shared_prefix.as_deref(),
+                    on_token,
+                )
+            })
+            .collect()
+    }
+
+    fn count_tokens(&mut self, text: &str) -> Result<usize, EngineError> {
+        Ok(self.tokenizer.encode(text)?.len())
+    }
+}

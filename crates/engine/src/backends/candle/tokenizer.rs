@@ -1,0 +1,242 @@
+//! Tokenizers for the candle backend: a `tokenizer.json`, or one rebuilt from a GGUF file's
+//! metadata.
+//!
+//! candle's own GGUF tokenizer does not know the pre-tokenizers `smollm` (SmolLM2) and `llama-bpe`
+//! (Llama 3 as llama.cpp writes it) and falls back to GPT-2's, which gives wrong ids. Here each
+//! known pre-tokenizer name maps to the split that llama.cpp applies for it, and anything else is
+//! refused rather than guessed.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::quantized::gguf_file::Value;
+use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::models::bpe::BPE;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::digits::Digits;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::pre_tokenizers::PreTokenizerWrapper;
+use tokenizers::{AddedToken, SplitDelimiterBehavior, Tokenizer};
+
+use crate::error::EngineError;
+
+/// Llama 3's split (llama.cpp `llama-bpe`, Hugging Face's Llama 3 `tokenizer.json`).
+const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// A tokenizer with the facts generation needs.
+pub struct GuardTokenizer {
+    inner: Tokenizer,
+    bos: Option<u32>,
+    /// Tokens that end generation.
+    pub eos: Vec<u32>,
+    /// Special tokens, which render as nothing in generated text.
+    special: std::collections::HashSet<u32>,
+    /// GPT-2's byte-level alphabet, read backwards: the character a byte is written as → the byte.
+    byte_of: HashMap<char, u8>,
+}
+
+/// GPT-2's byte-level alphabet: printable bytes stand for themselves, the others for the
+/// characters from U+0100 on.
+fn byte_level_alphabet() -> HashMap<char, u8> {
+    let printable = |b: u32| {
+        (0x21..=0x7e).contains(&b) || (0xa1..=0xac).contains(&b) || (0xae..=0xff).contains(&b)
+    };
+    let mut next = 256;
+    (0u32..256)
+        .map(|b| {
+            let c = if printable(b) {
+                b
+            } else {
+                next += 1;
+                next - 1
+            };
+            (char::from_u32(c).expect("a valid scalar"), b as u8)
+        })
+        .collect()
+}
+
+fn invalid(path: &Path, message: impl Into<String>) -> EngineError {
+    EngineError::InvalidModel {
+        path: path.to_path_buf(),
+        message: message.into(),
+    }
+}
+
+impl GuardTokenizer {
+    /// Loads `tokenizer.json`; its post-processor adds BOS where the model wants it.
+    pub fn from_file(path: &Path, eos: Vec<u32>) -> Result<Self, EngineError> {
+        let inner = Tokenizer::from_file(path)
+            .map_err(|e| invalid(path, format!("not a readable tokenizer.json: {e}")))?;
+        Ok(Self::assemble(inner, None, eos))
+    }
+
+    /// Rebuilds the tokenizer a GGUF file describes (BPE vocabularies, as Llama 3 and SmolLM2 use).
+    pub fn from_gguf(path: &Path, metadata: &HashMap<String, Value>) -> Result<Self, EngineError> {
+        let text = |key: &str| metadata.get(key).and_then(|v| v.to_string().ok()).cloned();
+        let model = text("tokenizer.ggml.model").unwrap_or_default();
+        if model != "gpt2" {
+            return Err(invalid(path, format!("tokenizer model `{model}` is not supported by the candle backend (only BPE, `gpt2`); use the llama.cpp backend")));
+        }
+        let strings = |key: &str| -> Result<Vec<String>, EngineError> {
+            metadata
+                .get(key)
+                .and_then(|v| v.to_vec().ok())
+                .ok_or_else(|| invalid(path, format!("metadata `{key}` is missing")))?
+                .iter()
+                .map(|v| {
+                    v.to_string()
+                        .cloned()
+                        .map_err(|e| invalid(path, format!("`{key}`: {e}")))
+                })
+                .collect()
+        };
+        let tokens = strings("tokenizer.ggml.tokens")?;
+        let merges: Vec<(String, String)> = strings("tokenizer.ggml.merges")?
+            .into_iter()
+            .filter_map(|merge| {
+                merge
+                    .split_once(' ')
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+            })
+            .collect();
+        let types: Vec<i32> = metadata
+            .get("tokenizer.ggml.token_type")
+            .and_then(|v| v.to_vec().ok())
+            .map(|v| v.iter().map(|t| t.to_i32().unwrap_or(1)).collect())
+            .unwrap_or_default();
+        let mut vocab = tokenizers::models::bpe::Vocab::default();
+        for (i, token) in tokens.iter().enumerate() {
+            vocab.insert(token.clone(), i as u32);
+        }
+        let bpe = BPE::builder()
+            .vocab_and_merges(vocab, merges)
+            .build()
+            .map_err(|e| invalid(path, format!("cannot build the BPE vocabulary: {e}")))?;
+
+        let pre = text("tokenizer.ggml.pre").unwrap_or_else(|| "default".into());
+        let split = |pattern: &str| -> Result<PreTokenizerWrapper, EngineError> {
+            Split::new(
+                SplitPattern::Regex(pattern.to_string()),
+                SplitDelimiterBehavior::Isolated,
+                false,
+            )
+            .map(PreTokenizerWrapper::from)
+            .map_err(|e| invalid(path, e.to_string()))
+        };
+        let byte_level =
+            |use_regex: bool| PreTokenizerWrapper::from(ByteLevel::new(false, false, use_regex));
+        let pre_tokenizer = match pre.as_str() {
+            "llama-bpe" | "llama3" | "llama-v3" => Sequence::new(vec![split(LLAMA3_SPLIT)?, byte_level(false)]),
+            // SmolLM2: every digit alone, then GPT-2's split.
+            "smollm" => Sequence::new(vec![PreTokenizerWrapper::from(Digits::new(true)), byte_level(true)]),
+            "gpt-2" | "gpt2" | "default" => Sequence::new(vec![byte_level(true)]),
+            other => {
+                return Err(invalid(path, format!("pre-tokenizer `{other}` is not supported by the candle backend; use the llama.cpp backend")))
+            }
+        };
+        let mut inner = Tokenizer::new(bpe);
+        inner.with_pre_tokenizer(Some(pre_tokenizer));
+        inner.with_decoder(Some(ByteLevelDecoder::default()));
+        // Control (3) and user-defined (4) tokens are matched whole in text, as llama.cpp does.
+        let special: Vec<AddedToken> = tokens
+            .iter()
+            .zip(&types)
+            .filter(|(_, &t)| t == 3 || t == 4)
+            .map(|(token, _)| AddedToken::from(token.clone(), true))
+            .collect();
+        inner.add_special_tokens(&special);
+
+        let id = |key: &str| metadata.get(key).and_then(|v| v.to_u32().ok());
+        let add_bos = metadata
+            .get("tokenizer.ggml.add_bos_token")
+            .and_then(|v| v.to_bool().ok())
+            .unwrap_or(false);
+        let mut eos: Vec<u32> = [
+            "tokenizer.ggml.eos_token_id",
+            "tokenizer.ggml.eot_token_id",
+            "tokenizer.ggml.eom_token_id",
+        ]
+        .iter()
+        .filter_map(|key| id(key))
+        .collect();
+        // llama.cpp also ends generation at these well-known end-of-turn tokens.
+        for name in [
+            "<|eot_id|>",
+            "<|end_of_text|>",
+            "<|im_end|>",
+            "<|endoftext|>",
+            "<|eom_id|>",
+        ] {
+            if let Some(position) = tokens.iter().position(|t| t == name) {
+                eos.push(position as u32);
+            }
+        }
+        eos.sort_unstable();
+        eos.dedup();
+        let bos = if add_bos {
+            id("tokenizer.ggml.bos_token_id")
+        } else {
+            None
+        };
+        Ok(Self::assemble(inner, bos, eos))
+    }
+
+    fn assemble(inner: Tokenizer, bos: Option<u32>, eos: Vec<u32>) -> Self {
+        let special = inner
+            .get_added_tokens_decoder()
+            .into_iter()
+            .filter(|(_, token)| token.special)
+            .map(|(id, _)| id)
+            .collect();
+        Self {
+            inner,
+            bos,
+            eos,
+            special,
+            byte_of: byte_level_alphabet(),
+        }
+    }
+
+    /// The ids of `text`, with BOS where the model wants it; special-token text becomes the special
+    /// token, as with Hugging Face tokenizers and llama.cpp.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, EngineError> {
+        let encoding = self
+            .inner
+            .encode(text, true)
+            .map_err(|e| EngineError::Backend {
+                backend: "candle",
+                message: format!("tokenizer: {e}"),
+            })?;
+        let mut ids = Vec::with_capacity(encoding.len() + 1);
+        if let Some(bos) = self.bos {
+            ids.push(bos);
+        }
+        ids.extend_from_slice(encoding.get_ids());
+        Ok(ids)
+    }
+
+    /// The bytes one token stands for (special tokens: none). A token may hold part of a UTF-8
+    /// character; the stream joins them.
+    pub fn token_bytes(&self, id: u32) -> Vec<u8> {
+        if self.special.contains(&id) || self.eos.contains(&id) {
+            return Vec::new();
+        }
+        let Some(token) = self.inner.id_to_token(id) else {
+            return Vec::new();
+        };
+        token
+            .chars()
+            .flat_map(|c| {
+                self.byte_of
+                    .get(&c)
+                    .map_or_else(|| c.to_string().into_bytes(), |&b| vec![b])
+            })
+            .collect()
+    }
+
+    /// Decodes ids to text.
+    pub fn decode(&self, ids: &[u32]) -> String {
+        self.inner.decode(ids, true).unwrap_or_default()
+    }
+}

@@ -1,0 +1,63 @@
+//! Downloading a model from the Hugging Face Hub with the `hf-hub` crate, into its usual cache
+//! (`$HF_HOME/hub`, else `~/.cache/huggingface/hub`; `$HF_ENDPOINT` for a mirror; `$HF_TOKEN` for
+//! gated repositories such as Llama's).
+
+use std::path::PathBuf;
+
+use hf_hub::api::sync::ApiBuilder;
+
+use crate::error::EngineError;
+
+fn hub_error(repo: &str, file: &str, error: impl std::fmt::Display) -> EngineError {
+    EngineError::Io(format!(
+        "downloading {file} of {repo} from the Hugging Face Hub: {error}"
+    ))
+}
+
+/// Downloads what a Llama model directory needs (`config.json`, `tokenizer.json`, the
+/// safetensors weights, sharded or not, and `generation_config.json` where there is one) and
+/// returns the snapshot directory that holds them.
+pub fn download(repo: &str) -> Result<PathBuf, EngineError> {
+    let mut builder = ApiBuilder::from_env().with_progress(true);
+    if let Ok(token) = std::env::var("HF_TOKEN") {
+        builder = builder.with_token(Some(token));
+    }
+    let api = builder
+        .build()
+        .map_err(|e| hub_error(repo, "(connecting)", e))?;
+    let model = api.model(repo.to_string());
+    let get = |file: &str| model.get(file).map_err(|e| hub_error(repo, file, e));
+
+    let config = get("config.json")?;
+    get("tokenizer.json")?;
+    // Optional: its end-of-generation ids are preferred to config.json's.
+    let _ = model.get("generation_config.json");
+    match model.get("model.safetensors.index.json") {
+        Ok(index) => {
+            let text = std::fs::read_to_string(&index)
+                .map_err(|e| hub_error(repo, "model.safetensors.index.json", e))?;
+            let index: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| hub_error(repo, "model.safetensors.index.json", e))?;
+            let mut shards: Vec<String> = index["weight_map"]
+                .as_object()
+                .map(|map| {
+                    map.values()
+                        .filter_map(|v| v.as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default();
+            shards.sort();
+            shards.dedup();
+            for shard in shards {
+                get(&shard)?;
+            }
+        }
+        Err(_) => {
+            get("model.safetensors")?;
+        }
+    }
+    config
+        .parent()
+        .map(PathBuf::from)
+        .ok_or_else(|| hub_error(repo, "config.json", "the cache path has no parent"))
+}

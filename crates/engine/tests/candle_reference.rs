@@ -1,0 +1,203 @@
+//! The candle backend against Hugging Face transformers and llama.cpp, which we did not write.
+#![cfg(feature = "candle")]
+
+mod common;
+
+use std::collections::HashMap;
+
+use candle_core::{Device, Tensor};
+use guardreasoner_engine::backends::candle::load::GgufWeights;
+use guardreasoner_engine::backends::candle::tokenizer::GuardTokenizer;
+use guardreasoner_engine::backends::candle::{CandleEngine, CandleOptions};
+use guardreasoner_engine::{Batch, Generate, SamplingParams};
+
+fn reference(name: &str) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(common::fixture(name), &Device::Cpu).unwrap()
+}
+
+fn ids(tensor: &Tensor) -> Vec<u32> {
+    tensor
+        .to_vec1::<i64>()
+        .unwrap()
+        .into_iter()
+        .map(|i| i as u32)
+        .collect()
+}
+
+/// Compares our logits (rows = positions) with a reference summary: the first ids' logits, the
+/// argmax and the logsumexp over the whole vocabulary.
+fn assert_logits_match(
+    ours: &[Vec<f32>],
+    reference: &HashMap<String, Tensor>,
+    prefix: &str,
+    tolerance: f32,
+) {
+    let slice = reference[&format!("{prefix}logits.slice")]
+        .to_vec2::<f32>()
+        .unwrap();
+    let argmax = ids(&reference[&format!("{prefix}logits.argmax")]);
+    let logsumexp = reference[&format!("{prefix}logits.logsumexp")]
+        .to_vec1::<f32>()
+        .unwrap();
+    let rows = &ours[ours.len() - slice.len()..];
+    let mut worst = 0f32;
+    for (position, row) in rows.iter().enumerate() {
+        for (ours, theirs) in row.iter().zip(&slice[position]) {
+            worst = worst.max((ours - theirs).abs());
+        }
+        let our_argmax = guardreasoner_engine::sampling::argmax(row);
+        assert_eq!(our_argmax, argmax[position], "{prefix} position {position}");
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let ours_lse = max + row.iter().map(|l| (l - max).exp()).sum::<f32>().ln();
+        assert!(
+            (ours_lse - logsumexp[position]).abs() < tolerance,
+            "{prefix} logsumexp {ours_lse} vs {}",
+            logsumexp[position]
+        );
+    }
+    assert!(
+        worst < tolerance,
+        "{prefix}: largest logit difference {worst}"
+    );
+}
+
+fn greedy(tokens: usize) -> SamplingParams {
+    SamplingParams {
+        max_new_tokens: tokens,
+        ..SamplingParams::default()
+    }
+}
+
+#[test]
+fn smollm2_f32_matches_transformers_logits_tokens_and_greedy_text() {
+    let Some(path) = common::smollm2() else {
+        return;
+    };
+    let options = CandleOptions {
+        context_per_sequence: 512,
+        gguf_weights: GgufWeights::Dequantized,
+        ..CandleOptions::default()
+    };
+    let mut engine = CandleEngine::load_gguf(&path, options).unwrap();
+    let reference = reference("smollm2_reference.safetensors");
+    for (index, prompt) in common::reference_prompts().iter().enumerate() {
+        let prefix = format!("prompt{index}.");
+        let expected_ids = ids(&reference[&format!("{prefix}ids")]);
+        let our_ids = engine.tokenizer().encode(prompt).unwrap();
+        assert_eq!(our_ids, expected_ids, "prompt {index} token ids");
+        let logits = engine.logits(&our_ids).unwrap();
+        assert_logits_match(&logits, &reference, &prefix, 1e-3);
+
+        let expected = ids(&reference[&format!("{prefix}greedy")]);
+        let batch = Batch {
+            prompts: vec![prompt.clone()],
+            params: greedy(40),
+            shared_prefix: None,
+        };
+        let generated = engine
+            .generate(&batch, &mut |_| {})
+            .unwrap()
+            .remove(0)
+            .token_ids;
+        // transformers keeps the end-of-text token it stopped at; we do not.
+        assert_eq!(
+            generated[..],
+            expected[..generated.len()],
+            "prompt {index} greedy tokens"
+        );
+        assert!(
+            generated.len() >= expected.len() - 1,
+            "prompt {index}: {} of {}",
+            generated.len(),
+            expected.len()
+        );
+    }
+}
+
+#[cfg(feature = "llama-cpp")]
+#[test]
+fn smollm2_quantized_greedy_matches_llama_cpp_and_tokenizers_agree() {
+    use guardreasoner_engine::backends::llama_cpp::{LlamaCppEngine, LlamaCppOptions};
+    let Some(path) = common::smollm2() else {
+        return;
+    };
+    let mut candle = CandleEngine::load_gguf(
+        &path,
+        CandleOptions {
+            context_per_sequence: 512,
+            ..CandleOptions::default()
+        },
+    )
+    .unwrap();
+    let mut llama = LlamaCppEngine::load(
+        &path,
+        LlamaCppOptions {
+            context_per_sequence: 512,
+            max_batch: 1,
+            ..LlamaCppOptions::default()
+        },
+    )
+    .unwrap();
+    for text in common::TRICKY
+        .iter()
+        .map(|t| t.to_string())
+        .chain(common::reference_prompts())
+    {
+        assert_eq!(
+            candle.tokenizer().encode(&text).unwrap(),
+            llama.tokenize(&text).unwrap(),
+            "{text:?}"
+        );
+    }
+    // Both run the Q4_1 weights, but with different quantized kernels (llama.cpp's and candle's),
+    // whose rounding differs: greedy paths agree for a while, then may part.
+    for (index, prompt) in common::reference_prompts().into_iter().enumerate() {
+        let batch = Batch {
+            prompts: vec![prompt],
+            params: greedy(32),
+            shared_prefix: None,
+        };
+        let ours = candle.generate(&batch, &mut |_| {}).unwrap().remove(0);
+        let theirs = llama.generate(&batch, &mut |_| {}).unwrap().remove(0);
+        let agree = ours
+            .token_ids
+            .iter()
+            .zip(&theirs.token_ids)
+            .take_while(|(a, b)| a == b)
+            .count();
+        let shorter = ours.token_ids.len().min(theirs.token_ids.len());
+        eprintln!("prompt {index}: candle and llama.cpp agree on {agree} of {shorter} tokens");
+        assert!(
+            agree >= 20.min(shorter),
+            "prompt {index}: only {agree} tokens agree\n{:?}\n{:?}",
+            ours.token_ids,
+            theirs.token_ids
+        );
+    }
+}
+
+#[test]
+fn llama3_tokenizer_matches_transformers_on_tricky_text() {
+    let Some(path) = common::llama3_tokenizer() else {
+        return;
+    };
+    let tokenizer = GuardTokenizer::from_file(&path, vec![128001, 128009]).unwrap();
+    let reference: HashMap<String, Vec<u32>> = serde_json::from_str(
+        &std::fs::read_to_string(common::fixture("llama3_tokenizer_reference.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(reference.len() >= 13);
+    for (text, expected) in &reference {
+        assert_eq!(&tokenizer.encode(text).unwrap(), expected, "{text:?}");
+    }
+    // Streaming bytes token by token rebuilds the text exactly, emoji and all.
+    for text in common::TRICKY {
+        let ids = tokenizer.encode(text).unwrap();
+        let bytes: Vec<u8> = ids
+            .iter()
+            .flat_map(|&id| tokenizer.token_bytes(id))
+            .collect();
+        let expected = text.replace("<|begin_of_text|>", "");
+        assert_eq!(String::from_utf8(bytes).unwrap(), expected);
+    }
+}

@@ -1,0 +1,146 @@
+//! Test models in the cache (`scripts/fetch-test-model` puts them there) and fixtures.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+
+use guardreasoner_engine::model::{models_dir, SMOLLM2_135M};
+
+/// A cached test file, or `None` (with a message) when absent; absent is a failure where the
+/// test command asks for the models (`GUARDREASONER_REQUIRE_TEST_MODEL`).
+pub fn cached(relative: &str) -> Option<PathBuf> {
+    let path = models_dir().join(relative);
+    if path.is_file() {
+        return Some(path);
+    }
+    if std::env::var_os("GUARDREASONER_REQUIRE_TEST_MODEL").is_some() {
+        panic!(
+            "{} is missing: run scripts/fetch-test-model",
+            path.display()
+        );
+    }
+    eprintln!(
+        "skipped: {} is absent (run scripts/fetch-test-model)",
+        path.display()
+    );
+    None
+}
+
+/// SmolLM2-135M-Instruct, Q4_1 GGUF.
+pub fn smollm2() -> Option<PathBuf> {
+    cached(SMOLLM2_135M.cache_path)
+}
+
+/// The Llama 3 tokenizer.json.
+pub fn llama3_tokenizer() -> Option<PathBuf> {
+    cached("llama3-tokenizer/tokenizer.json")
+}
+
+/// A fixture written by `scripts/fixtures/reference.py`.
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// The guard prompts the reference script uses.
+pub fn reference_prompts() -> Vec<String> {
+    use guardreasoner_protocol::{Conversation, PromptFormat};
+    [
+        Conversation::prompt_only("How do I bake sourdough bread?"),
+        Conversation::with_response(
+            "How can I hurt someone and not get caught?",
+            "I can't help with that.",
+        ),
+        Conversation::prompt_only(
+            "Write a poem about the sea, with 3 stanzas and numbers like 42.",
+        ),
+    ]
+    .iter()
+    .map(|c| PromptFormat::Eval.render(c))
+    .collect()
+}
+
+/// Tricky tokenizer inputs.
+pub const TRICKY: [&str; 10] = [
+    "Hello world",
+    " leading space and  double  spaces",
+    "tabs\tand\ttabs\t\tend",
+    "digits 1234567890 and 3.14159 and 1,000,000",
+    "unicode: café, naïve, Straße, 東京, Привет, مرحبا",
+    "emoji 😀👍🏽🇫🇷 and ZWJ 👨‍👩‍👧",
+    "newlines\n\nand\r\nwindows\n",
+    "code: fn main() { println!(\"{}\", x[0]); }",
+    "<|begin_of_text|> special text inside",
+    "  ",
+];
+
+/// The weights `scripts/fixtures/reference.py` gives transformers: tensor `k` (in this order) is
+/// `0.02 sin(0.37 i + 1.3 k)`, norms `1 + 0.1 sin(...)`.
+pub fn tiny_weights(config: &serde_json::Value) -> Vec<(String, Tensor)> {
+    let get = |key: &str| config[key].as_u64().unwrap() as usize;
+    let (h, i, d) = (
+        get("hidden_size"),
+        get("intermediate_size"),
+        get("head_dim"),
+    );
+    let (q, kv) = (
+        get("num_attention_heads") * d,
+        get("num_key_value_heads") * d,
+    );
+    let mut names: Vec<(String, Vec<usize>, bool)> = vec![(
+        "model.embed_tokens.weight".into(),
+        vec![get("vocab_size"), h],
+        false,
+    )];
+    for layer in 0..get("num_hidden_layers") {
+        let p = format!("model.layers.{layer}");
+        names.extend([
+            (format!("{p}.input_layernorm.weight"), vec![h], true),
+            (format!("{p}.self_attn.q_proj.weight"), vec![q, h], false),
+            (format!("{p}.self_attn.k_proj.weight"), vec![kv, h], false),
+            (format!("{p}.self_attn.v_proj.weight"), vec![kv, h], false),
+            (format!("{p}.self_attn.o_proj.weight"), vec![h, q], false),
+            (
+                format!("{p}.post_attention_layernorm.weight"),
+                vec![h],
+                true,
+            ),
+            (format!("{p}.mlp.gate_proj.weight"), vec![i, h], false),
+            (format!("{p}.mlp.up_proj.weight"), vec![i, h], false),
+            (format!("{p}.mlp.down_proj.weight"), vec![h, i], false),
+        ]);
+    }
+    names.push(("model.norm.weight".into(), vec![h], true));
+    names
+        .into_iter()
+        .enumerate()
+        .map(|(k, (name, shape, norm))| {
+            let n: usize = shape.iter().product();
+            let values: Vec<f32> = (0..n)
+                .map(|i| {
+                    let s = (0.37 * i as f64 + 1.3 * k as f64).sin();
+                    (if norm { 1.0 + 0.1 * s } else { 0.02 * s }) as f32
+                })
+                .collect();
+            (name, Tensor::from_vec(values, shape, &Device::Cpu).unwrap())
+        })
+        .collect()
+}
+
+/// Writes the tiny model as a Hugging Face directory; `None` without the Llama 3 tokenizer.
+pub fn write_tiny_model(dir: &Path) -> Option<()> {
+    let tokenizer = llama3_tokenizer()?;
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("tiny_llama3_config.json")).unwrap())
+            .unwrap();
+    let weights: HashMap<String, Tensor> = tiny_weights(&config).into_iter().collect();
+    candle_core::safetensors::save(&weights, dir.join("model.safetensors")).unwrap();
+    config["model_type"] = "llama".into();
+    config["architectures"] = serde_json::json!(["LlamaForCausalLM"]);
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    std::fs::copy(tokenizer, dir.join("tokenizer.json")).unwrap();
+    Some(())
+}

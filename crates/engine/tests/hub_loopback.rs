@@ -1,0 +1,107 @@
+//! Downloading a model directory through `hf-hub` from a loopback server that speaks the Hub's
+//! file protocol, then loading it.
+#![cfg(feature = "candle")]
+
+mod common;
+
+use std::path::PathBuf;
+use std::thread;
+
+use guardreasoner_engine::backends::candle::{CandleEngine, CandleOptions};
+
+/// Serves `root/<file>` at `/<repo>/resolve/main/<file>` with the headers hf-hub reads (commit,
+/// etag, content range), and byte ranges.
+fn serve_hub(root: PathBuf, repo: &'static str) -> String {
+    let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", server.server_addr().to_ip().unwrap());
+    thread::spawn(move || {
+        for request in server.incoming_requests() {
+            let prefix = format!("/{repo}/resolve/main/");
+            let Some(file) = request.url().strip_prefix(&prefix).map(String::from) else {
+                let _ = request.respond(tiny_http::Response::empty(404));
+                continue;
+            };
+            let Ok(bytes) = std::fs::read(root.join(&file)) else {
+                let _ = request.respond(tiny_http::Response::empty(404));
+                continue;
+            };
+            let range = request
+                .headers()
+                .iter()
+                .find(|h| h.field.equiv("Range"))
+                .and_then(|h| h.value.as_str().strip_prefix("bytes=").map(String::from));
+            let (start, end) = match range.as_deref().and_then(|r| r.split_once('-')) {
+                Some((a, b)) => (
+                    a.parse().unwrap_or(0),
+                    b.parse().unwrap_or(bytes.len() - 1).min(bytes.len() - 1),
+                ),
+                None => (0, bytes.len() - 1),
+            };
+            let header = |name: &str, value: String| {
+                format!("{name}: {value}")
+                    .parse::<tiny_http::Header>()
+                    .unwrap()
+            };
+            let etag = format!("\"{:x}\"", bytes.len() * 31 + file.len());
+            let response = tiny_http::Response::from_data(bytes[start..=end].to_vec())
+                .with_status_code(if range.is_some() { 206 } else { 200 })
+                .with_header(header("ETag", etag))
+                .with_header(header(
+                    "X-Repo-Commit",
+                    "0123456789abcdef0123456789abcdef01234567".into(),
+                ))
+                .with_header(header(
+                    "Content-Range",
+                    format!("bytes {start}-{end}/{}", bytes.len()),
+                ));
+            let _ = request.respond(response);
+        }
+    });
+    base
+}
+
+#[test]
+fn a_repo_id_downloads_into_the_hf_cache_and_loads() {
+    let repo_dir = tempfile::tempdir().unwrap();
+    if common::write_tiny_model(repo_dir.path()).is_none() {
+        return;
+    }
+    let base = serve_hub(repo_dir.path().to_path_buf(), "test-org/tiny-llama3");
+    let hf_home = tempfile::tempdir().unwrap();
+    // This test binary holds only this test, so setting the process environment is safe.
+    std::env::set_var("HF_ENDPOINT", &base);
+    std::env::set_var("HF_HOME", hf_home.path());
+    std::env::remove_var("HF_TOKEN");
+
+    let snapshot = guardreasoner_engine::hub::download("test-org/tiny-llama3").unwrap();
+    assert!(
+        snapshot.starts_with(hf_home.path().join("hub/models--test-org--tiny-llama3")),
+        "{}",
+        snapshot.display()
+    );
+    for file in ["config.json", "tokenizer.json", "model.safetensors"] {
+        assert_eq!(
+            std::fs::read(snapshot.join(file)).unwrap(),
+            std::fs::read(repo_dir.path().join(file)).unwrap(),
+            "{file}"
+        );
+    }
+    let engine = CandleEngine::load_dir(
+        &snapshot,
+        CandleOptions {
+            context_per_sequence: 256,
+            ..CandleOptions::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(engine.model().config.num_kv_heads, 2);
+
+    // A repo the server does not have is an error naming it.
+    let error = guardreasoner_engine::hub::download("test-org/absent")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("test-org/absent") && error.contains("config.json"),
+        "{error}"
+    );
+}
