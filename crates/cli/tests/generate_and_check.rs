@@ -261,11 +261,18 @@ fn unknown_models_and_bad_files_are_clear_errors() {
         text(&output.stderr)
     );
 
-    let output = run(&["check", "--model", "guardreasoner-1b", "--prompt", "x"]);
+    // A released model is downloaded from the Hub; here the Hub is a closed loopback port.
+    let hf_home = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_guardreasoner"))
+        .args(["check", "--model", "guardreasoner-1b", "--prompt", "x"])
+        .env("HF_ENDPOINT", "http://127.0.0.1:9")
+        .env("HF_HOME", hf_home.path())
+        .output()
+        .unwrap();
     assert!(!output.status.success());
+    let stderr = text(&output.stderr);
     assert!(
-        text(&output.stderr).contains("GGUF"),
-        "{}",
-        text(&output.stderr)
+        stderr.contains("yueliu1999/GuardReasoner-1B") && stderr.contains("127.0.0.1:9"),
+        "{stderr}"
     );
 }

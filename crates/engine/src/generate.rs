@@ -22,6 +22,9 @@ pub struct SamplingParams {
     pub max_new_tokens: usize,
     /// Whether to return the log-probability of each generated token.
     pub logprobs: bool,
+    /// Keep generating past end-of-text tokens, up to `max_new_tokens` (for benchmarks).
+    #[serde(default)]
+    pub ignore_eos: bool,
 }
 
 impl Default for SamplingParams {
@@ -32,6 +35,7 @@ impl Default for SamplingParams {
             seed: 0,
             max_new_tokens: DEFAULT_MAX_NEW_TOKENS,
             logprobs: false,
+            ignore_eos: false,
         }
     }
 }

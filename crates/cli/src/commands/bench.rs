@@ -44,6 +44,7 @@ pub struct BenchReport {
     pub model: String,
     pub backend: String,
     pub prompt_tokens: usize,
+    pub new_tokens: usize,
     pub prefill_tokens_per_second: f64,
     pub decode_tokens_per_second: f64,
     pub seconds_per_check: f64,
@@ -73,8 +74,10 @@ pub fn measure(
     concurrency: usize,
 ) -> Result<BenchReport> {
     let format = PromptFormat::Eval;
+    // Exactly `new_tokens` per check, end of text or not, so that runs compare.
     let params = SamplingParams {
         max_new_tokens: new_tokens,
+        ignore_eos: true,
         ..SamplingParams::default()
     };
     let conversations = bench_conversations(concurrency.max(1));
@@ -94,6 +97,7 @@ pub fn measure(
 
     let (mut prefill, mut decode, mut per_check) = (Vec::new(), Vec::new(), Vec::new());
     let mut prompt_tokens = 0;
+    let mut generated = 0;
     for _ in 0..runs.max(1) {
         // An empty shared prefix: the whole prompt is evaluated, single stream.
         let start = Instant::now();
@@ -109,6 +113,7 @@ pub fn measure(
             .remove(0);
         per_check.push(start.elapsed().as_secs_f64());
         prompt_tokens = generation.prompt_tokens;
+        generated = generation.generated_tokens;
         let evaluated = (generation.prompt_tokens - generation.cached_prompt_tokens) as f64;
         prefill.push(evaluated / generation.timings.prefill.as_secs_f64().max(1e-9));
         decode.push(
@@ -138,6 +143,7 @@ pub fn measure(
         model: engine.info().source.clone(),
         backend: engine.info().backend.to_string(),
         prompt_tokens,
+        new_tokens: generated,
         prefill_tokens_per_second: median(prefill),
         decode_tokens_per_second: median(decode),
         seconds_per_check: median(per_check),

@@ -81,7 +81,7 @@ impl GenerationArgs {
             top_p: self.top_p,
             seed: self.seed,
             max_new_tokens: self.max_new_tokens,
-            logprobs: false,
+            ..SamplingParams::default()
         }
     }
 

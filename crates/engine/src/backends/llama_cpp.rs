@@ -548,11 +548,17 @@ impl Runner<'_, '_> {
         params: &SamplingParams,
         events: &mpsc::Sender<Event>,
     ) {
-        let token = sequence.sampler.sample(self.context, logits_index);
+        let token = if params.is_greedy() {
+            // A plain argmax over the logits: the same token as llama.cpp's greedy sampler,
+            // without building its candidate array over the whole vocabulary every step.
+            LlamaToken(crate::sampling::argmax(self.context.get_logits_ith(logits_index)) as i32)
+        } else {
+            sequence.sampler.sample(self.context, logits_index)
+        };
         let now = Instant::now();
         sequence.first_token_at.get_or_insert(now);
         let vocab = self.model.vocab();
-        if vocab.is_eog(token) {
+        if vocab.is_eog(token) && !params.ignore_eos {
             sequence.stop = Some(StopReason::EndOfText);
             sequence.finished_at = Some(now);
             return;

@@ -92,6 +92,10 @@ impl OpenAiEngine {
         if params.logprobs {
             body["logprobs"] = json!(1);
         }
+        if params.ignore_eos {
+            // vLLM's extension; other servers ignore unknown fields.
+            body["ignore_eos"] = json!(true);
+        }
         let mut request = self.agent.post(&self.url());
         if let Some(key) = &self.options.api_key {
             request = request.header("Authorization", format!("Bearer {key}"));

@@ -225,7 +225,7 @@ impl CandleEngine {
         let stop = loop {
             let token = sampler.sample(&logits);
             first_at.get_or_insert_with(Instant::now);
-            if self.tokenizer.eos.contains(&token) {
+            if self.tokenizer.eos.contains(&token) && !params.ignore_eos {
                 break StopReason::EndOfText;
             }
             if let Some(logprobs) = &mut logprobs {

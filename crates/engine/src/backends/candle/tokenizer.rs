@@ -145,7 +145,9 @@ impl GuardTokenizer {
             .filter(|(_, &t)| t == 3 || t == 4)
             .map(|(token, _)| AddedToken::from(token.clone(), true))
             .collect();
-        inner.add_special_tokens(&special);
+        inner
+            .add_special_tokens(special)
+            .map_err(|e| invalid(path, format!("cannot add the special tokens: {e}")))?;
 
         let id = |key: &str| metadata.get(key).and_then(|v| v.to_u32().ok());
         let add_bos = metadata
