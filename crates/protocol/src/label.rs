@@ -234,6 +234,17 @@ impl<T: Copy + Into<Label>> Answer<T> {
     }
 }
 
+impl Answer<Label> {
+    /// The same answer over a task's label type; a label of another task becomes `Missing`.
+    pub fn narrow<T: TryFrom<Label>>(self) -> Answer<T> {
+        match self {
+            Answer::Label(label) => T::try_from(label).map_or(Answer::Missing, Answer::Label),
+            Answer::NoneStated => Answer::NoneStated,
+            Answer::Missing => Answer::Missing,
+        }
+    }
+}
+
 impl<T: Copy + Into<Label>> Serialize for Answer<T> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(self.as_str())

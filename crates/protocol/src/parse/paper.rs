@@ -60,18 +60,9 @@ pub fn parse_paper(output: &str) -> Verdict {
         None => Answer::Missing,
     };
     Verdict {
-        request: typed(answer(Task::Prompt)),
-        completion: typed(answer(Task::Refusal)),
-        response: typed(answer(Task::Response)),
-    }
-}
-
-/// Narrows an answer over [`Label`] to a task's label type (the regexes guarantee it fits).
-fn typed<T: TryFrom<Label>>(answer: Answer<Label>) -> Answer<T> {
-    match answer {
-        Answer::Label(label) => T::try_from(label).map_or(Answer::Missing, Answer::Label),
-        Answer::NoneStated => Answer::NoneStated,
-        Answer::Missing => Answer::Missing,
+        request: answer(Task::Prompt).narrow(),
+        completion: answer(Task::Refusal).narrow(),
+        response: answer(Task::Response).narrow(),
     }
 }
 

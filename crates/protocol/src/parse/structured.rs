@@ -202,17 +202,9 @@ fn read_answers(
         }
     };
     Verdict {
-        request: narrow::<Harm>(read(Task::Prompt)),
-        completion: narrow::<Refusal>(read(Task::Refusal)),
-        response: narrow::<Harm>(read(Task::Response)),
-    }
-}
-
-fn narrow<T: TryFrom<Label>>(answer: Answer<Label>) -> Answer<T> {
-    match answer {
-        Answer::Label(label) => T::try_from(label).map_or(Answer::Missing, Answer::Label),
-        Answer::NoneStated => Answer::NoneStated,
-        Answer::Missing => Answer::Missing,
+        request: read(Task::Prompt).narrow::<Harm>(),
+        completion: read(Task::Refusal).narrow::<Refusal>(),
+        response: read(Task::Response).narrow::<Harm>(),
     }
 }
 
