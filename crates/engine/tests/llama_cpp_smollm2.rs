@@ -279,3 +279,58 @@ fn tokens_match_llama_cpp_python_and_greedy_text_follows_the_references() {
         eprintln!("prompt {index}: {} tokens; agrees with llama-cpp-python on {}, with transformers f32 on {}", ours.len(), agree(&python), agree(&f32_reference));
     }
 }
+
+/// On f32 weights (the Q4_1 file dequantized), llama.cpp's greedy tokens equal transformers' f32
+/// greedy tokens: what is left of the quantized comparison's differences was quantization.
+#[cfg(feature = "candle")]
+#[test]
+fn on_f32_weights_greedy_tokens_equal_transformers() {
+    let Some(path) = test_model() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let f32_file = dir.path().join("smollm2-f32.gguf");
+    guardreasoner_engine::backends::candle::load::dequantize_gguf(&path, &f32_file).unwrap();
+    let mut engine = LlamaCppEngine::load(
+        &f32_file,
+        LlamaCppOptions {
+            context_per_sequence: 1024,
+            max_batch: 1,
+            ..LlamaCppOptions::default()
+        },
+    )
+    .unwrap();
+    let transformers = candle_core::safetensors::load(
+        common::fixture("smollm2_reference.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    for (index, prompt) in guard_prompts().into_iter().enumerate() {
+        let expected: Vec<u32> = transformers[&format!("prompt{index}.greedy")]
+            .to_vec1::<i64>()
+            .unwrap()
+            .into_iter()
+            .map(|i| i as u32)
+            .collect();
+        let batch = Batch {
+            prompts: vec![prompt],
+            params: greedy(40),
+            shared_prefix: None,
+        };
+        let generated = engine
+            .generate(&batch, &mut |_| {})
+            .unwrap()
+            .remove(0)
+            .token_ids;
+        // transformers keeps the end-of-text token it stopped at; we do not.
+        assert_eq!(
+            generated[..],
+            expected[..generated.len().min(expected.len())],
+            "prompt {index}"
+        );
+        assert!(
+            generated.len() + 1 >= expected.len(),
+            "prompt {index}: {} of {}",
+            generated.len(),
+            expected.len()
+        );
+    }
+}

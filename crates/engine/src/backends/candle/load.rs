@@ -179,6 +179,43 @@ pub fn load_gguf(
     })
 }
 
+/// Writes `target`: `source` with every tensor dequantized to f32 and the metadata unchanged (the
+/// file type set to all-f32). For exact comparisons with f32 references, and as a starting point
+/// for training from a quantized release.
+pub fn dequantize_gguf(source: &Path, target: &Path) -> Result<(), EngineError> {
+    let mut file = File::open(source).map_err(|e| invalid(source, e.to_string()))?;
+    let content = gguf_file::Content::read(&mut file)
+        .map_err(|e| invalid(source, format!("not a readable GGUF file: {e}")))?;
+    let device = Device::Cpu;
+    let mut names: Vec<&String> = content.tensor_infos.keys().collect();
+    names.sort_by_key(|name| content.tensor_infos[*name].offset);
+    let mut tensors = Vec::with_capacity(names.len());
+    for name in names {
+        let tensor = content
+            .tensor(&mut file, name, &device)
+            .and_then(|q| q.dequantize(&device))
+            .and_then(|t| candle_core::quantized::QTensor::quantize(&t, GgmlDType::F32))
+            .map_err(|e| invalid(source, format!("tensor `{name}`: {e}")))?;
+        tensors.push((name.as_str(), tensor));
+    }
+    // 0 = all f32 (llama.cpp's LLAMA_FTYPE_ALL_F32).
+    let all_f32 = gguf_file::Value::U32(0);
+    let mut metadata: Vec<(&str, &gguf_file::Value)> = content
+        .metadata
+        .iter()
+        .filter(|(key, _)| key.as_str() != "general.file_type")
+        .map(|(key, value)| (key.as_str(), value))
+        .collect();
+    metadata.push(("general.file_type", &all_f32));
+    let mut out =
+        std::io::BufWriter::new(File::create(target).map_err(|e| invalid(target, e.to_string()))?);
+    let tensor_refs: Vec<(&str, &candle_core::quantized::QTensor)> =
+        tensors.iter().map(|(n, t)| (*n, t)).collect();
+    gguf_file::write(&mut out, &metadata, &tensor_refs)
+        .map_err(|e| invalid(target, e.to_string()))?;
+    std::io::Write::flush(&mut out).map_err(|e| invalid(target, e.to_string()))
+}
+
 /// The parts of a Hugging Face `config.json` a Llama needs.
 #[derive(Debug, Deserialize)]
 struct HfConfig {
