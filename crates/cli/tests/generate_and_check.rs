@@ -185,6 +185,47 @@ fn check_streams_then_prints_the_verdict() {
 }
 
 #[test]
+fn check_can_wrap_the_prompt_in_the_models_chat_template() {
+    if !have_test_model() {
+        return;
+    }
+    let output = run(&[
+        "check",
+        "--model",
+        "smollm2-135m",
+        "--prompt",
+        "hi",
+        "--format",
+        "model-chat",
+        "--max-new-tokens",
+        "16",
+        "--json",
+    ]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let result: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    // The chat template's system turn and header make the prompt longer than the eval text.
+    let eval = run(&[
+        "check",
+        "--model",
+        "smollm2-135m",
+        "--prompt",
+        "hi",
+        "--max-new-tokens",
+        "1",
+        "--json",
+    ]);
+    let eval: serde_json::Value = serde_json::from_slice(&eval.stdout).unwrap();
+    let (chat_tokens, eval_tokens) = (
+        result["usage"]["prompt_tokens"].as_u64().unwrap(),
+        eval["usage"]["prompt_tokens"].as_u64().unwrap(),
+    );
+    assert!(
+        chat_tokens > eval_tokens + 15,
+        "{chat_tokens} vs {eval_tokens}"
+    );
+}
+
+#[test]
 fn check_input_jsonl_answers_every_line_in_order() {
     if !have_test_model() {
         return;

@@ -154,6 +154,11 @@ pub trait Generate: Send {
 
     /// The number of tokens `text` becomes (BOS included), to check prompts before running them.
     fn count_tokens(&mut self, text: &str) -> Result<usize, EngineError>;
+
+    /// The model's own chat template, when its files carry one.
+    fn chat_template(&self) -> Option<&crate::chat_template::ChatTemplate> {
+        None
+    }
 }
 
 /// Turns bytes into text as tokens arrive, holding back an incomplete UTF-8 character.
@@ -204,6 +209,10 @@ impl<G: Generate + ?Sized> Generate for Box<G> {
 
     fn count_tokens(&mut self, text: &str) -> Result<usize, EngineError> {
         (**self).count_tokens(text)
+    }
+
+    fn chat_template(&self) -> Option<&crate::chat_template::ChatTemplate> {
+        (**self).chat_template()
     }
 }
 

@@ -5,11 +5,13 @@
 //! - [`backends`]: llama.cpp for GGUF files (feature `llama-cpp`), candle for GGUF files and
 //!   Hugging Face directories (feature `candle`; both on by default), and a client of any
 //!   OpenAI-compatible `/v1/completions` server.
+//! - [`chat_template`]: a model's own Jinja chat template, rendered as transformers does.
 //! - [`sampling`]: greedy and nucleus sampling for backends that do not sample themselves.
 //! - [`model`]: what `--model` names: a file, a directory, a repo id, or an alias; [`hub`]
 //!   downloads a repo id.
 
 pub mod backends;
+pub mod chat_template;
 pub mod error;
 pub mod generate;
 pub mod hub;

@@ -201,3 +201,50 @@ fn llama3_tokenizer_matches_transformers_on_tricky_text() {
         assert_eq!(String::from_utf8(bytes).unwrap(), expected);
     }
 }
+
+#[cfg(feature = "llama-cpp")]
+#[test]
+fn both_backends_render_the_models_chat_template_as_transformers_does() {
+    use guardreasoner_engine::backends::llama_cpp::{LlamaCppEngine, LlamaCppOptions};
+    use guardreasoner_engine::chat_template::Message;
+    let Some(path) = common::smollm2() else {
+        return;
+    };
+    let reference: HashMap<String, String> = serde_json::from_str(
+        &std::fs::read_to_string(common::fixture("smollm2_chat_template_reference.json")).unwrap(),
+    )
+    .unwrap();
+    let candle = CandleEngine::load_gguf(
+        &path,
+        CandleOptions {
+            context_per_sequence: 256,
+            ..CandleOptions::default()
+        },
+    )
+    .unwrap();
+    let llama = LlamaCppEngine::load(
+        &path,
+        LlamaCppOptions {
+            context_per_sequence: 256,
+            max_batch: 1,
+            ..LlamaCppOptions::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(reference.len(), 3);
+    for (prompt, expected) in &reference {
+        for engine in [&candle as &dyn Generate, &llama as &dyn Generate] {
+            let template = engine
+                .chat_template()
+                .expect("SmolLM2's GGUF carries a chat template");
+            assert_eq!(
+                &template
+                    .render(&[Message::user(prompt.as_str())], true)
+                    .unwrap(),
+                expected,
+                "{}",
+                engine.info().backend
+            );
+        }
+    }
+}

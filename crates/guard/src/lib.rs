@@ -9,6 +9,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use guardreasoner_engine::chat_template::Message;
 use guardreasoner_engine::{
     Batch, EngineError, Generate, Generation, SamplingParams, StopReason, Timings,
 };
@@ -67,6 +68,9 @@ pub struct GuardConfig {
     pub policy: UnparseablePolicy,
     /// Sampling (greedy and 2048 new tokens by default, as the paper evaluated).
     pub params: SamplingParams,
+    /// Wrap the eval-format text in the model's own chat template (for instruction-tuned models
+    /// other than GuardReasoner's); `format` is then ignored.
+    pub model_chat_template: bool,
 }
 
 /// Who made the final decision.
@@ -180,10 +184,12 @@ impl<G: Generate> Guard<G> {
         let batch = Batch {
             prompts: conversations
                 .iter()
-                .map(|c| self.config.format.render(c))
-                .collect(),
+                .map(|c| self.render(c))
+                .collect::<Result<_, _>>()?,
             params: self.config.params.clone(),
-            shared_prefix: Some(self.config.format.shared_prefix()),
+            // With a chat template the shared part is the template's; llama.cpp finds it itself.
+            shared_prefix: (!self.config.model_chat_template)
+                .then(|| self.config.format.shared_prefix()),
         };
         let generations = self
             .engine
@@ -193,6 +199,21 @@ impl<G: Generate> Guard<G> {
             .zip(generations)
             .map(|(conversation, generation)| self.judge(conversation, generation))
             .collect())
+    }
+
+    /// The text the model reads for `conversation`.
+    pub fn render(&self, conversation: &Conversation) -> Result<String, GuardError> {
+        if !self.config.model_chat_template {
+            return Ok(self.config.format.render(conversation));
+        }
+        let template = self.engine.chat_template().ok_or_else(|| {
+            GuardError::Engine(EngineError::Backend {
+                backend: "chat-template",
+                message: "the model's files carry no chat template; use another --format".into(),
+            })
+        })?;
+        let text = PromptFormat::Eval.render(conversation);
+        Ok(template.render(&[Message::user(text)], true)?)
     }
 
     /// Turns one generation into a result under the policy.

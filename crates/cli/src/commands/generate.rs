@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use guardreasoner_engine::chat_template::Message;
 use guardreasoner_engine::{Batch, Generate};
 use guardreasoner_eval::dataset::{self, Sample};
 use guardreasoner_eval::predictions::{GUARDREASONER_FILE, RUN_FILE};
@@ -118,10 +119,18 @@ pub fn run(args: Args) -> Result<()> {
     }
 
     let mut engine = load_engine(&args.model)?;
+    let model_chat = matches!(args.generation.format, super::model_args::Format::ModelChat);
+    if model_chat && engine.chat_template().is_none() {
+        bail!("--format model-chat: the model's files carry no chat template");
+    }
     let record_base = RunRecord {
         model: args.model.model.clone(),
         backend: engine.info().backend.to_string(),
-        format: format.name().to_string(),
+        format: if model_chat {
+            "model-chat".to_string()
+        } else {
+            format.name().to_string()
+        },
         temperature: args.generation.temperature,
         top_p: args.generation.top_p,
         seed: args.generation.seed,
@@ -152,11 +161,20 @@ pub fn run(args: Args) -> Result<()> {
         let samples = &data.samples[done..target];
         for (chunk_index, chunk) in samples.chunks(args.model.batch_size.max(1)).enumerate() {
             let first = done + chunk_index * args.model.batch_size.max(1);
+            // The prompt recorded is the protocol's text; with model-chat the model reads it
+            // inside its chat template.
             let prompts: Vec<String> = chunk.iter().map(|s| s.prompt(format)).collect();
+            let model_inputs: Vec<String> = match engine.chat_template().filter(|_| model_chat) {
+                Some(template) => prompts
+                    .iter()
+                    .map(|p| template.render(&[Message::user(p.as_str())], true))
+                    .collect::<Result<_, _>>()?,
+                None => prompts.clone(),
+            };
             let mut outputs = vec![String::new(); chunk.len()];
             let mut runnable = Vec::new();
-            for (i, prompt) in prompts.iter().enumerate() {
-                if engine.count_tokens(prompt)? + 1 > engine.info().context_length {
+            for (i, input) in model_inputs.iter().enumerate() {
+                if engine.count_tokens(input)? + 1 > engine.info().context_length {
                     record.too_long.push(first + i);
                 } else {
                     runnable.push(i);
@@ -164,9 +182,9 @@ pub fn run(args: Args) -> Result<()> {
             }
             if !runnable.is_empty() {
                 let batch = Batch {
-                    prompts: runnable.iter().map(|&i| prompts[i].clone()).collect(),
+                    prompts: runnable.iter().map(|&i| model_inputs[i].clone()).collect(),
                     params: args.generation.params(),
-                    shared_prefix: Some(format.shared_prefix()),
+                    shared_prefix: (!model_chat).then(|| format.shared_prefix()),
                 };
                 let generations = engine.generate(&batch, &mut |_| {})?;
                 for (&i, generation) in runnable.iter().zip(generations) {

@@ -61,8 +61,9 @@ pub struct GenerationArgs {
     /// Sampling seed.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// How the conversation becomes a prompt: `eval` (what the paper measured), `deploy`, or
-    /// `llama3-chat` (the training template).
+    /// How the conversation becomes a prompt: `eval` (what the paper measured), `deploy`,
+    /// `llama3-chat` (the training template), or `model-chat` (the eval text inside the model's
+    /// own chat template, for instruction-tuned models that are not GuardReasoner's).
     #[arg(long, value_enum, default_value_t = Format::Eval)]
     pub format: Format,
 }
@@ -72,6 +73,7 @@ pub enum Format {
     Eval,
     Deploy,
     Llama3Chat,
+    ModelChat,
 }
 
 impl GenerationArgs {
@@ -85,9 +87,10 @@ impl GenerationArgs {
         }
     }
 
+    /// The protocol format (`model-chat` wraps the eval format).
     pub fn format(&self) -> PromptFormat {
         match self.format {
-            Format::Eval => PromptFormat::Eval,
+            Format::Eval | Format::ModelChat => PromptFormat::Eval,
             Format::Deploy => PromptFormat::Deploy,
             Format::Llama3Chat => PromptFormat::Llama3Chat,
         }
@@ -98,6 +101,7 @@ impl GenerationArgs {
             format: self.format(),
             policy,
             params: self.params(),
+            model_chat_template: matches!(self.format, Format::ModelChat),
         }
     }
 }

@@ -26,6 +26,7 @@ use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 
+use crate::chat_template::ChatTemplate;
 use crate::error::EngineError;
 use crate::generate::{
     Batch, Generate, Generation, ModelInfo, SamplingParams, StopReason, Timings, TokenEvent,
@@ -81,6 +82,7 @@ enum Event {
 /// A GGUF model running in llama.cpp on a worker thread.
 pub struct LlamaCppEngine {
     info: ModelInfo,
+    chat_template: Option<ChatTemplate>,
     jobs: Option<mpsc::Sender<Job>>,
     worker: Option<thread::JoinHandle<()>>,
 }
@@ -142,17 +144,19 @@ impl LlamaCppEngine {
         check_gguf_header(path)?;
         let backend = backend()?;
         let (jobs, job_receiver) = mpsc::channel::<Job>();
-        let (ready, ready_receiver) = mpsc::channel::<Result<ModelInfo, EngineError>>();
+        let (ready, ready_receiver) =
+            mpsc::channel::<Result<(ModelInfo, Option<ChatTemplate>), EngineError>>();
         let path: PathBuf = path.to_path_buf();
         let worker = thread::Builder::new()
             .name("llama.cpp".into())
             .spawn(move || worker(backend, path, options, ready, job_receiver))
             .map_err(|e| backend_error(format!("cannot start the worker thread: {e}")))?;
-        let info = ready_receiver
+        let (info, chat_template) = ready_receiver
             .recv()
             .map_err(|_| backend_error("the worker thread stopped while loading"))??;
         Ok(Self {
             info,
+            chat_template,
             jobs: Some(jobs),
             worker: Some(worker),
         })
@@ -219,13 +223,17 @@ impl Generate for LlamaCppEngine {
     fn count_tokens(&mut self, text: &str) -> Result<usize, EngineError> {
         self.tokenize(text).map(|ids| ids.len())
     }
+
+    fn chat_template(&self) -> Option<&ChatTemplate> {
+        self.chat_template.as_ref()
+    }
 }
 
 fn worker(
     backend: &'static LlamaBackend,
     path: PathBuf,
     options: LlamaCppOptions,
-    ready: mpsc::Sender<Result<ModelInfo, EngineError>>,
+    ready: mpsc::Sender<Result<(ModelInfo, Option<ChatTemplate>), EngineError>>,
     jobs: mpsc::Receiver<Job>,
 ) {
     let model_params = LlamaModelParams::default().with_n_gpu_layers(options.gpu_layers);
@@ -273,7 +281,28 @@ fn worker(
         context_length: context_per_sequence,
         max_batch,
     };
-    if ready.send(Ok(info)).is_err() {
+    let chat_template = match model.meta_val_str("tokenizer.chat_template") {
+        Ok(source) => {
+            let vocab = model.vocab();
+            let text = |token| {
+                String::from_utf8_lossy(&vocab.token_to_piece(token, true, None)).into_owned()
+            };
+            match ChatTemplate::new(
+                &source,
+                &text(vocab.bos()),
+                &text(vocab.eos()),
+                vocab.should_add_bos(),
+            ) {
+                Ok(template) => Some(template),
+                Err(error) => {
+                    let _ = ready.send(Err(error));
+                    return;
+                }
+            }
+        }
+        Err(_) => None,
+    };
+    if ready.send(Ok((info, chat_template))).is_err() {
         return;
     }
     let mut runner = Runner {

@@ -15,6 +15,7 @@ use candle_core::{Device, Tensor};
 use self::llama::{KvCache, Llama};
 use self::load::{load_gguf, load_safetensors_dir, GgufWeights};
 use self::tokenizer::GuardTokenizer;
+use crate::chat_template::ChatTemplate;
 use crate::error::EngineError;
 use crate::generate::{
     Batch, Generate, Generation, ModelInfo, SamplingParams, StopReason, Timings, TokenEvent,
@@ -55,6 +56,7 @@ impl Default for CandleOptions {
 /// A Llama model running in candle.
 pub struct CandleEngine {
     model: Llama,
+    chat_template: Option<ChatTemplate>,
     tokenizer: GuardTokenizer,
     info: ModelInfo,
     device: Device,
@@ -89,7 +91,8 @@ impl CandleEngine {
             &device,
         )?;
         let tokenizer = GuardTokenizer::from_gguf(path, &loaded.metadata)?;
-        let engine = Self::assemble(loaded.llama, tokenizer, path, device)?;
+        let mut engine = Self::assemble(loaded.llama, tokenizer, path, device)?;
+        engine.chat_template = gguf_chat_template(&loaded.metadata)?;
         engine.warm_up()?;
         Ok(engine)
     }
@@ -100,7 +103,9 @@ impl CandleEngine {
         let device = Device::Cpu;
         let model = load_safetensors_dir(dir, options.context_per_sequence, &device)?;
         let tokenizer = GuardTokenizer::from_file(&dir.join("tokenizer.json"), eos_ids(dir))?;
-        Self::assemble(model, tokenizer, dir, device)
+        let mut engine = Self::assemble(model, tokenizer, dir, device)?;
+        engine.chat_template = config_chat_template(dir, &engine.tokenizer)?;
+        Ok(engine)
     }
 
     fn assemble(
@@ -117,6 +122,7 @@ impl CandleEngine {
         };
         Ok(Self {
             model,
+            chat_template: None,
             tokenizer,
             info,
             device,
@@ -267,6 +273,75 @@ impl CandleEngine {
     }
 }
 
+/// The chat template a GGUF file carries (`tokenizer.chat_template`), with its BOS and EOS texts.
+fn gguf_chat_template(
+    metadata: &std::collections::HashMap<String, candle_core::quantized::gguf_file::Value>,
+) -> Result<Option<ChatTemplate>, EngineError> {
+    let Some(source) = metadata
+        .get("tokenizer.chat_template")
+        .and_then(|v| v.to_string().ok())
+    else {
+        return Ok(None);
+    };
+    let tokens = metadata
+        .get("tokenizer.ggml.tokens")
+        .and_then(|v| v.to_vec().ok());
+    let token = |key: &str| -> String {
+        let id = metadata.get(key).and_then(|v| v.to_u32().ok());
+        id.and_then(|id| tokens.and_then(|t| t.get(id as usize)))
+            .and_then(|v| v.to_string().ok())
+            .cloned()
+            .unwrap_or_default()
+    };
+    let adds_bos = metadata
+        .get("tokenizer.ggml.add_bos_token")
+        .and_then(|v| v.to_bool().ok())
+        .unwrap_or(false);
+    ChatTemplate::new(
+        source,
+        &token("tokenizer.ggml.bos_token_id"),
+        &token("tokenizer.ggml.eos_token_id"),
+        adds_bos,
+    )
+    .map(Some)
+}
+
+/// The chat template of a Hugging Face directory's `tokenizer_config.json` (`chat_template`, a
+/// string or a list of named templates, of which `default` is used).
+fn config_chat_template(
+    dir: &Path,
+    tokenizer: &GuardTokenizer,
+) -> Result<Option<ChatTemplate>, EngineError> {
+    let Ok(text) = std::fs::read_to_string(dir.join("tokenizer_config.json")) else {
+        return Ok(None);
+    };
+    let config: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| EngineError::InvalidModel {
+            path: dir.join("tokenizer_config.json"),
+            message: format!("line {}: {e}", e.line()),
+        })?;
+    let source = match &config["chat_template"] {
+        serde_json::Value::String(source) => source.clone(),
+        serde_json::Value::Array(named) => match named.iter().find(|t| t["name"] == "default") {
+            Some(t) => t["template"].as_str().unwrap_or_default().to_string(),
+            None => return Ok(None),
+        },
+        _ => return Ok(None),
+    };
+    let token = |key: &str| match &config[key] {
+        serde_json::Value::String(text) => text.clone(),
+        other => other["content"].as_str().unwrap_or_default().to_string(),
+    };
+    let bos = token("bos_token");
+    ChatTemplate::new(
+        &source,
+        &bos,
+        &token("eos_token"),
+        tokenizer.adds_leading(&bos),
+    )
+    .map(Some)
+}
+
 /// End-of-generation ids from `config.json` / `generation_config.json` (`eos_token_id`, a number
 /// or a list).
 fn eos_ids(dir: &Path) -> Vec<u32> {
@@ -330,5 +405,9 @@ impl Generate for CandleEngine {
 
     fn count_tokens(&mut self, text: &str) -> Result<usize, EngineError> {
         Ok(self.tokenizer.encode(text)?.len())
+    }
+
+    fn chat_template(&self) -> Option<&ChatTemplate> {
+        self.chat_template.as_ref()
     }
 }

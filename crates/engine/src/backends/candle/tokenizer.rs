@@ -237,6 +237,14 @@ impl GuardTokenizer {
             .collect()
     }
 
+    /// Whether encoding any text starts with the special token `text` (a BOS the tokenizer adds).
+    pub fn adds_leading(&self, text: &str) -> bool {
+        let Some(id) = self.inner.token_to_id(text) else {
+            return false;
+        };
+        self.encode("x").is_ok_and(|ids| ids.first() == Some(&id))
+    }
+
     /// Decodes ids to text.
     pub fn decode(&self, ids: &[u32]) -> String {
         self.inner.decode(ids, true).unwrap_or_default()
