@@ -88,29 +88,7 @@ fn smollm2_f32_matches_transformers_logits_tokens_and_greedy_text() {
         let logits = engine.logits(&our_ids).unwrap();
         assert_logits_match(&logits, &reference, &prefix, 1e-3);
 
-        let expected = ids(&reference[&format!("{prefix}greedy")]);
-        let batch = Batch {
-            prompts: vec![prompt.clone()],
-            params: greedy(40),
-            shared_prefix: None,
-        };
-        let generated = engine
-            .generate(&batch, &mut |_| {})
-            .unwrap()
-            .remove(0)
-            .token_ids;
-        // transformers keeps the end-of-text token it stopped at; we do not.
-        assert_eq!(
-            generated[..],
-            expected[..generated.len()],
-            "prompt {index} greedy tokens"
-        );
-        assert!(
-            generated.len() >= expected.len() - 1,
-            "prompt {index}: {} of {}",
-            generated.len(),
-            expected.len()
-        );
+        common::assert_greedy_matches_transformers(&mut engine, index, prompt);
     }
 }
 

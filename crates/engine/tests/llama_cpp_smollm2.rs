@@ -298,39 +298,7 @@ fn on_f32_weights_greedy_tokens_equal_transformers() {
         },
     )
     .unwrap();
-    let transformers = candle_core::safetensors::load(
-        common::fixture("smollm2_reference.safetensors"),
-        &candle_core::Device::Cpu,
-    )
-    .unwrap();
     for (index, prompt) in guard_prompts().into_iter().enumerate() {
-        let expected: Vec<u32> = transformers[&format!("prompt{index}.greedy")]
-            .to_vec1::<i64>()
-            .unwrap()
-            .into_iter()
-            .map(|i| i as u32)
-            .collect();
-        let batch = Batch {
-            prompts: vec![prompt],
-            params: greedy(40),
-            shared_prefix: None,
-        };
-        let generated = engine
-            .generate(&batch, &mut |_| {})
-            .unwrap()
-            .remove(0)
-            .token_ids;
-        // transformers keeps the end-of-text token it stopped at; we do not.
-        assert_eq!(
-            generated[..],
-            expected[..generated.len().min(expected.len())],
-            "prompt {index}"
-        );
-        assert!(
-            generated.len() + 1 >= expected.len(),
-            "prompt {index}: {} of {}",
-            generated.len(),
-            expected.len()
-        );
+        common::assert_greedy_matches_transformers(&mut engine, index, &prompt);
     }
 }

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 
 use guardreasoner_engine::model::{models_dir, SMOLLM2_135M};
+use guardreasoner_engine::{Batch, Generate, SamplingParams};
 
 /// A cached test file, or `None` (with a message) when absent; absent is a failure where the
 /// test command asks for the models (`GUARDREASONER_REQUIRE_TEST_MODEL`).
@@ -143,4 +144,44 @@ pub fn write_tiny_model(dir: &Path) -> Option<()> {
     std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
     std::fs::copy(tokenizer, dir.join("tokenizer.json")).unwrap();
     Some(())
+}
+
+/// Greedy-decodes reference prompt `index` (up to 40 tokens) and compares the tokens with
+/// transformers' f32 greedy continuation, which keeps the end-of-text token it stopped at.
+pub fn assert_greedy_matches_transformers(engine: &mut dyn Generate, index: usize, prompt: &str) {
+    let reference =
+        candle_core::safetensors::load(fixture("smollm2_reference.safetensors"), &Device::Cpu)
+            .unwrap();
+    let expected: Vec<u32> = reference[&format!("prompt{index}.greedy")]
+        .to_vec1::<i64>()
+        .unwrap()
+        .into_iter()
+        .map(|i| i as u32)
+        .collect();
+    let params = SamplingParams {
+        max_new_tokens: 40,
+        ..SamplingParams::default()
+    };
+    let batch = Batch {
+        prompts: vec![prompt.to_string()],
+        params,
+        shared_prefix: None,
+    };
+    let generated = engine
+        .generate(&batch, &mut |_| {})
+        .unwrap()
+        .remove(0)
+        .token_ids;
+    assert_eq!(
+        generated[..],
+        expected[..generated.len().min(expected.len())],
+        "{}: prompt {index}",
+        engine.info().backend
+    );
+    assert!(
+        generated.len() + 1 >= expected.len(),
+        "prompt {index}: {} of {} tokens",
+        generated.len(),
+        expected.len()
+    );
 }
