@@ -203,25 +203,18 @@ impl CandleEngine {
         Ok((KvCache::default(), 0))
     }
 
+    /// Generates from a prompt's ids, already checked to fit the context.
     fn generate_one(
         &mut self,
-        prompt: &str,
+        ids: &[u32],
         params: &SamplingParams,
         index: usize,
         shared_prefix: Option<&str>,
         on_token: &mut dyn FnMut(TokenEvent<'_>),
     ) -> Result<Generation, EngineError> {
         let started = Instant::now();
-        let ids = self.tokenizer.encode(prompt)?;
         let context = self.info.context_length;
-        if ids.is_empty() || ids.len() + 1 > context {
-            return Err(EngineError::PromptTooLong {
-                index,
-                tokens: ids.len(),
-                context,
-            });
-        }
-        let (mut cache, cached) = self.cache_for(&ids, shared_prefix)?;
+        let (mut cache, cached) = self.cache_for(ids, shared_prefix)?;
         let mut logits = self.forward_last(&ids[cached..], &mut cache)?;
         let mut sampler = Sampler::new(params, index);
         let (mut token_ids, mut text, mut utf8) =
@@ -376,24 +369,25 @@ impl Generate for CandleEngine {
         batch: &Batch,
         on_token: &mut dyn FnMut(TokenEvent<'_>),
     ) -> Result<Vec<Generation>, EngineError> {
-        // Check every prompt before running any.
+        // Tokenize and check every prompt before running any.
+        let mut prompt_ids = Vec::with_capacity(batch.prompts.len());
         for (index, prompt) in batch.prompts.iter().enumerate() {
-            let tokens = self.tokenizer.encode(prompt)?.len();
-            if tokens == 0 || tokens + 1 > self.info.context_length {
+            let ids = self.tokenizer.encode(prompt)?;
+            if ids.is_empty() || ids.len() + 1 > self.info.context_length {
                 return Err(EngineError::PromptTooLong {
                     index,
-                    tokens,
+                    tokens: ids.len(),
                     context: self.info.context_length,
                 });
             }
+            prompt_ids.push(ids);
         }
-        batch
-            .prompts
+        prompt_ids
             .iter()
             .enumerate()
-            .map(|(index, prompt)| {
+            .map(|(index, ids)| {
                 self.generate_one(
-                    prompt,
+                    ids,
                     &batch.params,
                     index,
                     batch.shared_prefix.as_deref(),
