@@ -136,6 +136,8 @@ pub struct ModelInfo {
     pub context_length: usize,
     /// The most prompts one batch may hold.
     pub max_batch: usize,
+    /// Where it runs: `cpu`, `cuda:N`, or `remote` (a server's).
+    pub device: String,
 }
 
 /// A text generator: a batch of prompts in, one generation per prompt out, streamed as it goes.

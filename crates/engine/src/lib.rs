@@ -5,6 +5,7 @@
 //! - [`backends`]: llama.cpp for GGUF files (feature `llama-cpp`), candle for GGUF files and
 //!   Hugging Face directories (feature `candle`; both on by default), and a client of any
 //!   OpenAI-compatible `/v1/completions` server.
+//! - [`device`]: where a model runs (`auto`, `cpu`, `cuda:N`).
 //! - [`chat_template`]: a model's own Jinja chat template, rendered as transformers does.
 //! - [`sampling`]: greedy and nucleus sampling for backends that do not sample themselves.
 //! - [`model`]: what `--model` names: a file, a directory, a repo id, or an alias; [`hub`]
@@ -12,12 +13,14 @@
 
 pub mod backends;
 pub mod chat_template;
+pub mod device;
 pub mod error;
 pub mod generate;
 pub mod hub;
 pub mod model;
 pub mod sampling;
 
+pub use device::DeviceSpec;
 pub use error::EngineError;
 pub use generate::{
     Batch, Generate, Generation, ModelInfo, SamplingParams, StopReason, Timings, TokenEvent,

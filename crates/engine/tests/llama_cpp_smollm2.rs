@@ -5,7 +5,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use guardreasoner_engine::backends::llama_cpp::{LlamaCppEngine, LlamaCppOptions};
+use guardreasoner_engine::backends::llama_cpp::{FlashAttention, LlamaCppEngine, LlamaCppOptions};
 use guardreasoner_engine::{Batch, EngineError, Generate, SamplingParams, StopReason};
 use guardreasoner_protocol::PromptFormat;
 
@@ -13,19 +13,18 @@ fn test_model() -> Option<PathBuf> {
     common::smollm2()
 }
 
-fn engine(max_batch: usize) -> Option<LlamaCppEngine> {
+/// The test model loaded with `options`, or `None` where it is absent (and not required).
+fn load(options: LlamaCppOptions) -> Option<LlamaCppEngine> {
     let path = test_model()?;
-    Some(
-        LlamaCppEngine::load(
-            &path,
-            LlamaCppOptions {
-                context_per_sequence: 1024,
-                max_batch,
-                ..LlamaCppOptions::default()
-            },
-        )
-        .unwrap(),
-    )
+    Some(LlamaCppEngine::load(&path, options).unwrap())
+}
+
+fn engine(max_batch: usize) -> Option<LlamaCppEngine> {
+    load(LlamaCppOptions {
+        context_per_sequence: 1024,
+        max_batch,
+        ..LlamaCppOptions::default()
+    })
 }
 
 fn guard_prompts() -> Vec<String> {
@@ -175,16 +174,13 @@ fn a_prompt_longer_than_the_context_is_an_error() {
 
 #[test]
 fn generation_stops_at_the_context_limit() {
-    let Some(path) = test_model() else { return };
-    let mut engine = LlamaCppEngine::load(
-        &path,
-        LlamaCppOptions {
-            context_per_sequence: 160,
-            max_batch: 1,
-            ..LlamaCppOptions::default()
-        },
-    )
-    .unwrap();
+    let Some(mut engine) = load(LlamaCppOptions {
+        context_per_sequence: 160,
+        max_batch: 1,
+        ..LlamaCppOptions::default()
+    }) else {
+        return;
+    };
     let prompt = guard_prompts()[0].clone();
     let tokens = engine.count_tokens(&prompt).unwrap();
     assert!(tokens < 160);
@@ -232,8 +228,16 @@ fn truncated_and_corrupt_files_are_clear_errors() {
 }
 
 #[test]
-fn tokens_match_llama_cpp_python_and_greedy_text_follows_the_references() {
-    let Some(mut engine) = engine(1) else { return };
+fn tokens_and_greedy_text_match_llama_cpp_python() {
+    // The reference ran with llama-cpp-python's default, plain attention.
+    let Some(mut engine) = load(LlamaCppOptions {
+        context_per_sequence: 1024,
+        max_batch: 1,
+        flash_attention: FlashAttention::Off,
+        ..LlamaCppOptions::default()
+    }) else {
+        return;
+    };
     let reference: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(common::fixture("smollm2_llama_cpp_reference.json")).unwrap(),
     )
@@ -247,36 +251,41 @@ fn tokens_match_llama_cpp_python_and_greedy_text_follows_the_references() {
             .collect();
         assert_eq!(engine.tokenize(text).unwrap(), expected, "{text:?}");
     }
-    let transformers = candle_core::safetensors::load(
-        common::fixture("smollm2_reference.safetensors"),
-        &candle_core::Device::Cpu,
-    )
-    .unwrap();
     for (index, prompt) in guard_prompts().into_iter().enumerate() {
         let batch = Batch {
             prompts: vec![prompt],
             params: greedy(40),
             shared_prefix: None,
         };
-        let ours = engine
-            .generate(&batch, &mut |_| {})
-            .unwrap()
-            .remove(0)
-            .token_ids;
+        let ours = engine.generate(&batch, &mut |_| {}).unwrap().remove(0);
         let python: Vec<u32> = reference["greedy"][index]
             .as_array()
             .unwrap()
             .iter()
             .map(|i| i.as_u64().unwrap() as u32)
             .collect();
-        let f32_reference: Vec<u32> = transformers[&format!("prompt{index}.greedy")]
-            .to_vec1::<i64>()
+        // The reference generated until end of text (fewer than 40 tokens): the same tokens, then
+        // the same stop.
+        assert_eq!(ours.token_ids, python, "prompt {index}");
+        assert_eq!(ours.stop, StopReason::EndOfText, "prompt {index}");
+        // And 40 tokens, generating on past end of text as the reference did.
+        let batch = Batch {
+            prompts: batch.prompts,
+            params: SamplingParams {
+                ignore_eos: true,
+                ..greedy(40)
+            },
+            shared_prefix: None,
+        };
+        let ours = engine.generate(&batch, &mut |_| {}).unwrap().remove(0);
+        let python: Vec<u32> = reference["greedy_past_end"][index]
+            .as_array()
             .unwrap()
-            .into_iter()
-            .map(|i| i as u32)
+            .iter()
+            .map(|i| i.as_u64().unwrap() as u32)
             .collect();
-        let agree = |other: &[u32]| ours.iter().zip(other).take_while(|(a, b)| a == b).count();
-        eprintln!("prompt {index}: {} tokens; agrees with llama-cpp-python on {}, with transformers f32 on {}", ours.len(), agree(&python), agree(&f32_reference));
+        assert_eq!(python.len(), 40);
+        assert_eq!(ours.token_ids, python, "prompt {index}, past end of text");
     }
 }
 

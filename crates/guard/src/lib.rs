@@ -301,6 +301,7 @@ mod tests {
                     source: "test".into(),
                     context_length: 4096,
                     max_batch: 8,
+                    device: "cpu".into(),
                 },
                 outputs: outputs.iter().map(|s| s.to_string()).collect(),
                 seen: Vec::new(),

@@ -43,6 +43,8 @@ pub fn bench_conversations(count: usize) -> Vec<Conversation> {
 pub struct BenchReport {
     pub model: String,
     pub backend: String,
+    /// `cpu`, `cuda:N`, or `remote`.
+    pub device: String,
     pub prompt_tokens: usize,
     pub new_tokens: usize,
     pub prefill_tokens_per_second: f64,
@@ -142,6 +144,7 @@ pub fn measure(
     Ok(BenchReport {
         model: engine.info().source.clone(),
         backend: engine.info().backend.to_string(),
+        device: engine.info().device.clone(),
         prompt_tokens,
         new_tokens: generated,
         prefill_tokens_per_second: median(prefill),
@@ -168,7 +171,10 @@ pub fn run(args: Args) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
-    println!("model: {} ({})", report.model, report.backend);
+    println!(
+        "model: {} ({} on {})",
+        report.model, report.backend, report.device
+    );
     println!(
         "guard prompt: {} tokens, {} new tokens, medians of {} runs",
         report.prompt_tokens, args.new_tokens, args.runs

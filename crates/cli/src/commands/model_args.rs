@@ -4,7 +4,7 @@ use anyhow::{bail, Context, Result};
 use clap::ValueEnum;
 use guardreasoner_engine::backends::openai::{OpenAiEngine, OpenAiOptions};
 use guardreasoner_engine::model::{self, ModelLocation, DEFAULT_MODEL};
-use guardreasoner_engine::{Generate, SamplingParams};
+use guardreasoner_engine::{DeviceSpec, Generate, SamplingParams};
 use guardreasoner_guard::{GuardConfig, UnparseablePolicy};
 use guardreasoner_protocol::PromptFormat;
 
@@ -34,9 +34,24 @@ pub struct ModelArgs {
     /// CPU threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Layers to offload to the GPU (builds with the `cuda` feature).
-    #[arg(long, default_value_t = 0)]
-    pub gpu_layers: u32,
+    /// Where the model runs: `auto` (a CUDA GPU where the build has CUDA and the machine one,
+    /// else the CPU), `cpu`, `cuda` or `cuda:N`.
+    #[arg(long, default_value = "auto", env = "GUARDREASONER_DEVICE")]
+    pub device: DeviceSpec,
+    /// With llama.cpp on a GPU: how many layers to offload, the rest on the CPU (default: all).
+    #[arg(long)]
+    pub gpu_layers: Option<u32>,
+    /// llama.cpp's fused flash-attention kernel: `auto` (llama.cpp decides per device), `on`,
+    /// `off` (llama-cpp-python's default).
+    #[arg(long, value_enum, default_value_t = FlashAttentionArg::Auto)]
+    pub flash_attention: FlashAttentionArg,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum FlashAttentionArg {
+    Auto,
+    On,
+    Off,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -145,6 +160,7 @@ fn candle_options(args: &ModelArgs) -> guardreasoner_engine::backends::candle::C
     guardreasoner_engine::backends::candle::CandleOptions {
         context_per_sequence: args.context,
         threads: args.threads,
+        device: args.device,
         ..Default::default()
     }
 }
@@ -167,14 +183,22 @@ fn load_candle_dir(path: &std::path::Path, args: &ModelArgs) -> Result<Box<dyn G
 
 #[cfg(feature = "llama-cpp")]
 fn load_gguf(path: &std::path::Path, args: &ModelArgs) -> Result<Box<dyn Generate>> {
-    use guardreasoner_engine::backends::llama_cpp::{LlamaCppEngine, LlamaCppOptions};
+    use guardreasoner_engine::backends::llama_cpp::{
+        FlashAttention, LlamaCppEngine, LlamaCppOptions,
+    };
     let engine = LlamaCppEngine::load(
         path,
         LlamaCppOptions {
             context_per_sequence: args.context,
             max_batch: args.batch_size.max(1),
             threads: args.threads,
+            device: args.device,
             gpu_layers: args.gpu_layers,
+            flash_attention: match args.flash_attention {
+                FlashAttentionArg::Auto => FlashAttention::Auto,
+                FlashAttentionArg::On => FlashAttention::On,
+                FlashAttentionArg::Off => FlashAttention::Off,
+            },
             ..LlamaCppOptions::default()
         },
     )?;

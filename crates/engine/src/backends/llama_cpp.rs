@@ -21,12 +21,13 @@ use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
-use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::params::{LlamaModelParams, LlamaSplitMode};
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 
 use crate::chat_template::ChatTemplate;
+use crate::device::{cuda_not_built, DeviceSpec, CUDA_BUILT};
 use crate::error::EngineError;
 use crate::generate::{
     Batch, Generate, Generation, ModelInfo, SamplingParams, StopReason, Timings, TokenEvent,
@@ -44,10 +45,37 @@ pub struct LlamaCppOptions {
     pub max_batch: usize,
     /// CPU threads; all available cores when `None`.
     pub threads: Option<usize>,
-    /// Layers offloaded to the GPU (a `cuda` build); 0 runs on the CPU.
-    pub gpu_layers: u32,
+    /// Where the layers run.
+    pub device: DeviceSpec,
+    /// On a GPU, how many layers to offload (the rest run on the CPU); all when `None`.
+    pub gpu_layers: Option<u32>,
     /// Prompt tokens evaluated per decode call.
     pub prefill_chunk: usize,
+    /// Whether attention runs as llama.cpp's fused flash-attention kernel.
+    pub flash_attention: FlashAttention,
+}
+
+/// llama.cpp's flash-attention policy. The fused kernel sums in another order than the plain
+/// one, so greedy text on the two can part where two tokens are nearly tied; llama-cpp-python
+/// turns it off unless asked, llama.cpp itself picks per device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FlashAttention {
+    /// llama.cpp decides (on where the layers run).
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
+impl FlashAttention {
+    /// llama.cpp's `llama_flash_attn_type` values.
+    fn policy(self) -> i32 {
+        match self {
+            Self::Auto => -1,
+            Self::Off => 0,
+            Self::On => 1,
+        }
+    }
 }
 
 impl Default for LlamaCppOptions {
@@ -57,8 +85,10 @@ impl Default for LlamaCppOptions {
             context_per_sequence: 4096,
             max_batch: 4,
             threads: None,
-            gpu_layers: 0,
+            device: DeviceSpec::Auto,
+            gpu_layers: None,
             prefill_chunk: 512,
+            flash_attention: FlashAttention::Auto,
         }
     }
 }
@@ -101,6 +131,43 @@ fn backend() -> Result<&'static LlamaBackend, EngineError> {
         })
         .as_ref()
         .map_err(|message| backend_error(message.clone()))
+}
+
+/// The model parameters that put the layers where `options` asks, and the device's name.
+fn placement(
+    backend: &LlamaBackend,
+    options: &LlamaCppOptions,
+) -> Result<(LlamaModelParams, String), EngineError> {
+    // llama.cpp reports offload support only where it was built with a GPU backend and sees a
+    // device.
+    let gpu = backend.supports_gpu_offload();
+    let ordinal = match options.device {
+        DeviceSpec::Cpu => None,
+        DeviceSpec::Auto => gpu.then_some(0),
+        DeviceSpec::Cuda(_) if !CUDA_BUILT => {
+            return Err(backend_error(cuda_not_built(options.device)))
+        }
+        DeviceSpec::Cuda(_) if !gpu => {
+            return Err(backend_error(format!(
+                "device {}: llama.cpp sees no CUDA GPU (is the NVIDIA driver loaded?)",
+                options.device
+            )))
+        }
+        DeviceSpec::Cuda(ordinal) => Some(ordinal),
+    };
+    Ok(match ordinal {
+        None => (
+            LlamaModelParams::default().with_n_gpu_layers(0),
+            "cpu".into(),
+        ),
+        Some(ordinal) => (
+            LlamaModelParams::default()
+                .with_n_gpu_layers(options.gpu_layers.unwrap_or(u32::MAX))
+                .with_split_mode(LlamaSplitMode::None)
+                .with_main_gpu(ordinal as i32),
+            format!("cuda:{ordinal}"),
+        ),
+    })
 }
 
 fn backend_error(message: impl Into<String>) -> EngineError {
@@ -236,7 +303,13 @@ fn worker(
     ready: mpsc::Sender<Result<(ModelInfo, Option<ChatTemplate>), EngineError>>,
     jobs: mpsc::Receiver<Job>,
 ) {
-    let model_params = LlamaModelParams::default().with_n_gpu_layers(options.gpu_layers);
+    let (model_params, device) = match placement(backend, &options) {
+        Ok(placement) => placement,
+        Err(error) => {
+            let _ = ready.send(Err(error));
+            return;
+        }
+    };
     let model = match LlamaModel::load_from_file(backend, &path, &model_params) {
         Ok(model) => model,
         Err(error) => {
@@ -264,6 +337,7 @@ fn worker(
         .with_n_ubatch(options.prefill_chunk.max(1) as u32)
         .with_n_seq_max(max_batch as u32 + 1)
         .with_kv_unified(true)
+        .with_flash_attention_policy(options.flash_attention.policy())
         .with_n_threads(threads as i32)
         .with_n_threads_batch(threads as i32);
     let mut context = match model.new_context(backend, context_params) {
@@ -280,6 +354,7 @@ fn worker(
         source: path.display().to_string(),
         context_length: context_per_sequence,
         max_batch,
+        device,
     };
     let chat_template = match model.meta_val_str("tokenizer.chat_template") {
         Ok(source) => {

@@ -57,6 +57,7 @@ impl OpenAiEngine {
             source: format!("{} ({})", options.base_url, options.model),
             context_length: options.context_length,
             max_batch: options.max_in_flight.max(1),
+            device: "remote".into(),
         };
         Self {
             options,

@@ -16,6 +16,7 @@ use self::llama::{KvCache, Llama};
 use self::load::{load_gguf, load_safetensors_dir, GgufWeights};
 use self::tokenizer::GuardTokenizer;
 use crate::chat_template::ChatTemplate;
+use crate::device::{cuda_not_built, DeviceSpec, CUDA_BUILT};
 use crate::error::EngineError;
 use crate::generate::{
     Batch, Generate, Generation, ModelInfo, SamplingParams, StopReason, Timings, TokenEvent,
@@ -41,6 +42,8 @@ pub struct CandleOptions {
     pub threads: Option<usize>,
     /// For GGUF files: keep matrices quantized, or dequantize to f32.
     pub gguf_weights: GgufWeights,
+    /// Where the model runs.
+    pub device: DeviceSpec,
 }
 
 impl Default for CandleOptions {
@@ -49,6 +52,7 @@ impl Default for CandleOptions {
             context_per_sequence: 4096,
             threads: None,
             gguf_weights: GgufWeights::Quantized,
+            device: DeviceSpec::Auto,
         }
     }
 }
@@ -62,6 +66,33 @@ pub struct CandleEngine {
     device: Device,
     /// The shared prefix's tokens and their keys and values.
     prefix: Option<(Vec<u32>, KvCache)>,
+}
+
+/// The candle device `spec` names; `auto` is the first CUDA GPU where the build has CUDA and the
+/// driver answers, else the CPU.
+fn candle_device(spec: DeviceSpec) -> Result<Device, EngineError> {
+    match spec {
+        DeviceSpec::Cpu => Ok(Device::Cpu),
+        DeviceSpec::Auto if CUDA_BUILT => Ok(Device::new_cuda(0).unwrap_or(Device::Cpu)),
+        DeviceSpec::Auto => Ok(Device::Cpu),
+        DeviceSpec::Cuda(_) if !CUDA_BUILT => Err(backend_error(cuda_not_built(spec))),
+        DeviceSpec::Cuda(ordinal) => Device::new_cuda(ordinal).map_err(|e| {
+            // candle appends a backtrace where RUST_BACKTRACE is set; the first line says it.
+            let error = e.to_string();
+            let first = error.lines().next().unwrap_or_default();
+            backend_error(format!(
+                "device {spec}: cannot open it ({first}); is the NVIDIA driver loaded and the GPU there?"
+            ))
+        }),
+    }
+}
+
+fn device_name(device: &Device) -> String {
+    match device.location() {
+        candle_core::DeviceLocation::Cpu => "cpu".into(),
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+    }
 }
 
 /// candle asks the environment for its thread count on many operations, and counts cores from
@@ -83,7 +114,7 @@ impl CandleEngine {
             });
         }
         set_threads(options.threads);
-        let device = Device::Cpu;
+        let device = candle_device(options.device)?;
         let loaded = load_gguf(
             path,
             options.gguf_weights,
@@ -100,7 +131,7 @@ impl CandleEngine {
     /// Loads a Hugging Face model directory: `config.json`, `tokenizer.json`, `*.safetensors`.
     pub fn load_dir(dir: &Path, options: CandleOptions) -> Result<Self, EngineError> {
         set_threads(options.threads);
-        let device = Device::Cpu;
+        let device = candle_device(options.device)?;
         let model = load_safetensors_dir(dir, options.context_per_sequence, &device)?;
         let tokenizer = GuardTokenizer::from_file(&dir.join("tokenizer.json"), eos_ids(dir))?;
         let mut engine = Self::assemble(model, tokenizer, dir, device)?;
@@ -119,6 +150,7 @@ impl CandleEngine {
             source: source.display().to_string(),
             context_length: model.max_positions(),
             max_batch: 1,
+            device: device_name(&device),
         };
         Ok(Self {
             model,
