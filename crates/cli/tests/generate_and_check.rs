@@ -317,3 +317,67 @@ fn unknown_models_and_bad_files_are_clear_errors() {
         "{stderr}"
     );
 }
+
+/// `--device`: `auto` runs where it can (here the CPU, reported by `bench`); a GPU asked of a
+/// build without CUDA, or a device name that means nothing, is an error that says so.
+#[test]
+fn devices_are_reported_and_unavailable_ones_are_clear_errors() {
+    if !have_test_model() {
+        return;
+    }
+    let output = run(&[
+        "bench",
+        "--model",
+        "smollm2-135m",
+        "--new-tokens",
+        "2",
+        "--runs",
+        "1",
+        "--concurrency",
+        "1",
+        "--json",
+    ]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let device = report["device"].as_str().unwrap();
+    if cfg!(feature = "cuda") {
+        assert!(device == "cpu" || device == "cuda:0", "{device}");
+    } else {
+        assert_eq!(device, "cpu");
+    }
+
+    for backend in ["llama-cpp", "candle"] {
+        let output = run(&[
+            "check",
+            "--model",
+            "smollm2-135m",
+            "--backend",
+            backend,
+            "--device",
+            "cuda:1",
+            "--prompt",
+            "x",
+        ]);
+        assert!(!output.status.success());
+        let stderr = text(&output.stderr);
+        let expected = if cfg!(feature = "cuda") {
+            "cuda:1"
+        } else {
+            "device cuda:1: this build has no CUDA support"
+        };
+        assert!(stderr.contains(expected), "{backend}: {stderr}");
+    }
+
+    let output = run(&[
+        "check",
+        "--model",
+        "smollm2-135m",
+        "--device",
+        "tpu",
+        "--prompt",
+        "x",
+    ]);
+    assert!(!output.status.success());
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains("unknown device `tpu`"), "{stderr}");
+}
