@@ -147,7 +147,8 @@ pub fn write_tiny_model(dir: &Path) -> Option<()> {
 }
 
 /// Greedy-decodes reference prompt `index` (up to 40 tokens) and compares the tokens with
-/// transformers' f32 greedy continuation, which keeps the end-of-text token it stopped at.
+/// transformers' f32 greedy continuation, which keeps the end-of-text token it stopped at; then
+/// 40 tokens generated on past end of text, with transformers' argmax at every step.
 pub fn assert_greedy_matches_transformers(engine: &mut dyn Generate, index: usize, prompt: &str) {
     let reference =
         candle_core::safetensors::load(fixture("smollm2_reference.safetensors"), &Device::Cpu)
@@ -183,5 +184,32 @@ pub fn assert_greedy_matches_transformers(engine: &mut dyn Generate, index: usiz
         "prompt {index}: {} of {} tokens",
         generated.len(),
         expected.len()
+    );
+
+    // 40 tokens whatever the model says: generating on past end of text, as the reference did.
+    let expected: Vec<u32> = reference[&format!("prompt{index}.greedy_past_end")]
+        .to_vec1::<i64>()
+        .unwrap()
+        .into_iter()
+        .map(|i| i as u32)
+        .collect();
+    assert_eq!(expected.len(), 40);
+    let batch = Batch {
+        params: SamplingParams {
+            ignore_eos: true,
+            ..batch.params
+        },
+        ..batch
+    };
+    let generated = engine
+        .generate(&batch, &mut |_| {})
+        .unwrap()
+        .remove(0)
+        .token_ids;
+    assert_eq!(
+        generated,
+        expected,
+        "{}: prompt {index}, past end of text",
+        engine.info().backend
     );
 }
