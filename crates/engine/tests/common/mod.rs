@@ -153,63 +153,50 @@ pub fn assert_greedy_matches_transformers(engine: &mut dyn Generate, index: usiz
     let reference =
         candle_core::safetensors::load(fixture("smollm2_reference.safetensors"), &Device::Cpu)
             .unwrap();
-    let expected: Vec<u32> = reference[&format!("prompt{index}.greedy")]
-        .to_vec1::<i64>()
-        .unwrap()
-        .into_iter()
-        .map(|i| i as u32)
-        .collect();
-    let params = SamplingParams {
-        max_new_tokens: 40,
-        ..SamplingParams::default()
+    let expected = |key: &str| -> Vec<u32> {
+        reference[&format!("prompt{index}.{key}")]
+            .to_vec1::<i64>()
+            .unwrap()
+            .into_iter()
+            .map(|i| i as u32)
+            .collect()
     };
-    let batch = Batch {
-        prompts: vec![prompt.to_string()],
-        params,
-        shared_prefix: None,
+    let backend = engine.info().backend;
+    let mut greedy = |ignore_eos: bool| -> Vec<u32> {
+        let batch = Batch {
+            prompts: vec![prompt.to_string()],
+            params: SamplingParams {
+                max_new_tokens: 40,
+                ignore_eos,
+                ..SamplingParams::default()
+            },
+            shared_prefix: None,
+        };
+        engine
+            .generate(&batch, &mut |_| {})
+            .unwrap()
+            .remove(0)
+            .token_ids
     };
-    let generated = engine
-        .generate(&batch, &mut |_| {})
-        .unwrap()
-        .remove(0)
-        .token_ids;
+
+    let (generated, reference_tokens) = (greedy(false), expected("greedy"));
     assert_eq!(
         generated[..],
-        expected[..generated.len().min(expected.len())],
-        "{}: prompt {index}",
-        engine.info().backend
+        reference_tokens[..generated.len().min(reference_tokens.len())],
+        "{backend}: prompt {index}"
     );
     assert!(
-        generated.len() + 1 >= expected.len(),
+        generated.len() + 1 >= reference_tokens.len(),
         "prompt {index}: {} of {} tokens",
         generated.len(),
-        expected.len()
+        reference_tokens.len()
     );
 
     // 40 tokens whatever the model says: generating on past end of text, as the reference did.
-    let expected: Vec<u32> = reference[&format!("prompt{index}.greedy_past_end")]
-        .to_vec1::<i64>()
-        .unwrap()
-        .into_iter()
-        .map(|i| i as u32)
-        .collect();
-    assert_eq!(expected.len(), 40);
-    let batch = Batch {
-        params: SamplingParams {
-            ignore_eos: true,
-            ..batch.params
-        },
-        ..batch
-    };
-    let generated = engine
-        .generate(&batch, &mut |_| {})
-        .unwrap()
-        .remove(0)
-        .token_ids;
+    let (generated, reference_tokens) = (greedy(true), expected("greedy_past_end"));
+    assert_eq!(reference_tokens.len(), 40);
     assert_eq!(
-        generated,
-        expected,
-        "{}: prompt {index}, past end of text",
-        engine.info().backend
+        generated, reference_tokens,
+        "{backend}: prompt {index}, past end of text"
     );
 }
