@@ -272,6 +272,32 @@ fn check_input_jsonl_answers_every_line_in_order() {
     assert_eq!(lines[2]["line"], 3);
     assert!(text(&output.stderr).contains("3 conversations"));
 
+    // With model-chat, what must fit is the prompt inside the model's chat template (SmolLM2's
+    // adds a system turn): 150 tokens hold the eval text of "hello" but not the templated one.
+    fs::write(&input, "{\"id\": \"a\", \"prompt\": \"hello\"}\n").unwrap();
+    let output = run(&[
+        "check",
+        "--model",
+        "smollm2-135m",
+        "--input",
+        input.to_str().unwrap(),
+        "--format",
+        "model-chat",
+        "--max-new-tokens",
+        "4",
+        "--context",
+        "150",
+    ]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let line: serde_json::Value = serde_json::from_str(text(&output.stdout).trim()).unwrap();
+    assert!(
+        line["error"]
+            .as_str()
+            .unwrap()
+            .contains("context holds 150"),
+        "{line}"
+    );
+
     // A malformed line fails before any model is loaded, naming file and line.
     fs::write(&input, "{\"prompt\": \"ok\"}\n{\"prompt\": 12}\n").unwrap();
     let output = run(&[

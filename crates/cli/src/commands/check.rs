@@ -189,7 +189,6 @@ fn check_many(
     batch_size: usize,
 ) -> Result<()> {
     let context = guard.engine().info().context_length;
-    let format = guard.config().format;
     let bar = super::progress::bar(inputs.len() as u64, "conversations");
     let mut stdout = std::io::stdout().lock();
     let (mut harmful, mut errors, mut by_policy) = (0, 0, 0);
@@ -198,9 +197,9 @@ fn check_many(
         let mut runnable = Vec::new();
         let mut lines: Vec<Option<serde_json::Value>> = vec![None; chunk.len()];
         for (i, input) in chunk.iter().enumerate() {
-            let tokens = guard
-                .engine()
-                .count_tokens(&format.render(&input.conversation))?;
+            // What the model reads: with model-chat, the prompt inside the model's template.
+            let model_input = guard.render(&input.conversation)?;
+            let tokens = guard.engine().count_tokens(&model_input)?;
             if tokens + 1 > context {
                 lines[i] = Some(json!({
                     "line": input.line, "id": input.id,
