@@ -98,9 +98,11 @@ def ours(model, backend, new_tokens, concurrency, threads, flash_attention):
 def medians(rounds):
     keys = ["prefill_tokens_per_second", "decode_tokens_per_second", "seconds_per_check",
             "concurrent_seconds_per_check", "peak_memory_mb"]
-    row = {key: statistics.median(r[key] or float("nan") for r in rounds) for key in keys}
+    row = {}
+    for key in keys:
+        values = [r[key] for r in rounds if r.get(key) is not None]
+        row[key] = statistics.median(values) if values else float("nan")
     row["prompt_tokens"] = rounds[0]["prompt_tokens"]
-    row["decode_all"] = [r["decode_tokens_per_second"] for r in rounds]
     return row
 
 
@@ -116,6 +118,8 @@ def main():
                              "(off: llama-cpp-python's default)")
     parser.add_argument("--skip-candle", action="store_true")
     args = parser.parse_args()
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
 
     flash = args.flash_attention == "on"
     runners = {"llama.cpp alone (llama-cpp-python)": Peer(args.model, guard_prompts(args.concurrency), args.new_tokens,

@@ -29,7 +29,7 @@ impl FromStr for DeviceSpec {
         match text.trim().to_ascii_lowercase().as_str() {
             "auto" => Ok(Self::Auto),
             "cpu" => Ok(Self::Cpu),
-            "cuda" | "gpu" => Ok(Self::Cuda(0)),
+            "cuda" => Ok(Self::Cuda(0)),
             other => other
                 .strip_prefix("cuda:")
                 .and_then(|ordinal| ordinal.parse().ok())
@@ -68,7 +68,7 @@ mod tests {
         assert_eq!("CPU".parse(), Ok(DeviceSpec::Cpu));
         assert_eq!("cuda".parse(), Ok(DeviceSpec::Cuda(0)));
         assert_eq!("cuda:3".parse(), Ok(DeviceSpec::Cuda(3)));
-        for bad in ["cuda:", "cuda:x", "metal", "cuda:-1"] {
+        for bad in ["cuda:", "cuda:x", "metal", "gpu", "cuda:-1"] {
             let error = bad.parse::<DeviceSpec>().unwrap_err();
             assert!(error.contains(&format!("`{bad}`")), "{error}");
         }

@@ -1,4 +1,5 @@
 //! The candle backend against Hugging Face transformers and llama.cpp, which we did not write.
+//! On the CPU (`DeviceSpec::Cpu`), where the references were made: a GPU sums in other orders.
 #![cfg(feature = "candle")]
 
 mod common;
@@ -9,7 +10,7 @@ use candle_core::{Device, Tensor};
 use guardreasoner_engine::backends::candle::load::GgufWeights;
 use guardreasoner_engine::backends::candle::tokenizer::GuardTokenizer;
 use guardreasoner_engine::backends::candle::{CandleEngine, CandleOptions};
-use guardreasoner_engine::{Batch, Generate, SamplingParams};
+use guardreasoner_engine::{Batch, DeviceSpec, Generate, SamplingParams};
 
 fn reference(name: &str) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(common::fixture(name), &Device::Cpu).unwrap()
@@ -74,6 +75,7 @@ fn smollm2_f32_matches_transformers_logits_tokens_and_greedy_text() {
         return;
     };
     let options = CandleOptions {
+        device: DeviceSpec::Cpu,
         context_per_sequence: 512,
         gguf_weights: GgufWeights::Dequantized,
         ..CandleOptions::default()
@@ -102,6 +104,7 @@ fn smollm2_quantized_greedy_matches_llama_cpp_and_tokenizers_agree() {
     let mut candle = CandleEngine::load_gguf(
         &path,
         CandleOptions {
+            device: DeviceSpec::Cpu,
             context_per_sequence: 512,
             ..CandleOptions::default()
         },
@@ -110,6 +113,7 @@ fn smollm2_quantized_greedy_matches_llama_cpp_and_tokenizers_agree() {
     let mut llama = LlamaCppEngine::load(
         &path,
         LlamaCppOptions {
+            device: DeviceSpec::Cpu,
             context_per_sequence: 512,
             max_batch: 1,
             ..LlamaCppOptions::default()
@@ -195,6 +199,7 @@ fn both_backends_render_the_models_chat_template_as_transformers_does() {
     let candle = CandleEngine::load_gguf(
         &path,
         CandleOptions {
+            device: DeviceSpec::Cpu,
             context_per_sequence: 256,
             ..CandleOptions::default()
         },
@@ -203,6 +208,7 @@ fn both_backends_render_the_models_chat_template_as_transformers_does() {
     let llama = LlamaCppEngine::load(
         &path,
         LlamaCppOptions {
+            device: DeviceSpec::Cpu,
             context_per_sequence: 256,
             max_batch: 1,
             ..LlamaCppOptions::default()

@@ -1,6 +1,6 @@
 //! A tiny random model with Llama 3 shapes (GQA, llama3 RoPE scaling, tied embeddings, the real
 //! Llama 3 tokenizer), written here as safetensors, against transformers' logits for the same
-//! weights; and a backward pass that reaches every weight.
+//! weights; and a backward pass that reaches every weight. On the CPU, as the references.
 #![cfg(feature = "candle")]
 
 mod common;
@@ -8,7 +8,7 @@ mod common;
 use candle_core::{DType, Device, Tensor};
 use guardreasoner_engine::backends::candle::llama::KvCache;
 use guardreasoner_engine::backends::candle::{CandleEngine, CandleOptions};
-use guardreasoner_engine::EngineError;
+use guardreasoner_engine::{DeviceSpec, EngineError};
 
 #[test]
 fn tiny_llama3_matches_transformers() {
@@ -19,6 +19,7 @@ fn tiny_llama3_matches_transformers() {
     let engine = CandleEngine::load_dir(
         dir.path(),
         CandleOptions {
+            device: DeviceSpec::Cpu,
             context_per_sequence: 1024,
             ..CandleOptions::default()
         },
@@ -108,6 +109,7 @@ fn a_backward_pass_reaches_every_weight() {
     let engine = CandleEngine::load_dir(
         dir.path(),
         CandleOptions {
+            device: DeviceSpec::Cpu,
             context_per_sequence: 256,
             ..CandleOptions::default()
         },

@@ -1,4 +1,5 @@
 //! The llama.cpp backend on the real-weights test model, SmolLM2-135M-Instruct (Q4_1 GGUF).
+//! Comparisons with references made on the CPU run on the CPU (`DeviceSpec::Cpu`).
 #![cfg(feature = "llama-cpp")]
 
 mod common;
@@ -6,7 +7,7 @@ mod common;
 use std::path::PathBuf;
 
 use guardreasoner_engine::backends::llama_cpp::{FlashAttention, LlamaCppEngine, LlamaCppOptions};
-use guardreasoner_engine::{Batch, EngineError, Generate, SamplingParams, StopReason};
+use guardreasoner_engine::{Batch, DeviceSpec, EngineError, Generate, SamplingParams, StopReason};
 use guardreasoner_protocol::PromptFormat;
 
 fn test_model() -> Option<PathBuf> {
@@ -231,6 +232,7 @@ fn truncated_and_corrupt_files_are_clear_errors() {
 fn tokens_and_greedy_text_match_llama_cpp_python() {
     // The reference ran with llama-cpp-python's default, plain attention.
     let Some(mut engine) = load(LlamaCppOptions {
+        device: DeviceSpec::Cpu,
         context_per_sequence: 1024,
         max_batch: 1,
         flash_attention: FlashAttention::Off,
@@ -301,6 +303,7 @@ fn on_f32_weights_greedy_tokens_equal_transformers() {
     let mut engine = LlamaCppEngine::load(
         &f32_file,
         LlamaCppOptions {
+            device: DeviceSpec::Cpu,
             context_per_sequence: 1024,
             max_batch: 1,
             ..LlamaCppOptions::default()

@@ -38,19 +38,24 @@ pub struct ModelArgs {
     /// else the CPU), `cpu`, `cuda` or `cuda:N`.
     #[arg(long, default_value = "auto", env = "GUARDREASONER_DEVICE")]
     pub device: DeviceSpec,
-    /// With llama.cpp on a GPU: how many layers to offload, the rest on the CPU (default: all).
+    /// With llama.cpp on a GPU: how many layers to offload, the rest on the CPU (default: all;
+    /// 0 runs on the CPU). candle puts the whole model on the device.
     #[arg(long)]
     pub gpu_layers: Option<u32>,
     /// llama.cpp's fused flash-attention kernel: `auto` (llama.cpp decides per device), `on`,
-    /// `off` (llama-cpp-python's default).
+    /// `off` (llama-cpp-python's default). candle has no such kernel and ignores it.
     #[arg(long, value_enum, default_value_t = FlashAttentionArg::Auto)]
     pub flash_attention: FlashAttentionArg,
 }
 
+/// `--flash-attention`: llama.cpp's attention kernel.
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum FlashAttentionArg {
+    /// llama.cpp decides per device.
     Auto,
+    /// The fused kernel.
     On,
+    /// Plain attention.
     Off,
 }
 

@@ -25,6 +25,7 @@ use llama_cpp_2::model::params::{LlamaModelParams, LlamaSplitMode};
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
+use llama_cpp_2::LlamaBackendDeviceType;
 
 use crate::chat_template::ChatTemplate;
 use crate::device::{cuda_not_built, DeviceSpec, CUDA_BUILT};
@@ -63,7 +64,9 @@ pub enum FlashAttention {
     /// llama.cpp decides (on where the layers run).
     #[default]
     Auto,
+    /// The fused kernel.
     On,
+    /// Plain attention: softmax of the scores, then the product with the values.
     Off,
 }
 
@@ -134,40 +137,56 @@ fn backend() -> Result<&'static LlamaBackend, EngineError> {
 }
 
 /// The model parameters that put the layers where `options` asks, and the device's name.
-fn placement(
-    backend: &LlamaBackend,
-    options: &LlamaCppOptions,
-) -> Result<(LlamaModelParams, String), EngineError> {
-    // llama.cpp reports offload support only where it was built with a GPU backend and sees a
-    // device.
-    let gpu = backend.supports_gpu_offload();
+fn placement(options: &LlamaCppOptions) -> Result<(LlamaModelParams, String), EngineError> {
+    let cpu = || {
+        (
+            LlamaModelParams::default().with_n_gpu_layers(0),
+            "cpu".into(),
+        )
+    };
+    // CUDA GPUs only: another GPU backend llama.cpp may have been built with (Metal on macOS)
+    // is not what `cuda` or `auto` name here.
+    let cuda_gpus = || {
+        llama_cpp_2::list_llama_ggml_backend_devices()
+            .into_iter()
+            .filter(|d| matches!(d.device_type, LlamaBackendDeviceType::Gpu) && d.backend == "CUDA")
+            .count()
+    };
     let ordinal = match options.device {
-        DeviceSpec::Cpu => None,
-        DeviceSpec::Auto => gpu.then_some(0),
+        DeviceSpec::Cpu => return Ok(cpu()),
+        DeviceSpec::Auto if !CUDA_BUILT || cuda_gpus() == 0 => return Ok(cpu()),
+        DeviceSpec::Auto => 0,
         DeviceSpec::Cuda(_) if !CUDA_BUILT => {
             return Err(backend_error(cuda_not_built(options.device)))
         }
-        DeviceSpec::Cuda(_) if !gpu => {
-            return Err(backend_error(format!(
-                "device {}: llama.cpp sees no CUDA GPU (is the NVIDIA driver loaded?)",
-                options.device
-            )))
+        DeviceSpec::Cuda(ordinal) => {
+            let count = cuda_gpus();
+            if ordinal >= count {
+                return Err(backend_error(format!(
+                    "device {}: llama.cpp sees {count} CUDA GPU(s){}",
+                    options.device,
+                    if count == 0 {
+                        " (is the NVIDIA driver loaded?)"
+                    } else {
+                        ""
+                    }
+                )));
+            }
+            ordinal
         }
-        DeviceSpec::Cuda(ordinal) => Some(ordinal),
     };
-    Ok(match ordinal {
-        None => (
-            LlamaModelParams::default().with_n_gpu_layers(0),
-            "cpu".into(),
-        ),
-        Some(ordinal) => (
-            LlamaModelParams::default()
-                .with_n_gpu_layers(options.gpu_layers.unwrap_or(u32::MAX))
-                .with_split_mode(LlamaSplitMode::None)
-                .with_main_gpu(ordinal as i32),
-            format!("cuda:{ordinal}"),
-        ),
-    })
+    if options.gpu_layers == Some(0) {
+        return Ok(cpu());
+    }
+    // Below the number of GPUs llama.cpp sees, so it fits.
+    let main_gpu = ordinal as i32;
+    Ok((
+        LlamaModelParams::default()
+            .with_n_gpu_layers(options.gpu_layers.unwrap_or(u32::MAX))
+            .with_split_mode(LlamaSplitMode::None)
+            .with_main_gpu(main_gpu),
+        format!("cuda:{ordinal}"),
+    ))
 }
 
 fn backend_error(message: impl Into<String>) -> EngineError {
@@ -303,7 +322,7 @@ fn worker(
     ready: mpsc::Sender<Result<(ModelInfo, Option<ChatTemplate>), EngineError>>,
     jobs: mpsc::Receiver<Job>,
 ) {
-    let (model_params, device) = match placement(backend, &options) {
+    let (model_params, device) = match placement(&options) {
         Ok(placement) => placement,
         Err(error) => {
             let _ = ready.send(Err(error));
