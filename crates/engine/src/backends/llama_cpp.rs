@@ -441,7 +441,8 @@ struct Sequence {
     tokens: usize,
     cached: usize,
     position: usize,
-    sampler: LlamaSampler,
+    /// llama.cpp's sampler chain; `None` for greedy decoding, which takes the argmax itself.
+    sampler: Option<LlamaSampler>,
     utf8: Utf8Stream,
     text: String,
     token_ids: Vec<u32>,
@@ -463,17 +464,16 @@ fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
-fn sampler_for(params: &SamplingParams, index: usize) -> LlamaSampler {
+fn sampler_for(params: &SamplingParams, index: usize) -> Option<LlamaSampler> {
     if params.is_greedy() {
-        LlamaSampler::greedy()
-    } else {
-        let seed = params.seed.wrapping_add(index as u64) as u32;
-        LlamaSampler::chain_simple([
-            LlamaSampler::top_p(params.top_p, 1),
-            LlamaSampler::temp(params.temperature),
-            LlamaSampler::dist(seed),
-        ])
+        return None;
     }
+    let seed = params.seed.wrapping_add(index as u64) as u32;
+    Some(LlamaSampler::chain_simple([
+        LlamaSampler::top_p(params.top_p, 1),
+        LlamaSampler::temp(params.temperature),
+        LlamaSampler::dist(seed),
+    ]))
 }
 
 impl Runner<'_, '_> {
@@ -671,12 +671,13 @@ impl Runner<'_, '_> {
         params: &SamplingParams,
         events: &mpsc::Sender<Event>,
     ) {
-        let token = if params.is_greedy() {
+        let token = match &mut sequence.sampler {
+            Some(sampler) => sampler.sample(self.context, logits_index),
             // A plain argmax over the logits: the same token as llama.cpp's greedy sampler,
             // without building its candidate array over the whole vocabulary every step.
-            LlamaToken(crate::sampling::argmax(self.context.get_logits_ith(logits_index)) as i32)
-        } else {
-            sequence.sampler.sample(self.context, logits_index)
+            None => LlamaToken(
+                crate::sampling::argmax(self.context.get_logits_ith(logits_index)) as i32,
+            ),
         };
         let now = Instant::now();
         sequence.first_token_at.get_or_insert(now);
