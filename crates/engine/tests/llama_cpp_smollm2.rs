@@ -228,6 +228,16 @@ fn truncated_and_corrupt_files_are_clear_errors() {
     assert!(matches!(missing, EngineError::NotFound { .. }));
 }
 
+/// A JSON array of token ids from the llama-cpp-python fixture.
+fn json_ids(value: &serde_json::Value) -> Vec<u32> {
+    value
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i.as_u64().unwrap() as u32)
+        .collect()
+}
+
 #[test]
 fn tokens_and_greedy_text_match_llama_cpp_python() {
     // The reference ran with llama-cpp-python's default, plain attention.
@@ -245,12 +255,7 @@ fn tokens_and_greedy_text_match_llama_cpp_python() {
     )
     .unwrap();
     for (text, ids) in reference["tokens"].as_object().unwrap() {
-        let expected: Vec<u32> = ids
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|i| i.as_u64().unwrap() as u32)
-            .collect();
+        let expected = json_ids(ids);
         assert_eq!(engine.tokenize(text).unwrap(), expected, "{text:?}");
     }
     for (index, prompt) in guard_prompts().into_iter().enumerate() {
@@ -260,12 +265,7 @@ fn tokens_and_greedy_text_match_llama_cpp_python() {
             shared_prefix: None,
         };
         let ours = engine.generate(&batch, &mut |_| {}).unwrap().remove(0);
-        let python: Vec<u32> = reference["greedy"][index]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|i| i.as_u64().unwrap() as u32)
-            .collect();
+        let python = json_ids(&reference["greedy"][index]);
         // The reference generated until end of text (fewer than 40 tokens): the same tokens, then
         // the same stop.
         assert_eq!(ours.token_ids, python, "prompt {index}");
@@ -280,12 +280,7 @@ fn tokens_and_greedy_text_match_llama_cpp_python() {
             shared_prefix: None,
         };
         let ours = engine.generate(&batch, &mut |_| {}).unwrap().remove(0);
-        let python: Vec<u32> = reference["greedy_past_end"][index]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|i| i.as_u64().unwrap() as u32)
-            .collect();
+        let python = json_ids(&reference["greedy_past_end"][index]);
         assert_eq!(python.len(), 40);
         assert_eq!(ours.token_ids, python, "prompt {index}, past end of text");
     }
