@@ -6,7 +6,7 @@ Prints tokens/s and the ratios: medians of --runs rounds, each running every run
 flash-attention setting on both llama.cpp runners.
 
     cargo build --release --bin guardreasoner
-    pip install llama-cpp-python
+    scripts/bench/install-peer        # llama-cpp-python 0.3.36 from source, our C/C++ flags
     python3 scripts/bench/compare.py MODEL.gguf [--new-tokens 127] [--runs 5] [--concurrency 4] [--flash-attention off|on]
 
 The peer's loop is llama.cpp's usual one: evaluate the prompt in one batch, then one token per
@@ -26,6 +26,7 @@ from pathlib import Path
 import resource
 
 import numpy as np
+import llama_cpp
 from llama_cpp import Llama
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -106,7 +107,18 @@ def medians(rounds):
     return row
 
 
+def cpu_name():
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
 def main():
+    peer_build = llama_cpp.llama_print_system_info().decode().strip()
+    if "AMX" in peer_build:
+        sys.exit("error: this llama-cpp-python has ggml's AMX kernels, which die with SIGILL here when GCC 12 "
+                 "builds them; rebuild it with scripts/bench/install-peer (our own llama.cpp is built without them)")
     parser = argparse.ArgumentParser()
     parser.add_argument("model", type=Path)
     parser.add_argument("--new-tokens", type=int, default=127)
@@ -137,6 +149,10 @@ def main():
     rows = {name: medians(r) for name, r in rounds.items()}
 
     base = rows["llama.cpp alone (llama-cpp-python)"]
+    ours_build = subprocess.run([str(BINARY), "--version"], capture_output=True, text=True, check=True).stdout
+    print(f"cpu: {cpu_name()}, {os.cpu_count()} cores; "
+          + next((l for l in ours_build.splitlines() if l.startswith("built for:")), "built for: ?"))
+    print(f"peer's llama.cpp: {peer_build}")
     print(f"model: {args.model.name}; guard prompt {base['prompt_tokens']} tokens, {args.new_tokens} new tokens, "
           f"{args.threads} threads, flash attention {args.flash_attention}, medians of {args.runs} interleaved rounds")
     header = f"{'':38} {'prefill t/s':>12} {'decode t/s':>11} {'s/check':>8} {'s/check @' + str(args.concurrency):>11} {'decode vs peer':>15} {'@' + str(args.concurrency) + ' vs peer':>12} {'peak MB':>8}"
