@@ -1,10 +1,11 @@
 //! `guardreasoner`: the command line. Argument parsing and printing only; the crates do the work.
 
 mod commands;
+mod cpu;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// Reasoning-based LLM safeguards (GuardReasoner, arXiv 2501.18492).
 #[derive(Parser)]
@@ -34,7 +35,28 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut command = Cli::command();
+    // `--version` names the CPU features the build uses, asking llama.cpp for its own; only then,
+    // since that initialises llama.cpp's backends.
+    if std::env::args_os().any(|arg| arg == "--version") {
+        // clap keeps the text for the rest of the process (it takes `&'static str`).
+        let text: &'static str = Box::leak(cpu::long_version().into_boxed_str());
+        command = command.long_version(text);
+    }
+    let cli = Cli::from_arg_matches(&command.get_matches()).unwrap_or_else(|error| error.exit());
+    let threads = match &cli.command {
+        Command::Check(args) => args.model.threads,
+        Command::Generate(args) => args.model.threads,
+        Command::Bench(args) => args.model.threads,
+        _ => None,
+    };
+    if let Some(threads) = threads {
+        // candle (through rayon and its own pools) reads its thread count from the environment,
+        // once per process; set here, before any thread starts, `--threads` wins over both
+        // variables. llama.cpp takes its count per context (model_args.rs).
+        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+        std::env::set_var("CANDLE_NUM_THREADS", threads.to_string());
+    }
     let result = match cli.command {
         Command::Check(args) => commands::check::run(args),
         Command::Generate(args) => commands::generate::run(args),

@@ -5,18 +5,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 
-fn shared() -> Option<PathBuf> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data");
-    if root.join("benchmarks/benchmark").is_dir() {
-        Some(root)
-    } else {
-        eprintln!(
-            "skipped: {} is absent (the shared data is not here)",
-            root.display()
-        );
-        None
-    }
-}
+use guardreasoner_test_support::shared_data as shared;
 
 fn guardreasoner(args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_guardreasoner"));
@@ -117,12 +106,12 @@ fn score_markdown_is_a_markdown_table() {
 
 #[test]
 fn bad_outputs_exit_non_zero_naming_file_and_line() {
-    let Some(shared) = shared() else { return };
+    // The outputs are read, and fail, before any benchmark file: an empty benchmarks folder and
+    // made-up lines are enough.
     let dir = tempfile::tempdir().unwrap();
-    let source = shared.join("benchmarks/test/8B/SimpleSafetyTests/generated_predictions.jsonl");
-    let text = std::fs::read_to_string(source).unwrap();
-    let mut lines: Vec<&str> = text.lines().collect();
-    let cut = &lines[6][..40];
+    let line = serde_json::json!({"prompt": "p", "label": "harmful", "predict": "Answers: \nRequest: harmful"}).to_string();
+    let mut lines = vec![line.as_str(); 10];
+    let cut = &line[..line.len() / 2];
     lines[6] = cut;
     std::fs::create_dir(dir.path().join("SimpleSafetyTests")).unwrap();
     std::fs::write(
@@ -131,12 +120,13 @@ fn bad_outputs_exit_non_zero_naming_file_and_line() {
         lines.join("\n"),
     )
     .unwrap();
-    let benchmarks = shared.join("benchmarks");
+    let benchmarks = tempfile::tempdir().unwrap();
+    std::fs::create_dir(benchmarks.path().join("benchmark")).unwrap();
     let output = run(&mut guardreasoner(&[
         "score",
         dir.path().to_str().unwrap(),
         "--benchmarks",
-        benchmarks.to_str().unwrap(),
+        benchmarks.path().to_str().unwrap(),
     ]));
     assert!(!output.status.success());
     assert!(

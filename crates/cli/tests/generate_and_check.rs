@@ -4,37 +4,15 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn shared_benchmarks() -> Option<PathBuf> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/benchmarks");
-    if root.join("benchmark").is_dir() {
-        Some(root)
-    } else {
-        eprintln!(
-            "skipped: {} is absent (the shared data is not here)",
-            root.display()
-        );
-        None
-    }
-}
+use guardreasoner_test_support::shared_benchmarks;
 
 /// Whether the test model is cached; `scripts/fetch-test-model` puts it there.
 fn have_test_model() -> bool {
-    let path = guardreasoner_engine::model::models_dir()
-        .join(guardreasoner_engine::model::SMOLLM2_135M.cache_path);
-    if path.is_file() {
-        return true;
-    }
-    if std::env::var_os("GUARDREASONER_REQUIRE_TEST_MODEL").is_some() {
-        panic!(
-            "{} is missing: run scripts/fetch-test-model",
-            path.display()
-        );
-    }
-    eprintln!(
-        "skipped: {} is absent (run scripts/fetch-test-model)",
-        path.display()
-    );
-    false
+    guardreasoner_test_support::test_model(
+        guardreasoner_engine::model::models_dir()
+            .join(guardreasoner_engine::model::SMOLLM2_135M.cache_path),
+    )
+    .is_some()
 }
 
 fn run(args: &[&str]) -> Output {

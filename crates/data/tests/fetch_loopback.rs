@@ -1,25 +1,15 @@
-//! The real download path, against a static file server on loopback that serves `shared/data`.
+//! The real download path, against a static file server on loopback: resume, repair and errors on
+//! files each test makes (no shared data needed), and the whole manifest against `shared/data`.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use guardreasoner_data::manifest::{files, Group};
+use guardreasoner_data::manifest::{files, DataFile, Group};
 use guardreasoner_data::testing::{serve, Behaviour};
 use guardreasoner_data::{fetch, FetchError, FetchOptions, FetchOutcome, Source, MANIFEST};
 
-fn shared_data() -> Option<PathBuf> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data");
-    if root.join("benchmarks").is_dir() {
-        Some(root)
-    } else {
-        eprintln!(
-            "skipped: {} is absent (the shared data is not here)",
-            root.display()
-        );
-        None
-    }
-}
+use guardreasoner_test_support::shared_data;
 
 fn options(base: &str) -> FetchOptions {
     FetchOptions {
@@ -30,6 +20,23 @@ fn options(base: &str) -> FetchOptions {
 
 fn same_bytes(a: &Path, b: &Path) -> bool {
     fs::read(a).unwrap() == fs::read(b).unwrap()
+}
+
+/// Writes `bytes` of made-up content at `served/benchmarks/<name>` and describes it as the
+/// manifest would.
+fn made_up_file(served: &Path, name: &str, bytes: usize) -> DataFile {
+    let path = format!("benchmarks/{name}");
+    let file = served.join(&path);
+    fs::create_dir_all(file.parent().unwrap()).unwrap();
+    let content: Vec<u8> = (0..bytes).map(|i| (i * 7 + i / 251) as u8).collect();
+    fs::write(&file, content).unwrap();
+    DataFile {
+        path,
+        group: Group::Benchmarks,
+        url: format!("https://origin.invalid/{name}"),
+        bytes: bytes as u64,
+        sha256: guardreasoner_data::fetch::sha256_file(&file).unwrap(),
+    }
 }
 
 #[test]
@@ -66,12 +73,20 @@ fn fetches_verifies_resumes_and_repairs() {
         .iter()
         .all(|(_, o)| *o == FetchOutcome::AlreadyValid));
     assert_eq!(behaviour.lock().unwrap().requested.len(), requests_before);
+}
+
+#[test]
+fn resumes_and_repairs() {
+    let served = tempfile::tempdir().unwrap();
+    let shared = served.path().to_path_buf();
+    let toxic = &made_up_file(&shared, "made_up.json", 2_000_000);
+    let behaviour = Arc::new(Mutex::new(Behaviour::default()));
+    let base = serve(shared.clone(), behaviour.clone());
+    let cache = tempfile::tempdir().unwrap();
+    let outcomes = fetch(&[toxic], cache.path(), &options(&base), &mut |_| {}).unwrap();
+    assert_eq!(outcomes[0].1, FetchOutcome::Downloaded);
 
     // An interrupted download resumes from where it stopped, with a range request.
-    let toxic = MANIFEST
-        .iter()
-        .find(|f| f.path.ends_with("0_8_toxic_chat.json"))
-        .unwrap();
     let target = cache.path().join(&toxic.path);
     let bytes = fs::read(&target).unwrap();
     fs::remove_file(&target).unwrap();
@@ -104,14 +119,11 @@ fn fetches_verifies_resumes_and_repairs() {
 
 #[test]
 fn a_file_that_never_verifies_is_an_error_naming_it() {
-    let Some(shared) = shared_data() else { return };
+    let served = tempfile::tempdir().unwrap();
+    let sst = &made_up_file(served.path(), "0_0_SimpleSafetyTests.json", 20_000);
     let behaviour = Arc::new(Mutex::new(Behaviour::default()));
-    let sst = MANIFEST
-        .iter()
-        .find(|f| f.path.ends_with("0_0_SimpleSafetyTests.json"))
-        .unwrap();
     behaviour.lock().unwrap().corrupt.insert(sst.path.clone());
-    let base = serve(shared, behaviour.clone());
+    let base = serve(served.path().to_path_buf(), behaviour.clone());
     let cache = tempfile::tempdir().unwrap();
     let error = fetch(&[sst], cache.path(), &options(&base), &mut |_| {}).unwrap_err();
     assert!(
@@ -128,7 +140,6 @@ fn a_file_that_never_verifies_is_an_error_naming_it() {
 
 #[test]
 fn a_missing_file_on_the_server_is_an_http_error() {
-    let Some(_) = shared_data() else { return };
     let empty = tempfile::tempdir().unwrap();
     let base = serve(
         empty.path().to_path_buf(),

@@ -32,6 +32,9 @@ pub enum EngineError {
         /// The context window.
         context: usize,
     },
+    /// Sampling parameters no backend can honour (e.g. `max_new_tokens` 0).
+    #[error("invalid sampling parameters: {0}")]
+    InvalidParams(String),
     /// The backend failed while running.
     #[error("{backend}: {message}")]
     Backend {

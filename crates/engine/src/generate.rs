@@ -41,6 +41,24 @@ impl Default for SamplingParams {
 }
 
 impl SamplingParams {
+    /// Checks what every backend relies on; each backend calls it before generating, so that no
+    /// backend quietly does something else (one token for `max_new_tokens: 0`, say).
+    pub fn validate(&self) -> Result<(), EngineError> {
+        let problem = if self.max_new_tokens == 0 {
+            "max_new_tokens must be at least 1".to_string()
+        } else if !self.temperature.is_finite() || self.temperature < 0.0 {
+            format!(
+                "temperature must be 0 (greedy) or positive, not {}",
+                self.temperature
+            )
+        } else if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            format!("top_p must be in (0, 1], not {}", self.top_p)
+        } else {
+            return Ok(());
+        };
+        Err(EngineError::InvalidParams(problem))
+    }
+
     /// Whether decoding is greedy.
     pub fn is_greedy(&self) -> bool {
         self.temperature <= 0.0
@@ -154,8 +172,10 @@ pub trait Generate: Send {
         on_token: &mut dyn FnMut(TokenEvent<'_>),
     ) -> Result<Vec<Generation>, EngineError>;
 
-    /// The number of tokens `text` becomes (BOS included), to check prompts before running them.
-    fn count_tokens(&mut self, text: &str) -> Result<usize, EngineError>;
+    /// The number of tokens `text` becomes (BOS included), to check prompts before running them;
+    /// `None` where the backend cannot know without asking the model's server (a remote backend),
+    /// which then says itself what does not fit.
+    fn count_tokens(&mut self, text: &str) -> Result<Option<usize>, EngineError>;
 
     /// The model's own chat template, when its files carry one.
     fn chat_template(&self) -> Option<&crate::chat_template::ChatTemplate> {
@@ -209,7 +229,7 @@ impl<G: Generate + ?Sized> Generate for Box<G> {
         (**self).generate(batch, on_token)
     }
 
-    fn count_tokens(&mut self, text: &str) -> Result<usize, EngineError> {
+    fn count_tokens(&mut self, text: &str) -> Result<Option<usize>, EngineError> {
         (**self).count_tokens(text)
     }
 
@@ -221,6 +241,22 @@ impl<G: Generate + ?Sized> Generate for Box<G> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sampling_parameters_are_validated_in_one_place() {
+        assert!(SamplingParams::default().validate().is_ok());
+        let bad = [
+            SamplingParams { max_new_tokens: 0, ..Default::default() },
+            SamplingParams { temperature: -0.5, ..Default::default() },
+            SamplingParams { temperature: f32::NAN, ..Default::default() },
+            SamplingParams { top_p: 0.0, ..Default::default() },
+            SamplingParams { top_p: 1.5, ..Default::default() },
+        ];
+        for params in bad {
+            let error = params.validate().unwrap_err().to_string();
+            assert!(error.starts_with("invalid sampling parameters: "), "{error}");
+        }
+    }
 
     #[test]
     fn utf8_stream_holds_back_a_split_character() {

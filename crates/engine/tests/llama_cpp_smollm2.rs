@@ -131,20 +131,30 @@ fn logprobs_are_returned_per_token() {
 #[test]
 fn sampling_with_a_seed_is_reproducible() {
     let Some(mut engine) = engine(2) else { return };
-    let params = SamplingParams {
-        temperature: 0.9,
-        top_p: 0.95,
-        seed: 7,
-        ..greedy(16)
+    // 32 tokens past end of text, so that every run has the same length to compare.
+    let mut run = |temperature: f32, seed: u64| {
+        let batch = Batch {
+            prompts: vec![guard_prompts()[2].clone()],
+            params: SamplingParams {
+                temperature,
+                top_p: 0.95,
+                seed,
+                ignore_eos: true,
+                ..greedy(32)
+            },
+            shared_prefix: None,
+        };
+        engine.generate(&batch, &mut |_| {}).unwrap().remove(0).token_ids
     };
-    let batch = Batch {
-        prompts: vec![guard_prompts()[2].clone()],
-        params,
-        shared_prefix: None,
-    };
-    let a = engine.generate(&batch, &mut |_| {}).unwrap();
-    let b = engine.generate(&batch, &mut |_| {}).unwrap();
-    assert_eq!(a[0].token_ids, b[0].token_ids);
+    let first = run(0.9, 7);
+    assert_eq!(first.len(), 32);
+    assert_eq!(first, run(0.9, 7), "the same seed gave other tokens");
+    // Sampling is not ignored: another seed draws otherwise, and neither is greedy.
+    let other_seed = run(0.9, 8);
+    let greedy_tokens = run(0.0, 7);
+    assert_ne!(first, other_seed, "seeds 7 and 8 drew the same 32 tokens");
+    assert_ne!(first, greedy_tokens, "seed 7 drew the greedy tokens");
+    assert_ne!(other_seed, greedy_tokens, "seed 8 drew the greedy tokens");
 }
 
 #[test]
@@ -183,18 +193,20 @@ fn generation_stops_at_the_context_limit() {
         return;
     };
     let prompt = guard_prompts()[0].clone();
-    let tokens = engine.count_tokens(&prompt).unwrap();
+    let tokens = engine.count_tokens(&prompt).unwrap().unwrap();
     assert!(tokens < 160);
+    // Past end of text, so that the model cannot stop before the context does.
     let batch = Batch {
         prompts: vec![prompt],
-        params: greedy(500),
+        params: SamplingParams {
+            ignore_eos: true,
+            ..greedy(500)
+        },
         shared_prefix: None,
     };
     let generation = engine.generate(&batch, &mut |_| {}).unwrap().remove(0);
-    if generation.stop != StopReason::EndOfText {
-        assert_eq!(generation.stop, StopReason::ContextFull);
-        assert_eq!(tokens + generation.generated_tokens, 160);
-    }
+    assert_eq!(generation.stop, StopReason::ContextFull);
+    assert_eq!(tokens + generation.generated_tokens, 160);
 }
 
 #[test]

@@ -16,7 +16,9 @@ struct Seen {
     most_in_flight: usize,
 }
 
-/// Answers each prompt with its words, reversed, one event per word; `fail` prompts get HTTP 400.
+/// Answers each prompt with its words, reversed, one event per word; `fail` prompts get HTTP 400;
+/// `cut` prompts get one event, then the connection closes (no finish reason, no `[DONE]`);
+/// `unfinished` prompts get `[DONE]` without a finish reason.
 fn serve(seen: Arc<Mutex<Seen>>) -> String {
     let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").unwrap());
     let base = format!("http://{}", server.server_addr().to_ip().unwrap());
@@ -39,6 +41,15 @@ fn serve(seen: Arc<Mutex<Seen>>) -> String {
                 let response = if prompt == "fail" || request.url() != "/v1/completions" {
                     tiny_http::Response::from_string("{\"error\": \"bad request\"}")
                         .with_status_code(400)
+                } else if prompt == "cut" || prompt == "unfinished" {
+                    let mut events = format!(
+                        "data: {}\n\n",
+                        serde_json::json!({"choices": [{"index": 0, "text": "partial", "finish_reason": null}]})
+                    );
+                    if prompt == "unfinished" {
+                        events.push_str("data: [DONE]\n\n");
+                    }
+                    tiny_http::Response::from_string(events)
                 } else {
                     let words: Vec<&str> = prompt.split(' ').rev().collect();
                     let max = body["max_tokens"].as_u64().unwrap() as usize;
@@ -184,4 +195,32 @@ fn length_stops_and_server_errors_are_reported() {
         }
     ));
     assert!(error.to_string().contains("HTTP 400"), "{error}");
+}
+
+#[test]
+fn a_stream_cut_off_is_an_error_not_a_short_answer() {
+    let base = serve(Arc::new(Mutex::new(Seen::default())));
+    let mut engine = engine(&base, 1);
+    for (prompt, expected) in [
+        ("cut", "ended before [DONE] without a finish_reason"),
+        ("unfinished", "ended at [DONE] without a finish_reason"),
+    ] {
+        let error = engine
+            .generate(
+                &Batch {
+                    prompts: vec![prompt.into()],
+                    params: SamplingParams::default(),
+                    shared_prefix: None,
+                },
+                &mut |_| {},
+            )
+            .unwrap_err();
+        assert!(error.to_string().contains(expected), "{prompt}: {error}");
+    }
+}
+
+#[test]
+fn a_remote_backend_does_not_guess_token_counts() {
+    let mut engine = engine("http://127.0.0.1:9", 1);
+    assert_eq!(engine.count_tokens(&"word ".repeat(10_000)).unwrap(), None);
 }

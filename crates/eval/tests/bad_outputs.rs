@@ -1,20 +1,52 @@
-//! Bad outputs files: each is an error that names the file and the line.
-
-mod common;
+//! Bad outputs files: each is an error that names the file and the line. These run on a made-up
+//! benchmark that each test writes, so they need no shared data.
 
 use std::fs;
 use std::path::Path;
 
 use guardreasoner_eval::{score_outputs, ScoreMode, Weighting};
+use guardreasoner_protocol::{Conversation, PromptFormat, INSTRUCTION};
+use serde_json::json;
 
-/// Copies the 8B SimpleSafetyTests outputs into a temporary layout, transformed by `edit`.
-fn layout_with(root: &Path, edit: impl Fn(Vec<String>) -> Vec<String>) -> tempfile::TempDir {
-    let source = root.join("test/8B/SimpleSafetyTests/generated_predictions.jsonl");
-    let lines: Vec<String> = fs::read_to_string(source)
-        .unwrap()
-        .lines()
-        .map(String::from)
+const SAMPLES: usize = 100;
+
+/// Writes a SimpleSafetyTests of 100 made-up samples where the scorer reads benchmarks
+/// (`<root>/benchmark/`), and returns outputs for it in GuardReasoner's layout (one JSON line per
+/// sample: the prompt, the label, and a prediction that gives the label).
+fn made_up_benchmark(root: &Path) -> Vec<String> {
+    let samples: Vec<serde_json::Value> = (0..SAMPLES)
+        .map(|i| {
+            json!({
+                "instruction": INSTRUCTION,
+                "input": Conversation::prompt_only(format!("made-up request {i}")).input_block(),
+                "output": if i % 3 == 0 { "harmful" } else { "unharmful" },
+            })
+        })
         .collect();
+    fs::create_dir_all(root.join("benchmark")).unwrap();
+    fs::write(
+        root.join("benchmark/0_0_SimpleSafetyTests.json"),
+        serde_json::to_string_pretty(&samples).unwrap(),
+    )
+    .unwrap();
+    samples
+        .iter()
+        .map(|sample| {
+            let label = sample["output"].as_str().unwrap();
+            json!({
+                "prompt": PromptFormat::Eval.render_parts(INSTRUCTION, sample["input"].as_str().unwrap()),
+                "label": label,
+                "predict": format!("# Task 1\n\n## Reasoning Step 1\nMade up.\n\n---\n\nAnswers: \nRequest: {label}\nCompletion: None\nResponse: None"),
+            })
+            .to_string()
+        })
+        .collect()
+}
+
+/// A made-up benchmark in `root` and its outputs, transformed by `edit`, in GuardReasoner's
+/// layout (`<outputs>/SimpleSafetyTests/generated_predictions.jsonl`).
+fn layout_with(root: &Path, edit: impl Fn(Vec<String>) -> Vec<String>) -> tempfile::TempDir {
+    let lines = made_up_benchmark(root);
     let dir = tempfile::tempdir().unwrap();
     fs::create_dir(dir.path().join("SimpleSafetyTests")).unwrap();
     let mut text = edit(lines).join("\n");
@@ -36,19 +68,20 @@ fn error(root: &Path, outputs: &Path) -> String {
 
 #[test]
 fn an_untouched_copy_scores() {
-    let Some(root) = common::benchmarks() else {
-        return;
-    };
+    let benchmarks = tempfile::tempdir().unwrap();
+    let root = benchmarks.path().to_path_buf();
     let dir = layout_with(&root, |lines| lines);
     let report = score_outputs(dir.path(), &root, ScoreMode::Paper, Weighting::Files).unwrap();
     assert_eq!(report.benchmarks.len(), 1);
+    // Every prediction gives the label: a perfect score.
+    let score = &report.benchmarks[0];
+    assert_eq!((score.f1, score.accuracy), (100.0, 100.0), "{score:?}");
 }
 
 #[test]
 fn a_truncated_json_line_names_file_and_line() {
-    let Some(root) = common::benchmarks() else {
-        return;
-    };
+    let benchmarks = tempfile::tempdir().unwrap();
+    let root = benchmarks.path().to_path_buf();
     let dir = layout_with(&root, |mut lines| {
         let cut = lines[41].len() / 2;
         lines[41].truncate(cut);
@@ -63,9 +96,8 @@ fn a_truncated_json_line_names_file_and_line() {
 
 #[test]
 fn fewer_lines_than_the_benchmark_names_file_and_line() {
-    let Some(root) = common::benchmarks() else {
-        return;
-    };
+    let benchmarks = tempfile::tempdir().unwrap();
+    let root = benchmarks.path().to_path_buf();
     let dir = layout_with(&root, |mut lines| {
         lines.truncate(97);
         lines
@@ -83,9 +115,8 @@ fn fewer_lines_than_the_benchmark_names_file_and_line() {
 
 #[test]
 fn more_lines_than_the_benchmark_is_an_error() {
-    let Some(root) = common::benchmarks() else {
-        return;
-    };
+    let benchmarks = tempfile::tempdir().unwrap();
+    let root = benchmarks.path().to_path_buf();
     let dir = layout_with(&root, |mut lines| {
         lines.push(lines[0].clone());
         lines
@@ -99,9 +130,8 @@ fn more_lines_than_the_benchmark_is_an_error() {
 
 #[test]
 fn misaligned_lines_are_caught_by_their_prompt() {
-    let Some(root) = common::benchmarks() else {
-        return;
-    };
+    let benchmarks = tempfile::tempdir().unwrap();
+    let root = benchmarks.path().to_path_buf();
     let dir = layout_with(&root, |mut lines| {
         lines.swap(3, 4);
         lines
@@ -116,9 +146,8 @@ fn misaligned_lines_are_caught_by_their_prompt() {
 
 #[test]
 fn an_empty_line_in_the_middle_is_an_error() {
-    let Some(root) = common::benchmarks() else {
-        return;
-    };
+    let benchmarks = tempfile::tempdir().unwrap();
+    let root = benchmarks.path().to_path_buf();
     let dir = layout_with(&root, |mut lines| {
         lines.insert(10, String::new());
         lines
@@ -132,17 +161,25 @@ fn an_empty_line_in_the_middle_is_an_error() {
 
 #[test]
 fn our_jsonl_layout_scores_the_same_as_guardreasoners() {
-    let Some(root) = common::benchmarks() else {
-        return;
-    };
-    let source = root.join("test/1B/AegisSafetyTest/generated_predictions.jsonl");
+    let benchmarks = tempfile::tempdir().unwrap();
+    let root = benchmarks.path().to_path_buf();
+    let theirs_dir = layout_with(&root, |mut lines| {
+        // A few wrong predictions, so that the score is not trivially perfect.
+        for line in lines.iter_mut().take(10) {
+            *line = line.replace("Request: unharmful", "Request: harmful");
+        }
+        lines
+    });
+    let source = theirs_dir
+        .path()
+        .join("SimpleSafetyTests/generated_predictions.jsonl");
     let mut lines: Vec<String> = fs::read_to_string(source)
         .unwrap()
         .lines()
         .enumerate()
         .map(|(index, line)| {
             let record: serde_json::Value = serde_json::from_str(line).unwrap();
-            serde_json::json!({"benchmark": "AegisSafetyTest", "index": index, "output": record["predict"]})
+            json!({"benchmark": "SimpleSafetyTests", "index": index, "output": record["predict"]})
                 .to_string()
         })
         .collect();
@@ -151,26 +188,15 @@ fn our_jsonl_layout_scores_the_same_as_guardreasoners() {
     let file = dir.path().join("outputs.jsonl");
     fs::write(&file, lines.join("\n")).unwrap();
     let ours = score_outputs(&file, &root, ScoreMode::Paper, Weighting::Files).unwrap();
-    let theirs = score_outputs(
-        &root.join("test/1B"),
-        &root,
-        ScoreMode::Paper,
-        Weighting::Files,
-    )
-    .unwrap();
-    let aegis = theirs
-        .benchmarks
-        .iter()
-        .find(|s| s.benchmark == "AegisSafetyTest")
-        .unwrap();
-    assert_eq!(ours.benchmarks[0], *aegis);
+    let theirs = score_outputs(theirs_dir.path(), &root, ScoreMode::Paper, Weighting::Files).unwrap();
+    assert_eq!(ours.benchmarks, theirs.benchmarks);
 
     // A duplicated index is an error at its line.
     lines.push(lines[0].clone());
     fs::write(&file, lines.join("\n")).unwrap();
     let message = error(&root, &file);
     assert!(
-        message.contains("outputs.jsonl:360: second output for sample 359"),
+        message.contains("outputs.jsonl:101: second output for sample 100"),
         "{message}"
     );
 }

@@ -171,6 +171,7 @@ impl<G: Generate> Guard<G> {
             .check_batch(std::slice::from_ref(conversation), &mut |_, text| {
                 on_text(text)
             })?;
+        // check_batch returns exactly one result per conversation, or an error.
         results.pop().expect("one result per conversation")
     }
 
@@ -194,6 +195,18 @@ impl<G: Generate> Guard<G> {
         let generations = self
             .engine
             .generate(&batch, &mut |event| on_text(event.sequence, event.text))?;
+        // One generation per prompt is the backend's contract; a short reply must not drop
+        // conversations silently.
+        if generations.len() != conversations.len() {
+            return Err(GuardError::Engine(EngineError::Backend {
+                backend: self.engine.info().backend,
+                message: format!(
+                    "returned {} generations for {} prompts",
+                    generations.len(),
+                    conversations.len()
+                ),
+            }));
+        }
         Ok(conversations
             .iter()
             .zip(generations)
@@ -319,7 +332,9 @@ mod tests {
             on_token: &mut dyn FnMut(TokenEvent<'_>),
         ) -> Result<Vec<Generation>, EngineError> {
             self.seen.push(batch.clone());
-            Ok(self.outputs[..batch.prompts.len()]
+            // One output per prompt while they last: fewer outputs than prompts play a backend
+            // that replies short.
+            Ok(self.outputs[..batch.prompts.len().min(self.outputs.len())]
                 .iter()
                 .enumerate()
                 .map(|(sequence, text)| {
@@ -337,8 +352,8 @@ mod tests {
                 })
                 .collect())
         }
-        fn count_tokens(&mut self, text: &str) -> Result<usize, EngineError> {
-            Ok(text.len())
+        fn count_tokens(&mut self, text: &str) -> Result<Option<usize>, EngineError> {
+            Ok(Some(text.len()))
         }
     }
 
@@ -378,6 +393,19 @@ mod tests {
         assert_eq!(
             batch.shared_prefix.as_deref(),
             Some(PromptFormat::Eval.shared_prefix().as_str())
+        );
+    }
+
+    #[test]
+    fn a_backend_that_replies_short_is_an_error_not_a_dropped_conversation() {
+        let mut guard = guard(&[HARMFUL], UnparseablePolicy::Error);
+        let conversations = [Conversation::prompt_only("a"), Conversation::prompt_only("b")];
+        let error = guard
+            .check_batch(&conversations, &mut |_, _| {})
+            .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "replay: returned 1 generations for 2 prompts"
         );
     }
 

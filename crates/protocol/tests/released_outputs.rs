@@ -1,20 +1,10 @@
 //! The parsers on GuardReasoner's released outputs (real model text, `shared/data`).
 
-use std::path::PathBuf;
-
 use guardreasoner_protocol::parse::{paper, parse_structured};
 use guardreasoner_protocol::{Answer, Task};
 
 fn released_outputs() -> Option<Vec<String>> {
-    let root =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/benchmarks/test");
-    if !root.is_dir() {
-        eprintln!(
-            "skipped: {} is absent (the shared data is not here)",
-            root.display()
-        );
-        return None;
-    }
+    let root = guardreasoner_test_support::shared_benchmarks()?.join("test");
     let mut outputs = Vec::new();
     for size in ["1B", "3B", "8B"] {
         for entry in std::fs::read_dir(root.join(size)).unwrap() {

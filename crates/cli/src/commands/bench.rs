@@ -12,7 +12,7 @@ use super::model_args::{load_engine, ModelArgs};
 #[derive(clap::Args)]
 pub struct Args {
     #[command(flatten)]
-    model: ModelArgs,
+    pub(crate) model: ModelArgs,
     /// Tokens generated per check (a GuardReasoner-1B check averages about 350).
     #[arg(long, default_value_t = 128)]
     new_tokens: usize,
@@ -45,6 +45,12 @@ pub struct BenchReport {
     pub backend: String,
     /// `cpu`, `cuda:N`, or `remote`.
     pub device: String,
+    /// The CPU this ran on (`/proc/cpuinfo`).
+    pub cpu: String,
+    /// What the binary is tuned for: `target-cpu=..., built on <CPU>`.
+    pub built_for: String,
+    /// The instruction sets rustc compiled the binary with.
+    pub instruction_sets: String,
     pub prompt_tokens: usize,
     pub new_tokens: usize,
     pub prefill_tokens_per_second: f64,
@@ -145,6 +151,9 @@ pub fn measure(
         model: engine.info().source.clone(),
         backend: engine.info().backend.to_string(),
         device: engine.info().device.clone(),
+        cpu: crate::cpu::running_cpu(),
+        built_for: crate::cpu::built_for(),
+        instruction_sets: crate::cpu::TARGET_FEATURES.replace(',', " "),
         prompt_tokens,
         new_tokens: generated,
         prefill_tokens_per_second: median(prefill),
@@ -175,6 +184,8 @@ pub fn run(args: Args) -> Result<()> {
         "model: {} ({} on {})",
         report.model, report.backend, report.device
     );
+    println!("cpu: {}; binary: {}", report.cpu, report.built_for);
+    println!("instruction sets: {}", report.instruction_sets);
     println!(
         "guard prompt: {} tokens, {} new tokens, medians of {} runs",
         report.prompt_tokens, args.new_tokens, args.runs

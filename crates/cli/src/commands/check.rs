@@ -16,7 +16,7 @@ use super::model_args::{load_engine, GenerationArgs, ModelArgs};
 #[derive(clap::Args)]
 pub struct Args {
     #[command(flatten)]
-    model: ModelArgs,
+    pub(crate) model: ModelArgs,
     #[command(flatten)]
     generation: GenerationArgs,
     /// The user's prompt to judge.
@@ -199,8 +199,9 @@ fn check_many(
         for (i, input) in chunk.iter().enumerate() {
             // What the model reads: with model-chat, the prompt inside the model's template.
             let model_input = guard.render(&input.conversation)?;
+            // A remote backend cannot count: its server rejects what does not fit.
             let tokens = guard.engine().count_tokens(&model_input)?;
-            if tokens + 1 > context {
+            if let Some(tokens) = tokens.filter(|&tokens| tokens + 1 > context) {
                 lines[i] = Some(json!({
                     "line": input.line, "id": input.id,
                     "error": format!("the prompt is {tokens} tokens; the context holds {context} (raise --context or shorten it)"),

@@ -21,7 +21,7 @@ use super::model_args::{load_engine, GenerationArgs, ModelArgs};
 #[derive(clap::Args)]
 pub struct Args {
     #[command(flatten)]
-    model: ModelArgs,
+    pub(crate) model: ModelArgs,
     #[command(flatten)]
     generation: GenerationArgs,
     /// Benchmarks to run, comma-separated (default: every benchmark found).
@@ -174,7 +174,9 @@ pub fn run(args: Args) -> Result<()> {
             let mut outputs = vec![String::new(); chunk.len()];
             let mut runnable = Vec::new();
             for (i, input) in model_inputs.iter().enumerate() {
-                if engine.count_tokens(input)? + 1 > engine.info().context_length {
+                // A remote backend cannot count: its server rejects what does not fit.
+                let tokens = engine.count_tokens(input)?;
+                if tokens.is_some_and(|tokens| tokens + 1 > engine.info().context_length) {
                     record.too_long.push(first + i);
                 } else {
                     runnable.push(i);

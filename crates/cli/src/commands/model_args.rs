@@ -31,7 +31,8 @@ pub struct ModelArgs {
     /// Conversations decoded together (and, with openai, requests in flight).
     #[arg(long, default_value_t = 4)]
     pub batch_size: usize,
-    /// CPU threads (default: all cores).
+    /// CPU threads (default: all cores). For candle, process-wide: it wins over
+    /// RAYON_NUM_THREADS and CANDLE_NUM_THREADS.
     #[arg(long)]
     pub threads: Option<usize>,
     /// Where the model runs: `auto` (a CUDA GPU where the build has CUDA and the machine one,
@@ -164,7 +165,6 @@ pub fn load_engine(args: &ModelArgs) -> Result<Box<dyn Generate>> {
 fn candle_options(args: &ModelArgs) -> guardreasoner_engine::backends::candle::CandleOptions {
     guardreasoner_engine::backends::candle::CandleOptions {
         context_per_sequence: args.context,
-        threads: args.threads,
         device: args.device,
         ..Default::default()
     }

@@ -4,8 +4,7 @@ use std::io::Read;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use clap::ValueEnum;
-use guardreasoner_protocol::parse::{paper, parse_structured};
+use guardreasoner_protocol::parse::{paper, parse_structured, ParseMode};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -13,14 +12,8 @@ pub struct Args {
     file: Option<PathBuf>,
     /// `structured` reads the whole output (reasoning, steps, answers); `paper` reads only the last
     /// 300 characters, as the paper's evaluation script does.
-    #[arg(long, value_enum, default_value_t = Mode::Structured)]
-    mode: Mode,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum Mode {
-    Structured,
-    Paper,
+    #[arg(long, default_value_t = ParseMode::Structured)]
+    mode: ParseMode,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -37,8 +30,8 @@ pub fn run(args: Args) -> Result<()> {
         }
     }
     let json = match args.mode {
-        Mode::Structured => serde_json::to_string_pretty(&parse_structured(&output))?,
-        Mode::Paper => {
+        ParseMode::Structured => serde_json::to_string_pretty(&parse_structured(&output))?,
+        ParseMode::Paper => {
             let verdict = paper::parse_paper(&output);
             serde_json::to_string_pretty(&serde_json::json!({
                 "verdict": verdict,

@@ -136,6 +136,18 @@ fn backend() -> Result<&'static LlamaBackend, EngineError> {
         .map_err(|message| backend_error(message.clone()))
 }
 
+/// What the llama.cpp in this build was compiled with, as llama.cpp itself reports it
+/// (`llama_print_system_info`): per backend, the instruction sets its kernels use, e.g.
+/// `CPU : SSE3 = 1 | AVX2 = 1 | AVX512 = 1 | ...`. `AMX_INT8 = 1` would mean ggml's AMX kernels
+/// are compiled in, which the build config prevents (`.cargo/config.toml` says why).
+pub fn system_info() -> Result<String, EngineError> {
+    backend()?;
+    // SAFETY: llama.cpp returns a pointer to a NUL-terminated static buffer, valid until the next
+    // call; it is copied before this function returns.
+    let text = unsafe { std::ffi::CStr::from_ptr(llama_cpp_sys_2::llama_print_system_info()) };
+    Ok(text.to_string_lossy().trim().trim_end_matches('|').trim().to_string())
+}
+
 /// The model parameters that put the layers where `options` asks, and the device's name.
 fn placement(options: &LlamaCppOptions) -> Result<(LlamaModelParams, String), EngineError> {
     let cpu = || {
@@ -289,6 +301,7 @@ impl Generate for LlamaCppEngine {
         batch: &Batch,
         on_token: &mut dyn FnMut(TokenEvent<'_>),
     ) -> Result<Vec<Generation>, EngineError> {
+        batch.params.validate()?;
         let (events, receiver) = mpsc::channel();
         self.send(Job::Generate {
             batch: batch.clone(),
@@ -306,8 +319,8 @@ impl Generate for LlamaCppEngine {
         Err(backend_error("the worker thread stopped while generating"))
     }
 
-    fn count_tokens(&mut self, text: &str) -> Result<usize, EngineError> {
-        self.tokenize(text).map(|ids| ids.len())
+    fn count_tokens(&mut self, text: &str) -> Result<Option<usize>, EngineError> {
+        self.tokenize(text).map(|ids| Some(ids.len()))
     }
 
     fn chat_template(&self) -> Option<&ChatTemplate> {

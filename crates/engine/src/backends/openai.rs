@@ -119,6 +119,7 @@ impl OpenAiEngine {
         let mut chunks = 0usize;
         let mut usage: Option<Usage> = None;
         let mut stop = None;
+        let mut done = false;
         let mut first_at = None;
         for line in reader.lines() {
             let line = line.map_err(|e| error(format!("reading the stream: {e}")))?;
@@ -127,6 +128,7 @@ impl OpenAiEngine {
             };
             let data = data.trim();
             if data == "[DONE]" {
+                done = true;
                 break;
             }
             let chunk: Chunk = serde_json::from_str(data).map_err(|e| {
@@ -154,6 +156,23 @@ impl OpenAiEngine {
                 }
             }
         }
+        // A stream cut off (a dropped connection, a server that died) must not pass for a whole
+        // generation: it ends with a finish reason and `[DONE]`.
+        let Some(stop) = stop else {
+            return Err(error(format!(
+                "POST {}: the stream ended {} without a finish_reason, after {} characters; the output would be cut off",
+                self.url(),
+                if done { "at [DONE]" } else { "before [DONE]" },
+                text.len()
+            )));
+        };
+        if !done {
+            return Err(error(format!(
+                "POST {}: the stream ended before [DONE], after {} characters",
+                self.url(),
+                text.len()
+            )));
+        }
         let finished = Instant::now();
         let first = first_at.unwrap_or(finished);
         Ok(Generation {
@@ -163,7 +182,7 @@ impl OpenAiEngine {
             generated_tokens: usage.as_ref().map_or(chunks, |u| u.completion_tokens),
             token_ids: Vec::new(),
             logprobs,
-            stop: stop.unwrap_or(StopReason::EndOfText),
+            stop,
             timings: Timings {
                 prefill: first.duration_since(started),
                 decode: finished.duration_since(first),
@@ -219,6 +238,7 @@ impl Generate for OpenAiEngine {
         batch: &Batch,
         on_token: &mut dyn FnMut(TokenEvent<'_>),
     ) -> Result<Vec<Generation>, EngineError> {
+        batch.params.validate()?;
         let next = Mutex::new(0usize);
         let (events, receiver) =
             mpsc::channel::<(usize, Result<String, Result<Generation, EngineError>>)>();
@@ -263,9 +283,9 @@ impl Generate for OpenAiEngine {
             .collect()
     }
 
-    fn count_tokens(&mut self, text: &str) -> Result<usize, EngineError> {
-        // The completions API has no tokenizer endpoint; estimate generously (4 bytes a token
-        // would undercount), and let the server reject what does not fit.
-        Ok(text.len().div_ceil(3))
+    fn count_tokens(&mut self, _text: &str) -> Result<Option<usize>, EngineError> {
+        // The completions API has no tokenizer endpoint, and a guess would turn prompts that fit
+        // into skipped ones: the server says what does not fit.
+        Ok(None)
     }
 }

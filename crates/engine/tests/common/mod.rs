@@ -12,21 +12,7 @@ use guardreasoner_engine::{Batch, Generate, SamplingParams};
 /// A cached test file, or `None` (with a message) when absent; absent is a failure where the
 /// test command asks for the models (`GUARDREASONER_REQUIRE_TEST_MODEL`).
 pub fn cached(relative: &str) -> Option<PathBuf> {
-    let path = models_dir().join(relative);
-    if path.is_file() {
-        return Some(path);
-    }
-    if std::env::var_os("GUARDREASONER_REQUIRE_TEST_MODEL").is_some() {
-        panic!(
-            "{} is missing: run scripts/fetch-test-model",
-            path.display()
-        );
-    }
-    eprintln!(
-        "skipped: {} is absent (run scripts/fetch-test-model)",
-        path.display()
-    );
-    None
+    guardreasoner_test_support::test_model(models_dir().join(relative))
 }
 
 /// SmolLM2-135M-Instruct, Q4_1 GGUF.

@@ -1,17 +1,8 @@
-//! Where the shared data is, for tests that read it; they skip, saying so, where it is absent.
+//! Where the shared data is, for tests that read it (see `guardreasoner-test-support`).
 
 use std::path::PathBuf;
 
-/// `shared/data/benchmarks`, beside the repository, or `None` (with a message) when absent.
+/// `shared/data/benchmarks`, beside the repository; `None` where absent and not required.
 pub fn benchmarks() -> Option<PathBuf> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/benchmarks");
-    if root.join("benchmark").is_dir() {
-        Some(root)
-    } else {
-        eprintln!(
-            "skipped: {} is absent (the shared benchmark data is not here)",
-            root.display()
-        );
-        None
-    }
+    guardreasoner_test_support::shared_benchmarks()
 }

@@ -34,12 +34,15 @@ fn backend_error(error: impl std::fmt::Display) -> EngineError {
 }
 
 /// How to load a model into candle.
+///
+/// There is no thread count here: candle's CPU threads are process-wide, read from
+/// `RAYON_NUM_THREADS` (and `CANDLE_NUM_THREADS`) when it first needs them, all physical cores
+/// otherwise. A program sets those before it starts any thread, as the CLI's `main` does for
+/// `--threads`; a library setting them could race with threads already reading the environment.
 #[derive(Debug, Clone)]
 pub struct CandleOptions {
     /// Tokens one sequence may hold, prompt and generation together.
     pub context_per_sequence: usize,
-    /// CPU threads; all cores when `None`.
-    pub threads: Option<usize>,
     /// For GGUF files: keep matrices quantized, or dequantize to f32.
     pub gguf_weights: GgufWeights,
     /// Where the model runs.
@@ -50,7 +53,6 @@ impl Default for CandleOptions {
     fn default() -> Self {
         Self {
             context_per_sequence: 4096,
-            threads: None,
             gguf_weights: GgufWeights::Quantized,
             device: DeviceSpec::Auto,
         }
@@ -95,16 +97,6 @@ fn device_name(device: &Device) -> String {
     }
 }
 
-/// candle asks the environment for its thread count on many operations, and counts cores from
-/// /proc when the variable is unset; set it once.
-fn set_threads(threads: Option<usize>) {
-    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
-        let threads =
-            threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
-    }
-}
-
 impl CandleEngine {
     /// Loads a Llama GGUF file and the tokenizer its metadata describes.
     pub fn load_gguf(path: &Path, options: CandleOptions) -> Result<Self, EngineError> {
@@ -113,7 +105,6 @@ impl CandleEngine {
                 path: path.to_path_buf(),
             });
         }
-        set_threads(options.threads);
         let device = candle_device(options.device)?;
         let loaded = load_gguf(
             path,
@@ -130,7 +121,6 @@ impl CandleEngine {
 
     /// Loads a Hugging Face model directory: `config.json`, `tokenizer.json`, `*.safetensors`.
     pub fn load_dir(dir: &Path, options: CandleOptions) -> Result<Self, EngineError> {
-        set_threads(options.threads);
         let device = candle_device(options.device)?;
         let model = load_safetensors_dir(dir, options.context_per_sequence, &device)?;
         let tokenizer = GuardTokenizer::from_file(&dir.join("tokenizer.json"), eos_ids(dir))?;
@@ -401,6 +391,7 @@ impl Generate for CandleEngine {
         batch: &Batch,
         on_token: &mut dyn FnMut(TokenEvent<'_>),
     ) -> Result<Vec<Generation>, EngineError> {
+        batch.params.validate()?;
         // Tokenize and check every prompt before running any.
         let mut prompt_ids = Vec::with_capacity(batch.prompts.len());
         for (index, prompt) in batch.prompts.iter().enumerate() {
@@ -429,8 +420,8 @@ impl Generate for CandleEngine {
             .collect()
     }
 
-    fn count_tokens(&mut self, text: &str) -> Result<usize, EngineError> {
-        Ok(self.tokenizer.encode(text)?.len())
+    fn count_tokens(&mut self, text: &str) -> Result<Option<usize>, EngineError> {
+        Ok(Some(self.tokenizer.encode(text)?.len()))
     }
 
     fn chat_template(&self) -> Option<&ChatTemplate> {
