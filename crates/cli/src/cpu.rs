@@ -53,7 +53,7 @@ pub fn long_version() -> String {
 
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 mod start_check {
-    use core::arch::x86_64::{CpuidResult, __cpuid_count, _xgetbv};
+    use core::arch::x86_64::{__cpuid_count, _xgetbv, CpuidResult};
 
     /// Run by the dynamic loader before any initialiser of the binary (ELF `.preinit_array`).
     #[used]
@@ -237,10 +237,16 @@ mod tests {
         assert!(!BUILD_CPU.is_empty());
         if cfg!(target_arch = "x86_64") {
             // rustc always enables the x86-64 baseline.
-            assert!(TARGET_FEATURES.split(',').any(|f| f == "sse2"), "{TARGET_FEATURES}");
+            assert!(
+                TARGET_FEATURES.split(',').any(|f| f == "sse2"),
+                "{TARGET_FEATURES}"
+            );
         }
         if cfg!(target_feature = "avx2") {
-            assert!(TARGET_FEATURES.split(',').any(|f| f == "avx2"), "{TARGET_FEATURES}");
+            assert!(
+                TARGET_FEATURES.split(',').any(|f| f == "avx2"),
+                "{TARGET_FEATURES}"
+            );
         }
     }
 }

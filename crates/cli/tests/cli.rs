@@ -1,7 +1,6 @@
 //! The `guardreasoner` binary, end to end.
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 
@@ -110,7 +109,7 @@ fn bad_outputs_exit_non_zero_naming_file_and_line() {
     // made-up lines are enough.
     let dir = tempfile::tempdir().unwrap();
     let line = serde_json::json!({"prompt": "p", "label": "harmful", "predict": "Answers: \nRequest: harmful"}).to_string();
-    let mut lines = vec![line.as_str(); 10];
+    let mut lines = [line.as_str(); 10];
     let cut = &line[..line.len() / 2];
     lines[6] = cut;
     std::fs::create_dir(dir.path().join("SimpleSafetyTests")).unwrap();

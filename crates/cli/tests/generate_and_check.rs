@@ -1,7 +1,7 @@
 //! `guardreasoner generate`, `score` and `check` end to end on the SmolLM2 test model.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 use guardreasoner_test_support::shared_benchmarks;

@@ -2,7 +2,7 @@
 //! files each test makes (no shared data needed), and the whole manifest against `shared/data`.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use guardreasoner_data::manifest::{files, DataFile, Group};

@@ -246,15 +246,33 @@ mod tests {
     fn sampling_parameters_are_validated_in_one_place() {
         assert!(SamplingParams::default().validate().is_ok());
         let bad = [
-            SamplingParams { max_new_tokens: 0, ..Default::default() },
-            SamplingParams { temperature: -0.5, ..Default::default() },
-            SamplingParams { temperature: f32::NAN, ..Default::default() },
-            SamplingParams { top_p: 0.0, ..Default::default() },
-            SamplingParams { top_p: 1.5, ..Default::default() },
+            SamplingParams {
+                max_new_tokens: 0,
+                ..Default::default()
+            },
+            SamplingParams {
+                temperature: -0.5,
+                ..Default::default()
+            },
+            SamplingParams {
+                temperature: f32::NAN,
+                ..Default::default()
+            },
+            SamplingParams {
+                top_p: 0.0,
+                ..Default::default()
+            },
+            SamplingParams {
+                top_p: 1.5,
+                ..Default::default()
+            },
         ];
         for params in bad {
             let error = params.validate().unwrap_err().to_string();
-            assert!(error.starts_with("invalid sampling parameters: "), "{error}");
+            assert!(
+                error.starts_with("invalid sampling parameters: "),
+                "{error}"
+            );
         }
     }
 

@@ -144,7 +144,11 @@ fn sampling_with_a_seed_is_reproducible() {
             },
             shared_prefix: None,
         };
-        engine.generate(&batch, &mut |_| {}).unwrap().remove(0).token_ids
+        engine
+            .generate(&batch, &mut |_| {})
+            .unwrap()
+            .remove(0)
+            .token_ids
     };
     let first = run(0.9, 7);
     assert_eq!(first.len(), 32);

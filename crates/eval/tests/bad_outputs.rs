@@ -188,7 +188,8 @@ fn our_jsonl_layout_scores_the_same_as_guardreasoners() {
     let file = dir.path().join("outputs.jsonl");
     fs::write(&file, lines.join("\n")).unwrap();
     let ours = score_outputs(&file, &root, ScoreMode::Paper, Weighting::Files).unwrap();
-    let theirs = score_outputs(theirs_dir.path(), &root, ScoreMode::Paper, Weighting::Files).unwrap();
+    let theirs =
+        score_outputs(theirs_dir.path(), &root, ScoreMode::Paper, Weighting::Files).unwrap();
     assert_eq!(ours.benchmarks, theirs.benchmarks);
 
     // A duplicated index is an error at its line.

@@ -399,7 +399,10 @@ mod tests {
     #[test]
     fn a_backend_that_replies_short_is_an_error_not_a_dropped_conversation() {
         let mut guard = guard(&[HARMFUL], UnparseablePolicy::Error);
-        let conversations = [Conversation::prompt_only("a"), Conversation::prompt_only("b")];
+        let conversations = [
+            Conversation::prompt_only("a"),
+            Conversation::prompt_only("b"),
+        ];
         let error = guard
             .check_batch(&conversations, &mut |_, _| {})
             .unwrap_err();

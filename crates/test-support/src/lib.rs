@@ -47,7 +47,12 @@ pub fn shared_benchmarks() -> Option<PathBuf> {
 /// Where it is absent and [`REQUIRE_TEST_MODEL`] is set.
 pub fn test_model(path: PathBuf) -> Option<PathBuf> {
     let present = path.is_file();
-    present_or_skip(present, path, REQUIRE_TEST_MODEL, "run scripts/fetch-test-model")
+    present_or_skip(
+        present,
+        path,
+        REQUIRE_TEST_MODEL,
+        "run scripts/fetch-test-model",
+    )
 }
 
 fn present_or_skip(present: bool, path: PathBuf, switch: &str, hint: &str) -> Option<PathBuf> {
@@ -55,7 +60,10 @@ fn present_or_skip(present: bool, path: PathBuf, switch: &str, hint: &str) -> Op
         return Some(path);
     }
     if std::env::var_os(switch).is_some() {
-        panic!("{} is missing ({hint}), and {switch} is set", path.display());
+        panic!(
+            "{} is missing ({hint}), and {switch} is set",
+            path.display()
+        );
     }
     eprintln!("skipped: {} is absent ({hint})", path.display());
     None

@@ -145,7 +145,12 @@ pub fn system_info() -> Result<String, EngineError> {
     // SAFETY: llama.cpp returns a pointer to a NUL-terminated static buffer, valid until the next
     // call; it is copied before this function returns.
     let text = unsafe { std::ffi::CStr::from_ptr(llama_cpp_sys_2::llama_print_system_info()) };
-    Ok(text.to_string_lossy().trim().trim_end_matches('|').trim().to_string())
+    Ok(text
+        .to_string_lossy()
+        .trim()
+        .trim_end_matches('|')
+        .trim()
+        .to_string())
 }
 
 /// The model parameters that put the layers where `options` asks, and the device's name.
