@@ -281,11 +281,11 @@ fn tokens_and_greedy_text_match_llama_cpp_python() {
             shared_prefix: None,
         };
         let ours = engine.generate(&batch, &mut |_| {}).unwrap().remove(0);
-        let python = json_ids(&reference["greedy"][index]);
         // The reference generated until end of text (fewer than 40 tokens): the same tokens, then
-        // the same stop.
-        assert_eq!(ours.token_ids, python, "prompt {index}");
-        assert_eq!(ours.stop, StopReason::EndOfText, "prompt {index}");
+        // the same stop, unless the two part at a near-tie.
+        if same_or_near_tie(&ours.token_ids, &reference, "greedy", index) {
+            assert_eq!(ours.stop, StopReason::EndOfText, "prompt {index}");
+        }
         // And 40 tokens, generating on past end of text as the reference did.
         let batch = Batch {
             prompts: batch.prompts,
@@ -296,10 +296,51 @@ fn tokens_and_greedy_text_match_llama_cpp_python() {
             shared_prefix: None,
         };
         let ours = engine.generate(&batch, &mut |_| {}).unwrap().remove(0);
-        let python = json_ids(&reference["greedy_past_end"][index]);
-        assert_eq!(python.len(), 40);
-        assert_eq!(ours.token_ids, python, "prompt {index}, past end of text");
+        assert_eq!(ours.token_ids.len(), 40);
+        same_or_near_tie(&ours.token_ids, &reference, "greedy_past_end", index);
     }
+}
+
+/// How close, in logits, llama-cpp-python's first and second choices must be for a different
+/// choice of ours to count as the same computation rounded otherwise. llama.cpp's kernels differ
+/// by instruction set (AVX2, AVX-512), and the fixture was made on one CPU.
+const LLAMA_NEAR_TIE: f64 = 0.1;
+
+/// Whether our greedy tokens equal the reference's `key` path for prompt `index`. Where they
+/// part, the reference's choice at that step must have been a near-tie and ours its runner-up;
+/// past that point the paths are not compared (returns `false`).
+fn same_or_near_tie(ours: &[u32], reference: &serde_json::Value, key: &str, index: usize) -> bool {
+    let python = json_ids(&reference[key][index]);
+    let runner_up = json_ids(&reference[format!("{key}_runner_up")][index]);
+    let margins: Vec<f64> = reference[format!("{key}_margin")][index]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m.as_f64().unwrap())
+        .collect();
+    assert!(!python.is_empty(), "prompt {index}: empty reference");
+    assert_eq!(
+        (runner_up.len(), margins.len()),
+        (python.len(), python.len())
+    );
+    let Some(step) = ours.iter().zip(&python).position(|(a, b)| a != b) else {
+        assert_eq!(ours, python, "prompt {index}, {key}");
+        return true;
+    };
+    eprintln!(
+        "prompt {index}, {key}: parts from llama-cpp-python at step {step} ({} vs {}, margin {})",
+        ours[step], python[step], margins[step]
+    );
+    assert!(
+        margins[step] < LLAMA_NEAR_TIE && ours[step] == runner_up[step],
+        "prompt {index}, {key}: at step {step} ours is {} where llama-cpp-python chose {} by {} \
+         logits over {}\nours: {ours:?}\ntheirs: {python:?}",
+        ours[step],
+        python[step],
+        margins[step],
+        runner_up[step]
+    );
+    false
 }
 
 /// On f32 weights (the Q4_1 file dequantized), llama.cpp's greedy tokens equal transformers' f32

@@ -5,7 +5,6 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use clap::ValueEnum;
 use guardreasoner_guard::{CheckResult, DecidedBy, Guard, GuardError, UnparseablePolicy};
 use guardreasoner_protocol::Conversation;
 use serde::Deserialize;
@@ -33,25 +32,8 @@ pub struct Args {
     #[arg(long)]
     json: bool,
     /// When the output lacks an answer: `error`, `fail-closed` (treat as harmful) or `fail-open`.
-    #[arg(long, value_enum, default_value_t = Policy::FailClosed)]
-    policy: Policy,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum Policy {
-    Error,
-    FailClosed,
-    FailOpen,
-}
-
-impl Policy {
-    fn guard_policy(self) -> UnparseablePolicy {
-        match self {
-            Policy::Error => UnparseablePolicy::Error,
-            Policy::FailClosed => UnparseablePolicy::FailClosed,
-            Policy::FailOpen => UnparseablePolicy::FailOpen,
-        }
-    }
+    #[arg(long, default_value_t = UnparseablePolicy::FailClosed)]
+    policy: UnparseablePolicy,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -61,10 +43,7 @@ pub fn run(args: Args) -> Result<()> {
         None => None,
     };
     let engine = load_engine(&args.model)?;
-    let mut guard = Guard::new(
-        engine,
-        args.generation.guard_config(args.policy.guard_policy()),
-    );
+    let mut guard = Guard::new(engine, args.generation.guard_config(args.policy));
     match inputs {
         Some(inputs) => check_many(&mut guard, &inputs, args.model.batch_size.max(1)),
         None => {

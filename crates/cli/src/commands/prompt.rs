@@ -1,7 +1,6 @@
 //! `guardreasoner prompt`: the exact text a guard model reads, for use with any runtime.
 
 use anyhow::Result;
-use clap::ValueEnum;
 use guardreasoner_protocol::{Conversation, PromptFormat};
 
 #[derive(clap::Args)]
@@ -14,23 +13,12 @@ pub struct Args {
     response: Option<String>,
     /// `eval` (what the paper measured), `deploy` (the repository's deploy script), or
     /// `llama3-chat` (the training template).
-    #[arg(long, value_enum, default_value_t = Format::Eval)]
-    format: Format,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum Format {
-    Eval,
-    Deploy,
-    Llama3Chat,
+    #[arg(long, default_value_t = PromptFormat::Eval)]
+    format: PromptFormat,
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let format = match args.format {
-        Format::Eval => PromptFormat::Eval,
-        Format::Deploy => PromptFormat::Deploy,
-        Format::Llama3Chat => PromptFormat::Llama3Chat,
-    };
+    let format = args.format;
     let conversation = Conversation {
         prompt: args.prompt,
         response: args.response,

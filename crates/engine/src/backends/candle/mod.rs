@@ -20,7 +20,6 @@ use crate::device::{cuda_not_built, DeviceSpec, CUDA_BUILT};
 use crate::error::EngineError;
 use crate::generate::{
     Batch, Generate, Generation, ModelInfo, SamplingParams, StopReason, Timings, TokenEvent,
-    Utf8Stream,
 };
 use crate::sampling::Sampler;
 
@@ -239,8 +238,8 @@ impl CandleEngine {
         let (mut cache, cached) = self.cache_for(ids, shared_prefix)?;
         let mut logits = self.forward_last(&ids[cached..], &mut cache)?;
         let mut sampler = Sampler::new(params, index);
-        let (mut token_ids, mut text, mut utf8) =
-            (Vec::new(), String::new(), Utf8Stream::default());
+        let (mut token_ids, mut text) = (Vec::new(), String::new());
+        let mut pieces = self.tokenizer.text_stream();
         let mut logprobs = params.logprobs.then(Vec::new);
         let mut first_at = None;
         let stop = loop {
@@ -253,7 +252,7 @@ impl CandleEngine {
                 logprobs.push(crate::sampling::log_probability(&logits, token));
             }
             token_ids.push(token);
-            let piece = utf8.push(&self.tokenizer.token_bytes(token));
+            let piece = pieces.push(token)?;
             if !piece.is_empty() {
                 on_token(TokenEvent {
                     sequence: index,
@@ -269,7 +268,14 @@ impl CandleEngine {
             }
             logits = self.forward_last(&[token], &mut cache)?;
         };
-        text.push_str(&utf8.finish());
+        let rest = pieces.finish();
+        if !rest.is_empty() {
+            on_token(TokenEvent {
+                sequence: index,
+                text: &rest,
+            });
+            text.push_str(&rest);
+        }
         let finished = Instant::now();
         let first = first_at.unwrap_or(finished);
         Ok(Generation {

@@ -30,30 +30,57 @@ pub struct GuardTokenizer {
     bos: Option<u32>,
     /// Tokens that end generation.
     pub eos: Vec<u32>,
-    /// Special tokens, which render as nothing in generated text.
-    special: std::collections::HashSet<u32>,
-    /// GPT-2's byte-level alphabet, read backwards: the character a byte is written as → the byte.
-    byte_of: HashMap<char, u8>,
 }
 
-/// GPT-2's byte-level alphabet: printable bytes stand for themselves, the others for the
-/// characters from U+0100 on.
-fn byte_level_alphabet() -> HashMap<char, u8> {
-    let printable = |b: u32| {
-        (0x21..=0x7e).contains(&b) || (0xa1..=0xac).contains(&b) || (0xae..=0xff).contains(&b)
-    };
-    let mut next = 256;
-    (0u32..256)
-        .map(|b| {
-            let c = if printable(b) {
-                b
-            } else {
-                next += 1;
-                next - 1
-            };
-            (char::from_u32(c).expect("a valid scalar"), b as u8)
-        })
-        .collect()
+/// The text of generated tokens as they arrive, rendered by the tokenizer's own decoder
+/// (`tokenizers`' `DecodeStream`: byte-level BPE, SentencePiece's `▁` and byte fallback alike),
+/// holding back a token that ends inside a UTF-8 character. Special tokens and end-of-text
+/// tokens render as nothing.
+pub struct TextStream<'a> {
+    tokenizer: &'a GuardTokenizer,
+    stream: tokenizers::DecodeStream<
+        'a,
+        tokenizers::ModelWrapper,
+        tokenizers::NormalizerWrapper,
+        PreTokenizerWrapper,
+        tokenizers::PostProcessorWrapper,
+        tokenizers::DecoderWrapper,
+    >,
+    ids: Vec<u32>,
+    text: String,
+}
+
+impl TextStream<'_> {
+    /// Adds a token; returns the text it completes (often empty).
+    pub fn push(&mut self, id: u32) -> Result<String, EngineError> {
+        if self.tokenizer.eos.contains(&id) {
+            return Ok(String::new());
+        }
+        self.ids.push(id);
+        let piece = self
+            .stream
+            .step(id)
+            .map_err(|e| EngineError::Backend {
+                backend: "candle",
+                message: format!("tokenizer: cannot decode token {id}: {e}"),
+            })?
+            .unwrap_or_default();
+        self.text.push_str(&piece);
+        Ok(piece)
+    }
+
+    /// The text held back at the end (an incomplete character, as the full decode renders it).
+    pub fn finish(&mut self) -> String {
+        let full = self.tokenizer.decode(&self.ids);
+        match full.strip_prefix(self.text.as_str()) {
+            Some(rest) => {
+                let rest = rest.to_string();
+                self.text = full;
+                rest
+            }
+            None => String::new(),
+        }
+    }
 }
 
 fn invalid(path: &Path, message: impl Into<String>) -> EngineError {
@@ -185,19 +212,7 @@ impl GuardTokenizer {
     }
 
     fn assemble(inner: Tokenizer, bos: Option<u32>, eos: Vec<u32>) -> Self {
-        let special = inner
-            .get_added_tokens_decoder()
-            .into_iter()
-            .filter(|(_, token)| token.special)
-            .map(|(id, _)| id)
-            .collect();
-        Self {
-            inner,
-            bos,
-            eos,
-            special,
-            byte_of: byte_level_alphabet(),
-        }
+        Self { inner, bos, eos }
     }
 
     /// The ids of `text`, with BOS where the model wants it; special-token text becomes the special
@@ -218,23 +233,14 @@ impl GuardTokenizer {
         Ok(ids)
     }
 
-    /// The bytes one token stands for (special tokens: none). A token may hold part of a UTF-8
-    /// character; the stream joins them.
-    pub fn token_bytes(&self, id: u32) -> Vec<u8> {
-        if self.special.contains(&id) || self.eos.contains(&id) {
-            return Vec::new();
+    /// A stream that renders generated tokens as text, one token at a time.
+    pub fn text_stream(&self) -> TextStream<'_> {
+        TextStream {
+            tokenizer: self,
+            stream: self.inner.decode_stream(true),
+            ids: Vec::new(),
+            text: String::new(),
         }
-        let Some(token) = self.inner.id_to_token(id) else {
-            return Vec::new();
-        };
-        token
-            .chars()
-            .flat_map(|c| {
-                self.byte_of
-                    .get(&c)
-                    .map_or_else(|| c.to_string().into_bytes(), |&b| vec![b])
-            })
-            .collect()
     }
 
     /// Whether encoding any text starts with the special token `text` (a BOS the tokenizer adds).
@@ -248,5 +254,53 @@ impl GuardTokenizer {
     /// Decodes ids to text.
     pub fn decode(&self, ids: &[u32]) -> String {
         self.inner.decode(ids, true).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A SentencePiece-style vocabulary (Llama 2, Mistral): `▁` for spaces and byte-fallback
+    /// tokens like `<0x0A>`, rendered by the tokenizer's own decoder, not copied literally.
+    #[test]
+    fn a_sentencepiece_byte_fallback_vocabulary_streams_as_text() {
+        let json = serde_json::json!({
+            "version": "1.0",
+            "added_tokens": [
+                {"id": 0, "content": "<unk>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true},
+                {"id": 1, "content": "<s>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true},
+                {"id": 2, "content": "</s>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}
+            ],
+            "normalizer": null,
+            "pre_tokenizer": {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "first", "split": false},
+            "post_processor": null,
+            "decoder": {"type": "Sequence", "decoders": [
+                {"type": "Replace", "pattern": {"String": "▁"}, "content": " "},
+                {"type": "ByteFallback"},
+                {"type": "Fuse"},
+                {"type": "Strip", "content": " ", "start": 1, "stop": 0}
+            ]},
+            "model": {
+                "type": "BPE", "dropout": null, "unk_token": "<unk>", "continuing_subword_prefix": null,
+                "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": true, "ignore_merges": false,
+                "vocab": {"<unk>": 0, "<s>": 1, "</s>": 2, "<0x0A>": 3, "<0xC3>": 4, "<0xA9>": 5,
+                          "▁hello": 6, "▁world": 7},
+                "merges": []
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokenizer.json");
+        std::fs::write(&path, json.to_string()).unwrap();
+        let tokenizer = GuardTokenizer::from_file(&path, vec![2]).unwrap();
+        // "hello world\né" then end of text: the two bytes of é arrive as two tokens.
+        let mut stream = tokenizer.text_stream();
+        let pieces: Vec<String> = [6, 7, 3, 4, 5, 2]
+            .iter()
+            .map(|&id| stream.push(id).unwrap())
+            .collect();
+        assert_eq!(pieces.concat() + &stream.finish(), "hello world\né");
+        assert_eq!(pieces[3], "", "half a character is held back");
+        assert!(!pieces.concat().contains('▁') && !pieces.concat().contains("<0x"));
     }
 }
