@@ -275,72 +275,87 @@ fn tokens_and_greedy_text_match_llama_cpp_python() {
         assert_eq!(engine.tokenize(text).unwrap(), expected, "{text:?}");
     }
     for (index, prompt) in guard_prompts().into_iter().enumerate() {
-        let batch = Batch {
-            prompts: vec![prompt],
-            params: greedy(40),
-            shared_prefix: None,
-        };
-        let ours = engine.generate(&batch, &mut |_| {}).unwrap().remove(0);
-        // The reference generated until end of text (fewer than 40 tokens): the same tokens, then
-        // the same stop, unless the two part at a near-tie.
-        if same_or_near_tie(&ours.token_ids, &reference, "greedy", index) {
-            assert_eq!(ours.stop, StopReason::EndOfText, "prompt {index}");
-        }
-        // And 40 tokens, generating on past end of text as the reference did.
-        let batch = Batch {
-            prompts: batch.prompts,
+        // 40 tokens, generating on past end of text as the reference did: the same tokens, unless
+        // the two part at a near-tie of the reference's.
+        let past_end = Batch {
+            prompts: vec![prompt.clone()],
             params: SamplingParams {
                 ignore_eos: true,
                 ..greedy(40)
             },
             shared_prefix: None,
         };
-        let ours = engine.generate(&batch, &mut |_| {}).unwrap().remove(0);
+        let ours = engine.generate(&past_end, &mut |_| {}).unwrap().remove(0);
         assert_eq!(ours.token_ids.len(), 40);
-        same_or_near_tie(&ours.token_ids, &reference, "greedy_past_end", index);
+        let parted = near_tie_parting(&ours.token_ids, &reference, index);
+        // Up to end of text: the same tokens and the same stop, or a parting no earlier than the
+        // near-tie above (end of text is one of the tokens there).
+        let batch = Batch {
+            prompts: vec![prompt],
+            params: greedy(40),
+            shared_prefix: None,
+        };
+        let ours = engine.generate(&batch, &mut |_| {}).unwrap().remove(0);
+        let python = json_ids(&reference["greedy"][index]);
+        match parting(&ours.token_ids, &python) {
+            None => {
+                assert_eq!(ours.token_ids, python, "prompt {index}");
+                if python.len() < 40 {
+                    assert_eq!(ours.stop, StopReason::EndOfText, "prompt {index}");
+                }
+            }
+            Some(step) => assert!(
+                parted.is_some_and(|tie| tie <= step),
+                "prompt {index}: parts from llama-cpp-python at step {step}, not at a near-tie\nours: {:?}\ntheirs: {python:?}",
+                ours.token_ids
+            ),
+        }
     }
 }
 
 /// How close, in logits, llama-cpp-python's first and second choices must be for a different
 /// choice of ours to count as the same computation rounded otherwise. llama.cpp's kernels differ
-/// by instruction set (AVX2, AVX-512), and the fixture was made on one CPU.
-const LLAMA_NEAR_TIE: f64 = 0.1;
+/// by instruction set, and the fixture was made on one CPU: a fixture made on another machine
+/// chose prompt 0's 5th token otherwise than this one (AMD EPYC, AVX2), which prefers its choice
+/// by 0.184.
+const LLAMA_NEAR_TIE: f64 = 0.25;
 
-/// Whether our greedy tokens equal the reference's `key` path for prompt `index`. Where they
-/// part, the reference's choice at that step must have been a near-tie and ours its runner-up;
-/// past that point the paths are not compared (returns `false`).
-fn same_or_near_tie(ours: &[u32], reference: &serde_json::Value, key: &str, index: usize) -> bool {
-    let python = json_ids(&reference[key][index]);
-    let runner_up = json_ids(&reference[format!("{key}_runner_up")][index]);
-    let margins: Vec<f64> = reference[format!("{key}_margin")][index]
+/// Where two greedy paths part: the first differing step, or where the shorter one ends.
+fn parting(ours: &[u32], theirs: &[u32]) -> Option<usize> {
+    ours.iter()
+        .zip(theirs)
+        .position(|(a, b)| a != b)
+        .or((ours.len() != theirs.len()).then(|| ours.len().min(theirs.len())))
+}
+
+/// Where our 40 tokens past end of text part from the reference's for prompt `index`, if they
+/// do; a parting must be at a near-tie of the reference's, with our token its runner-up.
+fn near_tie_parting(ours: &[u32], reference: &serde_json::Value, index: usize) -> Option<usize> {
+    let python = json_ids(&reference["greedy_past_end"][index]);
+    let runner_up = json_ids(&reference["greedy_past_end_runner_up"][index]);
+    let margins: Vec<f64> = reference["greedy_past_end_margin"][index]
         .as_array()
         .unwrap()
         .iter()
         .map(|m| m.as_f64().unwrap())
         .collect();
-    assert!(!python.is_empty(), "prompt {index}: empty reference");
-    assert_eq!(
-        (runner_up.len(), margins.len()),
-        (python.len(), python.len())
-    );
-    let Some(step) = ours.iter().zip(&python).position(|(a, b)| a != b) else {
-        assert_eq!(ours, python, "prompt {index}, {key}");
-        return true;
-    };
+    assert_eq!(python.len(), 40);
+    assert_eq!((runner_up.len(), margins.len()), (40, 40));
+    let step = parting(ours, &python)?;
     eprintln!(
-        "prompt {index}, {key}: parts from llama-cpp-python at step {step} ({} vs {}, margin {})",
+        "prompt {index}: parts from llama-cpp-python at step {step} ({} vs {}, margin {})",
         ours[step], python[step], margins[step]
     );
     assert!(
         margins[step] < LLAMA_NEAR_TIE && ours[step] == runner_up[step],
-        "prompt {index}, {key}: at step {step} ours is {} where llama-cpp-python chose {} by {} \
-         logits over {}\nours: {ours:?}\ntheirs: {python:?}",
+        "prompt {index}: at step {step} ours is {} where llama-cpp-python chose {} by {} logits \
+         over {}\nours: {ours:?}\ntheirs: {python:?}",
         ours[step],
         python[step],
         margins[step],
         runner_up[step]
     );
-    false
+    Some(step)
 }
 
 /// On f32 weights (the Q4_1 file dequantized), llama.cpp's greedy tokens equal transformers' f32
