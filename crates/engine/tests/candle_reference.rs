@@ -156,7 +156,7 @@ fn smollm2_quantized_greedy_matches_llama_cpp_and_tokenizers_agree() {
 
         let prompt_ids = candle.tokenizer().encode(&prompt).unwrap();
         let mut forced = prompt_ids.clone();
-        forced.extend(theirs.token_ids.iter().map(|&t| t as u32));
+        forced.extend(&theirs.token_ids);
         let logits = candle.logits(&forced).unwrap();
         let (mut first, mut widest_gap) = (0, 0.0f32);
         for (step, &token) in theirs.token_ids.iter().enumerate() {
