@@ -147,6 +147,22 @@ fn io_error(path: &Path) -> impl FnOnce(io::Error) -> FetchError + '_ {
     }
 }
 
+/// The HTTP client every download of the project uses: certificates checked against the
+/// platform's trust store (as pip and curl do, so that a proxy's or company's root the system
+/// trusts is trusted too), at most `timeout` per request; with `status_as_error`, an HTTP error
+/// status is an error rather than a response.
+pub fn http_agent(timeout: Option<Duration>, status_as_error: bool) -> ureq::Agent {
+    let tls = ureq::tls::TlsConfig::builder()
+        .root_certs(ureq::tls::RootCerts::PlatformVerifier)
+        .build();
+    ureq::Agent::config_builder()
+        .tls_config(tls)
+        .timeout_global(timeout)
+        .http_status_as_error(status_as_error)
+        .build()
+        .into()
+}
+
 /// The SHA-256 of a file, lower-case hex.
 pub fn sha256_file(path: &Path) -> io::Result<String> {
     let mut file = File::open(path)?;
@@ -168,11 +184,7 @@ pub fn fetch<'a>(
     options: &FetchOptions,
     on_event: &mut dyn FnMut(FetchEvent<'a>),
 ) -> Result<Vec<(&'a DataFile, FetchOutcome)>, FetchError> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(options.timeout))
-        .http_status_as_error(false)
-        .build()
-        .into();
+    let agent = http_agent(Some(options.timeout), false);
     files
         .iter()
         .map(|file| {

