@@ -70,6 +70,22 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
+            // The library says what does not fit; the command line says which flag helps.
+            use guardreasoner_engine::EngineError;
+            let too_long = error.chain().any(|cause| {
+                let engine = cause.downcast_ref::<EngineError>().or_else(|| {
+                    match cause.downcast_ref::<guardreasoner_guard::GuardError>() {
+                        Some(guardreasoner_guard::GuardError::Engine(inner)) => Some(inner),
+                        _ => None,
+                    }
+                });
+                matches!(engine, Some(EngineError::PromptTooLong { .. }))
+            });
+            if too_long {
+                eprintln!(
+                    "hint: raise --context (tokens per conversation), or shorten the conversation"
+                );
+            }
             ExitCode::FAILURE
         }
     }

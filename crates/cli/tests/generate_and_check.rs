@@ -276,6 +276,23 @@ fn check_input_jsonl_answers_every_line_in_order() {
         "{line}"
     );
 
+    // One conversation that cannot fit: the library says so, the command line names the flag.
+    let output = run(&[
+        "check",
+        "--model",
+        "smollm2-135m",
+        "--prompt",
+        "hello",
+        "--max-new-tokens",
+        "4",
+        "--context",
+        "64",
+    ]);
+    assert!(!output.status.success());
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains("the context holds 64"), "{stderr}");
+    assert!(stderr.contains("hint: raise --context"), "{stderr}");
+
     // A malformed line fails before any model is loaded, naming file and line.
     fs::write(&input, "{\"prompt\": \"ok\"}\n{\"prompt\": 12}\n").unwrap();
     let output = run(&[
