@@ -5,6 +5,9 @@
 
 use std::env;
 
+#[path = "src/cpu_name.rs"]
+mod cpu_name;
+
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-env-changed=CARGO_ENCODED_RUSTFLAGS");
@@ -23,15 +26,7 @@ fn main() {
     // The building CPU matters only where the build is tuned to it; a cross build says so.
     let native = env::var("HOST").ok() == env::var("TARGET").ok();
     let build_cpu = if native {
-        std::fs::read_to_string("/proc/cpuinfo")
-            .ok()
-            .and_then(|info| {
-                info.lines()
-                    .find(|line| line.starts_with("model name"))
-                    .and_then(|line| line.split_once(':'))
-                    .map(|(_, name)| name.trim().to_string())
-            })
-            .unwrap_or_else(|| "unknown".to_string())
+        cpu_name::cpu_name()
     } else {
         "another machine (cross build)".to_string()
     };

@@ -15,22 +15,16 @@ pub const TARGET_CPU: &str = env!("GUARDREASONER_TARGET_CPU");
 /// The name of the CPU that built this binary.
 pub const BUILD_CPU: &str = env!("GUARDREASONER_BUILD_CPU");
 
-/// The name of the CPU this process runs on (`/proc/cpuinfo`), or `unknown`.
-pub fn running_cpu() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .find(|line| line.starts_with("model name"))
-                .and_then(|line| line.split_once(':'))
-                .map(|(_, name)| name.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown".to_string())
-}
+pub use crate::cpu_name::cpu_name as running_cpu;
 
 /// One line naming what the build is tuned for.
 pub fn built_for() -> String {
     format!("target-cpu={TARGET_CPU}, built on {BUILD_CPU}")
+}
+
+/// The instruction sets rustc compiled the binary with, space-separated.
+pub fn instruction_sets() -> String {
+    TARGET_FEATURES.replace(',', " ")
 }
 
 /// The text of `guardreasoner --version`: the version, what the build is tuned for, and what
@@ -41,7 +35,7 @@ pub fn long_version() -> String {
         env!("CARGO_PKG_VERSION"),
         built_for(),
         running_cpu(),
-        TARGET_FEATURES.replace(',', " "),
+        instruction_sets(),
     );
     #[cfg(feature = "llama-cpp")]
     match guardreasoner_engine::backends::llama_cpp::system_info() {
@@ -118,6 +112,59 @@ mod start_check {
         xcr0 & state == state
     }
 
+    /// Every x86 feature rustc may be told to use past the x86-64 baseline: where the CPU reports
+    /// it (Intel SDM vol. 2, CPUID), and the register state it needs. Handed to `$use`, a macro
+    /// taking `feature => (leaf, subleaf, register, bit, state)` rows: the check at start and its
+    /// test read the one table.
+    macro_rules! x86_features {
+        ($use:ident) => {
+            $use!(
+                "sse3" => (1, 0, ECX, 0, NONE),
+                "pclmulqdq" => (1, 0, ECX, 1, NONE),
+                "ssse3" => (1, 0, ECX, 9, NONE),
+                "fma" => (1, 0, ECX, 12, YMM),
+                "cmpxchg16b" => (1, 0, ECX, 13, NONE),
+                "sse4.1" => (1, 0, ECX, 19, NONE),
+                "sse4.2" => (1, 0, ECX, 20, NONE),
+                "movbe" => (1, 0, ECX, 22, NONE),
+                "popcnt" => (1, 0, ECX, 23, NONE),
+                "aes" => (1, 0, ECX, 25, NONE),
+                "xsave" => (1, 0, ECX, 26, NONE),
+                "avx" => (1, 0, ECX, 28, YMM),
+                "f16c" => (1, 0, ECX, 29, YMM),
+                "rdrand" => (1, 0, ECX, 30, NONE),
+                "bmi1" => (7, 0, EBX, 3, NONE),
+                "avx2" => (7, 0, EBX, 5, YMM),
+                "bmi2" => (7, 0, EBX, 8, NONE),
+                "avx512f" => (7, 0, EBX, 16, ZMM),
+                "avx512dq" => (7, 0, EBX, 17, ZMM),
+                "rdseed" => (7, 0, EBX, 18, NONE),
+                "adx" => (7, 0, EBX, 19, NONE),
+                "avx512ifma" => (7, 0, EBX, 21, ZMM),
+                "avx512cd" => (7, 0, EBX, 28, ZMM),
+                "sha" => (7, 0, EBX, 29, NONE),
+                "avx512bw" => (7, 0, EBX, 30, ZMM),
+                "avx512vl" => (7, 0, EBX, 31, ZMM),
+                "avx512vbmi" => (7, 0, ECX, 1, ZMM),
+                "avx512vbmi2" => (7, 0, ECX, 6, ZMM),
+                "gfni" => (7, 0, ECX, 8, NONE),
+                "vaes" => (7, 0, ECX, 9, YMM),
+                "vpclmulqdq" => (7, 0, ECX, 10, YMM),
+                "avx512vnni" => (7, 0, ECX, 11, ZMM),
+                "avx512bitalg" => (7, 0, ECX, 12, ZMM),
+                "avx512vpopcntdq" => (7, 0, ECX, 14, ZMM),
+                "avx512fp16" => (7, 0, EDX, 23, ZMM),
+                "avxvnni" => (7, 1, EAX, 4, YMM),
+                "avx512bf16" => (7, 1, EAX, 5, ZMM),
+                "xsaveopt" => (0xD, 1, EAX, 0, NONE),
+                "xsavec" => (0xD, 1, EAX, 1, NONE),
+                "xsaves" => (0xD, 1, EAX, 3, NONE),
+                "lzcnt" => (0x8000_0001, 0, ECX, 5, NONE),
+                "sse4a" => (0x8000_0001, 0, ECX, 6, NONE),
+            )
+        };
+    }
+
     /// Writes the missing features and exits. Deliberately plain (branches, scalar arithmetic,
     /// `write` calls on static strings): it runs on the very CPU that may lack wider instructions,
     /// and is tested under an emulated CPU without AVX (scripts/check-cpu-build).
@@ -132,52 +179,7 @@ mod start_check {
                 }
             )*};
         }
-        // Every x86 feature rustc may be told to use past the x86-64 baseline: where the CPU
-        // reports it (Intel SDM vol. 2, CPUID), and the register state it needs.
-        require!(
-            "sse3" => (1, 0, ECX, 0, NONE),
-            "pclmulqdq" => (1, 0, ECX, 1, NONE),
-            "ssse3" => (1, 0, ECX, 9, NONE),
-            "fma" => (1, 0, ECX, 12, YMM),
-            "cmpxchg16b" => (1, 0, ECX, 13, NONE),
-            "sse4.1" => (1, 0, ECX, 19, NONE),
-            "sse4.2" => (1, 0, ECX, 20, NONE),
-            "movbe" => (1, 0, ECX, 22, NONE),
-            "popcnt" => (1, 0, ECX, 23, NONE),
-            "aes" => (1, 0, ECX, 25, NONE),
-            "xsave" => (1, 0, ECX, 26, NONE),
-            "avx" => (1, 0, ECX, 28, YMM),
-            "f16c" => (1, 0, ECX, 29, YMM),
-            "rdrand" => (1, 0, ECX, 30, NONE),
-            "bmi1" => (7, 0, EBX, 3, NONE),
-            "avx2" => (7, 0, EBX, 5, YMM),
-            "bmi2" => (7, 0, EBX, 8, NONE),
-            "avx512f" => (7, 0, EBX, 16, ZMM),
-            "avx512dq" => (7, 0, EBX, 17, ZMM),
-            "rdseed" => (7, 0, EBX, 18, NONE),
-            "adx" => (7, 0, EBX, 19, NONE),
-            "avx512ifma" => (7, 0, EBX, 21, ZMM),
-            "avx512cd" => (7, 0, EBX, 28, ZMM),
-            "sha" => (7, 0, EBX, 29, NONE),
-            "avx512bw" => (7, 0, EBX, 30, ZMM),
-            "avx512vl" => (7, 0, EBX, 31, ZMM),
-            "avx512vbmi" => (7, 0, ECX, 1, ZMM),
-            "avx512vbmi2" => (7, 0, ECX, 6, ZMM),
-            "gfni" => (7, 0, ECX, 8, NONE),
-            "vaes" => (7, 0, ECX, 9, YMM),
-            "vpclmulqdq" => (7, 0, ECX, 10, YMM),
-            "avx512vnni" => (7, 0, ECX, 11, ZMM),
-            "avx512bitalg" => (7, 0, ECX, 12, ZMM),
-            "avx512vpopcntdq" => (7, 0, ECX, 14, ZMM),
-            "avx512fp16" => (7, 0, EDX, 23, ZMM),
-            "avxvnni" => (7, 1, EAX, 4, YMM),
-            "avx512bf16" => (7, 1, EAX, 5, ZMM),
-            "xsaveopt" => (0xD, 1, EAX, 0, NONE),
-            "xsavec" => (0xD, 1, EAX, 1, NONE),
-            "xsaves" => (0xD, 1, EAX, 3, NONE),
-            "lzcnt" => (0x8000_0001, 0, ECX, 5, NONE),
-            "sse4a" => (0x8000_0001, 0, ECX, 6, NONE),
-        );
+        x86_features!(require);
         if missing > 0 {
             say(TAIL);
             // SAFETY: ends the process; nothing has been initialised that needs tearing down.
@@ -199,7 +201,7 @@ mod start_check {
         #[test]
         fn cpuid_bits_agree_with_std_where_std_asks_the_cpu() {
             macro_rules! agree {
-                ($($feature:tt => ($leaf:expr, $subleaf:expr, $register:expr, $bit:expr, $state:expr)),*) => {$(
+                ($($feature:tt => ($leaf:expr, $subleaf:expr, $register:expr, $bit:expr, $state:expr)),* $(,)?) => {$(
                     if !cfg!(target_feature = $feature) {
                         assert_eq!(
                             has($leaf, $subleaf, $register, $bit, $state),
@@ -209,15 +211,7 @@ mod start_check {
                     }
                 )*};
             }
-            agree!(
-                "avx512f" => (7, 0, EBX, 16, ZMM),
-                "avx512bw" => (7, 0, EBX, 30, ZMM),
-                "avx512vnni" => (7, 0, ECX, 11, ZMM),
-                "avx512bf16" => (7, 1, EAX, 5, ZMM),
-                "avxvnni" => (7, 1, EAX, 4, YMM),
-                "gfni" => (7, 0, ECX, 8, NONE),
-                "sse4a" => (0x8000_0001, 0, ECX, 6, NONE)
-            );
+            x86_features!(agree);
             // And the features this build uses are present here, where it was built.
             assert!(has(1, 0, ECX, 0, NONE), "sse3");
             if cfg!(target_feature = "avx2") {

@@ -2,6 +2,7 @@
 
 mod commands;
 mod cpu;
+mod cpu_name;
 
 use std::process::ExitCode;
 

@@ -62,3 +62,16 @@ pub enum EngineError {
         source: Box<dyn std::error::Error + Send + Sync>,
     },
 }
+
+impl EngineError {
+    /// A failed download: what was being fetched (`context`) and why.
+    pub(crate) fn download(
+        context: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Self::Download {
+            context: context.into(),
+            source: source.into(),
+        }
+    }
+}

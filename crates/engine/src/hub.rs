@@ -13,10 +13,10 @@ fn hub_error(
     file: &str,
     error: impl Into<Box<dyn std::error::Error + Send + Sync>>,
 ) -> EngineError {
-    EngineError::Download {
-        context: format!("downloading {file} of {repo} from the Hugging Face Hub"),
-        source: error.into(),
-    }
+    EngineError::download(
+        format!("downloading {file} of {repo} from the Hugging Face Hub"),
+        error,
+    )
 }
 
 /// Downloads what a Llama model directory needs (`config.json`, `tokenizer.json`, the

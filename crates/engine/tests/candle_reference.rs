@@ -10,7 +10,7 @@ use candle_core::{Device, Tensor};
 use guardreasoner_engine::backends::candle::load::GgufWeights;
 use guardreasoner_engine::backends::candle::tokenizer::GuardTokenizer;
 use guardreasoner_engine::backends::candle::{CandleEngine, CandleOptions};
-use guardreasoner_engine::{Batch, DeviceSpec, Generate, SamplingParams};
+use guardreasoner_engine::{DeviceSpec, Generate, SamplingParams};
 
 fn reference(name: &str) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(common::fixture(name), &Device::Cpu).unwrap()
@@ -136,13 +136,8 @@ fn smollm2_quantized_greedy_matches_llama_cpp_and_tokenizers_agree() {
     // So candle is checked on llama.cpp's own path (teacher forcing): at every step it must rank
     // llama.cpp's token first, or within a near-tie of its first.
     for (index, prompt) in common::reference_prompts().into_iter().enumerate() {
-        let batch = Batch {
-            prompts: vec![prompt.clone()],
-            params: greedy(32),
-            shared_prefix: None,
-        };
-        let ours = candle.generate(&batch, &mut |_| {}).unwrap().remove(0);
-        let theirs = llama.generate(&batch, &mut |_| {}).unwrap().remove(0);
+        let ours = common::generate_one(&mut candle, &prompt, greedy(32));
+        let theirs = common::generate_one(&mut llama, &prompt, greedy(32));
         assert!(
             !theirs.token_ids.is_empty(),
             "prompt {index}: llama.cpp generated nothing"

@@ -132,23 +132,16 @@ fn logprobs_are_returned_per_token() {
 fn sampling_with_a_seed_is_reproducible() {
     let Some(mut engine) = engine(2) else { return };
     // 32 tokens past end of text, so that every run has the same length to compare.
+    let prompt = guard_prompts()[2].clone();
     let mut run = |temperature: f32, seed: u64| {
-        let batch = Batch {
-            prompts: vec![guard_prompts()[2].clone()],
-            params: SamplingParams {
-                temperature,
-                top_p: 0.95,
-                seed,
-                ignore_eos: true,
-                ..greedy(32)
-            },
-            shared_prefix: None,
+        let params = SamplingParams {
+            temperature,
+            top_p: 0.95,
+            seed,
+            ignore_eos: true,
+            ..greedy(32)
         };
-        engine
-            .generate(&batch, &mut |_| {})
-            .unwrap()
-            .remove(0)
-            .token_ids
+        common::generate_one(&mut engine, &prompt, params).token_ids
     };
     let first = run(0.9, 7);
     assert_eq!(first.len(), 32);
@@ -200,15 +193,11 @@ fn generation_stops_at_the_context_limit() {
     let tokens = engine.count_tokens(&prompt).unwrap().unwrap();
     assert!(tokens < 160);
     // Past end of text, so that the model cannot stop before the context does.
-    let batch = Batch {
-        prompts: vec![prompt],
-        params: SamplingParams {
-            ignore_eos: true,
-            ..greedy(500)
-        },
-        shared_prefix: None,
+    let params = SamplingParams {
+        ignore_eos: true,
+        ..greedy(500)
     };
-    let generation = engine.generate(&batch, &mut |_| {}).unwrap().remove(0);
+    let generation = common::generate_one(&mut engine, &prompt, params);
     assert_eq!(generation.stop, StopReason::ContextFull);
     assert_eq!(tokens + generation.generated_tokens, 160);
 }
@@ -277,25 +266,16 @@ fn tokens_and_greedy_text_match_llama_cpp_python() {
     for (index, prompt) in guard_prompts().into_iter().enumerate() {
         // 40 tokens, generating on past end of text as the reference did: the same tokens, unless
         // the two part at a near-tie of the reference's.
-        let past_end = Batch {
-            prompts: vec![prompt.clone()],
-            params: SamplingParams {
-                ignore_eos: true,
-                ..greedy(40)
-            },
-            shared_prefix: None,
+        let past_end = SamplingParams {
+            ignore_eos: true,
+            ..greedy(40)
         };
-        let ours = engine.generate(&past_end, &mut |_| {}).unwrap().remove(0);
+        let ours = common::generate_one(&mut engine, &prompt, past_end);
         assert_eq!(ours.token_ids.len(), 40);
         let parted = near_tie_parting(&ours.token_ids, &reference, index);
         // Up to end of text: the same tokens and the same stop, or a parting no earlier than the
         // near-tie above (end of text is one of the tokens there).
-        let batch = Batch {
-            prompts: vec![prompt],
-            params: greedy(40),
-            shared_prefix: None,
-        };
-        let ours = engine.generate(&batch, &mut |_| {}).unwrap().remove(0);
+        let ours = common::generate_one(&mut engine, &prompt, greedy(40));
         let python = json_ids(&reference["greedy"][index]);
         match parting(&ours.token_ids, &python) {
             None => {

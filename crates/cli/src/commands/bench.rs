@@ -153,7 +153,7 @@ pub fn measure(
         device: engine.info().device.clone(),
         cpu: crate::cpu::running_cpu(),
         built_for: crate::cpu::built_for(),
-        instruction_sets: crate::cpu::TARGET_FEATURES.replace(',', " "),
+        instruction_sets: crate::cpu::instruction_sets(),
         prompt_tokens,
         new_tokens: generated,
         prefill_tokens_per_second: median(prefill),

@@ -158,21 +158,15 @@ impl OpenAiEngine {
         }
         // A stream cut off (a dropped connection, a server that died) must not pass for a whole
         // generation: it ends with a finish reason and `[DONE]`.
-        let Some(stop) = stop else {
+        let (Some(stop), true) = (stop, done) else {
             return Err(error(format!(
-                "POST {}: the stream ended {} without a finish_reason, after {} characters; the output would be cut off",
+                "POST {}: the stream ended {} {} a finish_reason, after {} characters; the output may be cut off",
                 self.url(),
                 if done { "at [DONE]" } else { "before [DONE]" },
+                if stop.is_some() { "with" } else { "without" },
                 text.len()
             )));
         };
-        if !done {
-            return Err(error(format!(
-                "POST {}: the stream ended before [DONE], after {} characters",
-                self.url(),
-                text.len()
-            )));
-        }
         let finished = Instant::now();
         let first = first_at.unwrap_or(finished);
         Ok(Generation {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 
 use guardreasoner_engine::model::{models_dir, SMOLLM2_135M};
-use guardreasoner_engine::{Batch, Generate, SamplingParams};
+use guardreasoner_engine::{Batch, Generate, Generation, SamplingParams};
 
 /// A cached test file, or `None` (with a message) when absent; absent is a failure where the
 /// test command asks for the models (`GUARDREASONER_REQUIRE_TEST_MODEL`).
@@ -48,6 +48,16 @@ pub fn reference_prompts() -> Vec<String> {
     .iter()
     .map(|c| PromptFormat::Eval.render(c))
     .collect()
+}
+
+/// One prompt's generation, alone in its batch, with no shared prefix.
+pub fn generate_one(engine: &mut dyn Generate, prompt: &str, params: SamplingParams) -> Generation {
+    let batch = Batch {
+        prompts: vec![prompt.to_string()],
+        params,
+        shared_prefix: None,
+    };
+    engine.generate(&batch, &mut |_| {}).unwrap().remove(0)
 }
 
 /// Tricky tokenizer inputs.
@@ -149,20 +159,12 @@ pub fn assert_greedy_matches_transformers(engine: &mut dyn Generate, index: usiz
     };
     let backend = engine.info().backend;
     let mut greedy = |ignore_eos: bool| -> Vec<u32> {
-        let batch = Batch {
-            prompts: vec![prompt.to_string()],
-            params: SamplingParams {
-                max_new_tokens: 40,
-                ignore_eos,
-                ..SamplingParams::default()
-            },
-            shared_prefix: None,
+        let params = SamplingParams {
+            max_new_tokens: 40,
+            ignore_eos,
+            ..SamplingParams::default()
         };
-        engine
-            .generate(&batch, &mut |_| {})
-            .unwrap()
-            .remove(0)
-            .token_ids
+        generate_one(engine, prompt, params).token_ids
     };
 
     let (generated, reference_tokens) = (greedy(false), expected("greedy"));

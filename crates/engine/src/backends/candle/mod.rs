@@ -238,8 +238,8 @@ impl CandleEngine {
         let (mut cache, cached) = self.cache_for(ids, shared_prefix)?;
         let mut logits = self.forward_last(&ids[cached..], &mut cache)?;
         let mut sampler = Sampler::new(params, index);
-        let (mut token_ids, mut text) = (Vec::new(), String::new());
-        let mut pieces = self.tokenizer.text_stream();
+        let mut token_ids = Vec::new();
+        let mut text = self.tokenizer.text_stream();
         let mut logprobs = params.logprobs.then(Vec::new);
         let mut first_at = None;
         let stop = loop {
@@ -252,13 +252,12 @@ impl CandleEngine {
                 logprobs.push(crate::sampling::log_probability(&logits, token));
             }
             token_ids.push(token);
-            let piece = pieces.push(token)?;
+            let piece = text.push(token)?;
             if !piece.is_empty() {
                 on_token(TokenEvent {
                     sequence: index,
                     text: &piece,
                 });
-                text.push_str(&piece);
             }
             if token_ids.len() >= params.max_new_tokens {
                 break StopReason::MaxTokens;
@@ -268,18 +267,17 @@ impl CandleEngine {
             }
             logits = self.forward_last(&[token], &mut cache)?;
         };
-        let rest = pieces.finish();
+        let rest = text.finish();
         if !rest.is_empty() {
             on_token(TokenEvent {
                 sequence: index,
                 text: &rest,
             });
-            text.push_str(&rest);
         }
         let finished = Instant::now();
         let first = first_at.unwrap_or(finished);
         Ok(Generation {
-            text,
+            text: text.into_text(),
             prompt_tokens: ids.len(),
             cached_prompt_tokens: cached,
             generated_tokens: token_ids.len(),

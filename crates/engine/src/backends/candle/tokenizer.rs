@@ -47,6 +47,7 @@ pub struct TextStream<'a> {
         tokenizers::DecoderWrapper,
     >,
     ids: Vec<u32>,
+    /// The text given out so far.
     text: String,
 }
 
@@ -69,17 +70,21 @@ impl TextStream<'_> {
         Ok(piece)
     }
 
-    /// The text held back at the end (an incomplete character, as the full decode renders it).
+    /// The text held back at the end (an incomplete character, as the full decode renders it),
+    /// which also joins the text given out.
     pub fn finish(&mut self) -> String {
         let full = self.tokenizer.decode(&self.ids);
-        match full.strip_prefix(self.text.as_str()) {
-            Some(rest) => {
-                let rest = rest.to_string();
-                self.text = full;
-                rest
-            }
-            None => String::new(),
-        }
+        let rest = full
+            .strip_prefix(self.text.as_str())
+            .unwrap_or_default()
+            .to_string();
+        self.text.push_str(&rest);
+        rest
+    }
+
+    /// All the text given out.
+    pub fn into_text(self) -> String {
+        self.text
     }
 }
 
