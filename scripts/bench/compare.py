@@ -107,13 +107,6 @@ def medians(rounds):
     return row
 
 
-def cpu_name():
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
-
-
 def main():
     peer_build = llama_cpp.llama_print_system_info().decode().strip()
     if "AMX" in peer_build:
@@ -149,9 +142,10 @@ def main():
     rows = {name: medians(r) for name, r in rounds.items()}
 
     base = rows["llama.cpp alone (llama-cpp-python)"]
-    ours_build = subprocess.run([str(BINARY), "--version"], capture_output=True, text=True, check=True).stdout
-    print(f"cpu: {cpu_name()}, {os.cpu_count()} cores; "
-          + next((l for l in ours_build.splitlines() if l.startswith("built for:")), "built for: ?"))
+    # Our binary names the CPU it runs on and what it was built for (`--version`).
+    version = subprocess.run([str(BINARY), "--version"], capture_output=True, text=True, check=True).stdout
+    line = lambda key: next((l.split(": ", 1)[1] for l in version.splitlines() if l.startswith(key + ": ")), "?")
+    print(f"cpu: {line('running on')}, {os.cpu_count()} cores; built for: {line('built for')}")
     print(f"peer's llama.cpp: {peer_build}")
     print(f"model: {args.model.name}; guard prompt {base['prompt_tokens']} tokens, {args.new_tokens} new tokens, "
           f"{args.threads} threads, flash attention {args.flash_attention}, medians of {args.runs} interleaved rounds")
