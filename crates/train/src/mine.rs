@@ -1,0 +1,283 @@
+//! Hard-sample mining: which samples an R-SFT model is unsure about, the preference pair each
+//! gives, and its weight (SPEC section 7, HS-DPO steps 1-5).
+//!
+//! The model samples k outputs per training sample. A sample is hard when its outputs are a mix of
+//! correct and incorrect on a task: Request first, then Response, then Completion, the last two
+//! only where the ground truth and the AI response are there; the first task that qualifies
+//! decides. Chosen = the longest correct output, rejected = the longest incorrect one (by
+//! characters; the first of equals). Raw weight = #incorrect - #correct on that task, min-max
+//! scaled per source to [0.8, 1.2].
+//!
+//! Where the paper's script is silent or breaks, we decide: the last `Key: word` of an output
+//! wins (the script fills a dict); labels compare ignoring case; a source whose raw weights are
+//! all equal gets 1.0, the middle of the range (the script divides by zero there); weights are
+//! scaled after the ensemble union, over the pairs that are trained on.
+
+use std::collections::{BTreeMap, HashSet};
+
+use guardreasoner_eval::dataset::Truth;
+use guardreasoner_protocol::Task;
+use serde::{Deserialize, Serialize};
+
+use crate::data::record::stated_answers;
+
+/// The order tasks are checked in (SPEC section 7, step 2).
+pub const CHECK_ORDER: [Task; 3] = [Task::Prompt, Task::Response, Task::Refusal];
+
+/// The weight range of step 4.
+pub const WEIGHT_RANGE: (f64, f64) = (0.8, 1.2);
+
+/// What makes a sample hard: the deciding task, its tally, and the pair it gives.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HardSample {
+    /// The first task whose outputs disagreed.
+    pub task: Task,
+    /// Outputs that got that task right.
+    pub correct: usize,
+    /// Outputs that got it wrong.
+    pub incorrect: usize,
+    /// The longest correct output.
+    pub chosen: String,
+    /// The longest incorrect output.
+    pub rejected: String,
+}
+
+impl HardSample {
+    /// `#incorrect - #correct`: the more the model got wrong, the more the pair weighs.
+    pub fn raw_weight(&self) -> f64 {
+        self.incorrect as f64 - self.correct as f64
+    }
+}
+
+/// The three stated labels of an output, or `None` when it states fewer (such outputs are dropped,
+/// as the paper's script drops them).
+fn stated(output: &str) -> Option<[String; 3]> {
+    let mut found: [Option<String>; 3] = [None, None, None];
+    for (task, word) in stated_answers(output) {
+        found[task as usize] = Some(word.to_ascii_lowercase());
+    }
+    let [a, b, c] = found;
+    Some([a?, b?, c?])
+}
+
+/// Judges one sample's outputs; `None` when it is not hard.
+pub fn judge(truth: &Truth, has_response: bool, outputs: &[String]) -> Option<HardSample> {
+    let parsed: Vec<(&String, [String; 3])> = outputs
+        .iter()
+        .filter_map(|output| stated(output).map(|labels| (output, labels)))
+        .collect();
+    for task in CHECK_ORDER {
+        let Some(expected) = truth.get(task) else {
+            continue;
+        };
+        if task != Task::Prompt && !has_response {
+            continue;
+        }
+        let mut correct: Vec<&String> = Vec::new();
+        let mut incorrect: Vec<&String> = Vec::new();
+        for (output, labels) in &parsed {
+            if labels[task as usize] == expected.as_str() {
+                correct.push(output);
+            } else {
+                incorrect.push(output);
+            }
+        }
+        if !correct.is_empty() && !incorrect.is_empty() {
+            return Some(HardSample {
+                task,
+                correct: correct.len(),
+                incorrect: incorrect.len(),
+                chosen: longest(&correct),
+                rejected: longest(&incorrect),
+            });
+        }
+    }
+    None
+}
+
+/// The longest text by characters, the first of equals.
+fn longest(outputs: &[&String]) -> String {
+    let mut best: &String = outputs[0];
+    for output in &outputs[1..] {
+        if output.chars().count() > best.chars().count() {
+            best = output;
+        }
+    }
+    best.clone()
+}
+
+/// One preference pair for HS-DPO, in the layout our `train dpo` and LLaMA-Factory's pairwise
+/// alpaca format read (`instruction`, `input`, `chosen`, `rejected`), with its weight.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PreferencePair {
+    /// The instruction.
+    pub instruction: String,
+    /// The input block; pairs are deduplicated on it.
+    pub input: String,
+    /// The preferred output.
+    pub chosen: String,
+    /// The dispreferred output.
+    pub rejected: String,
+    /// The weight of the pair's DPO term, in [0.8, 1.2] once scaled.
+    pub weight: f64,
+    /// `#incorrect - #correct` before scaling.
+    pub raw_weight: f64,
+    /// The labelled source of the sample (weights are scaled per source).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// The task that made the sample hard.
+    pub task: Task,
+}
+
+/// Unions the pair sets of several models (the main R-SFT model's first), keeping the first pair
+/// for each input, then scales the weights per source.
+pub fn union_and_weigh(sets: Vec<Vec<PreferencePair>>) -> Vec<PreferencePair> {
+    let mut seen = HashSet::new();
+    let mut pairs: Vec<PreferencePair> = sets
+        .into_iter()
+        .flatten()
+        .filter(|pair| seen.insert(pair.input.clone()))
+        .collect();
+    scale_weights(&mut pairs);
+    pairs
+}
+
+/// Min-max scales the raw weights of each source to [0.8, 1.2]; 1.0 where a source's raw weights
+/// are all equal.
+pub fn scale_weights(pairs: &mut [PreferencePair]) {
+    let mut ranges: BTreeMap<Option<String>, (f64, f64)> = BTreeMap::new();
+    for pair in pairs.iter() {
+        let range = ranges
+            .entry(pair.source.clone())
+            .or_insert((f64::INFINITY, f64::NEG_INFINITY));
+        range.0 = range.0.min(pair.raw_weight);
+        range.1 = range.1.max(pair.raw_weight);
+    }
+    let (low, high) = WEIGHT_RANGE;
+    for pair in pairs.iter_mut() {
+        let (min, max) = ranges[&pair.source];
+        pair.weight = if max > min {
+            low + (pair.raw_weight - min) / (max - min) * (high - low)
+        } else {
+            (low + high) / 2.0
+        };
+    }
+}
+
+/// How many samples were hard, per source and deciding task, out of how many judged.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct MiningReport {
+    /// Samples judged per source.
+    pub judged: BTreeMap<String, usize>,
+    /// Hard samples per source and task.
+    pub hard: BTreeMap<String, BTreeMap<Task, usize>>,
+    /// Outputs dropped because they state fewer than three labels.
+    pub outputs_without_labels: usize,
+}
+
+impl MiningReport {
+    /// Counts one judged sample.
+    pub fn add(&mut self, source: Option<&str>, outputs: &[String], hard: Option<&HardSample>) {
+        let source = source.unwrap_or("(no source)").to_string();
+        *self.judged.entry(source.clone()).or_default() += 1;
+        self.outputs_without_labels += outputs.iter().filter(|o| stated(o).is_none()).count();
+        if let Some(hard) = hard {
+            *self
+                .hard
+                .entry(source)
+                .or_default()
+                .entry(hard.task)
+                .or_default() += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use guardreasoner_protocol::Label;
+
+    use super::*;
+
+    fn output(reasoning: &str, request: &str, completion: &str, response: &str) -> String {
+        format!(
+            "{reasoning}\n---\n\nAnswers: \nRequest: {request}\nCompletion: {completion}\n\
+             Response: {response}\n"
+        )
+    }
+
+    fn truth(prompt: Label, refusal: Option<Label>, response: Option<Label>) -> Truth {
+        Truth {
+            prompt: Some(prompt),
+            refusal,
+            response,
+        }
+    }
+
+    #[test]
+    fn a_mix_on_the_request_decides_and_picks_the_longest_of_each_side() {
+        let outputs = vec![
+            output("short", "harmful", "None", "None"),
+            output("a longer right answer", "harmful", "None", "None"),
+            output("wrong", "unharmful", "None", "None"),
+            output("no answers block at all", "", "", ""),
+        ];
+        let hard = judge(&truth(Label::Harmful, None, None), false, &outputs).unwrap();
+        assert_eq!(hard.task, Task::Prompt);
+        assert_eq!((hard.correct, hard.incorrect), (2, 1));
+        assert!(hard.chosen.starts_with("a longer right answer"));
+        assert!(hard.rejected.starts_with("wrong"));
+        assert_eq!(hard.raw_weight(), -1.0);
+    }
+
+    #[test]
+    fn response_is_checked_before_completion_and_only_with_a_response() {
+        let truth = truth(
+            Label::Unharmful,
+            Some(Label::Refusal),
+            Some(Label::Unharmful),
+        );
+        let outputs = vec![
+            output("a", "unharmful", "refusal", "unharmful"),
+            output("b", "unharmful", "compliance", "harmful"),
+        ];
+        let hard = judge(&truth, true, &outputs).unwrap();
+        assert_eq!(hard.task, Task::Response);
+        // Without the AI response, only the request counts: and all agree there.
+        assert_eq!(judge(&truth, false, &outputs), None);
+        // All correct is not hard; all wrong is not hard either.
+        let agreeing = vec![outputs[0].clone(), outputs[0].clone()];
+        assert_eq!(judge(&truth, true, &agreeing), None);
+    }
+
+    #[test]
+    fn weights_scale_per_source_and_equal_weights_get_the_middle() {
+        let pair = |input: &str, raw: f64, source: &str| PreferencePair {
+            instruction: String::new(),
+            input: input.into(),
+            chosen: String::new(),
+            rejected: String::new(),
+            weight: 0.0,
+            raw_weight: raw,
+            source: Some(source.into()),
+            task: Task::Prompt,
+        };
+        let pairs = union_and_weigh(vec![
+            vec![
+                pair("x", -2.0, "A"),
+                pair("y", 2.0, "A"),
+                pair("z", 0.0, "A"),
+            ],
+            // A second model's pair on an input already seen is dropped.
+            vec![
+                pair("x", 2.0, "A"),
+                pair("w", 2.0, "B"),
+                pair("v", 2.0, "B"),
+            ],
+        ]);
+        let weights: Vec<f64> = pairs.iter().map(|p| p.weight).collect();
+        assert_eq!(pairs.len(), 5);
+        for (got, want) in weights.iter().zip([0.8, 1.2, 1.0, 1.0, 1.0]) {
+            assert!((got - want).abs() < 1e-12, "{weights:?}");
+        }
+    }
+}
