@@ -9,6 +9,8 @@
 
 pub mod data;
 pub mod error;
+pub mod loss;
 pub mod mine;
+pub mod optim;
 
 pub use error::TrainError;
