@@ -3,14 +3,21 @@
 //! The data flows through the modules in the order the paper trains:
 //! - [`data`]: labelled sources in, GuardReasonerTrain records (instruction, input, output,
 //!   labels) in and out.
+//! - [`examples`]: records to token sequences with the output's start (the loss mask).
+//! - [`loss`]: the R-SFT and HS-DPO objectives; [`optim`]: AdamW and the schedule.
+//! - [`model`]: the model a run starts from and the Hugging Face directory it ends as.
+//! - [`sft`]: the R-SFT loop.
 //! - [`mine`]: the R-SFT model's sampled outputs to hard samples, preference pairs and weights.
 //!
 //! The engine stays an inference crate; everything that updates weights lives here.
 
 pub mod data;
 pub mod error;
+pub mod examples;
 pub mod loss;
 pub mod mine;
+pub mod model;
 pub mod optim;
+pub mod sft;
 
 pub use error::TrainError;

@@ -238,6 +238,45 @@ impl GuardTokenizer {
         Ok(ids)
     }
 
+    /// The ids of `text` as a continuation: no BOS, special-token text still special (what a
+    /// trainer appends after a prompt, as LLaMA-Factory encodes the response on its own).
+    pub fn encode_continuation(&self, text: &str) -> Result<Vec<u32>, EngineError> {
+        let encoding = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| EngineError::Backend {
+                backend: "candle",
+                message: format!("tokenizer: {e}"),
+            })?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
+    /// The id of a token's text (`<|eot_id|>`, `<|im_end|>`), when the vocabulary has it.
+    pub fn token_id(&self, text: &str) -> Option<u32> {
+        self.inner.token_to_id(text)
+    }
+
+    /// The text of a token id.
+    pub fn token_text(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
+    /// The BOS id the encoder puts first, if the model wants one.
+    pub fn bos(&self) -> Option<u32> {
+        self.bos
+    }
+
+    /// Writes the tokenizer as a Hugging Face `tokenizer.json` (a trained model's directory needs
+    /// one, whatever file the tokenizer was read from).
+    pub fn save(&self, path: &Path) -> Result<(), EngineError> {
+        self.inner
+            .save(path, false)
+            .map_err(|e| EngineError::Backend {
+                backend: "candle",
+                message: format!("writing {}: {e}", path.display()),
+            })
+    }
+
     /// A stream that renders generated tokens as text, one token at a time.
     pub fn text_stream(&self) -> TextStream<'_> {
         TextStream {
