@@ -30,6 +30,9 @@ enum Command {
     Parse(commands::parse::Args),
     /// Print the exact prompt a guard model reads for a conversation.
     Prompt(commands::prompt::Args),
+    /// Train a guard: reasoning SFT (`train sft`).
+    #[command(subcommand)]
+    Train(commands::train::Command),
     /// Download and verify the benchmark data.
     #[command(subcommand)]
     Data(commands::data::Command),
@@ -49,6 +52,7 @@ fn main() -> ExitCode {
         Command::Check(args) => args.model.threads,
         Command::Generate(args) => args.model.threads,
         Command::Bench(args) => args.model.threads,
+        Command::Train(command) => command.threads(),
         _ => None,
     };
     if let Some(threads) = threads {
@@ -66,6 +70,7 @@ fn main() -> ExitCode {
         Command::Parse(args) => commands::parse::run(args),
         Command::Prompt(args) => commands::prompt::run(args),
         Command::Data(command) => commands::data::run(command),
+        Command::Train(command) => commands::train::run(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

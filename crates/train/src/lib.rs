@@ -11,6 +11,8 @@
 //!
 //! The engine stays an inference crate; everything that updates weights lives here.
 
+pub mod checkpoint;
+pub mod curve;
 pub mod data;
 pub mod error;
 pub mod examples;

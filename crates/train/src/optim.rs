@@ -87,6 +87,63 @@ impl AdamW {
         self.step
     }
 
+    /// The moments `(m, v)` of each variable, in the order given to [`AdamW::new`] (for a
+    /// checkpoint), as f32 tensors on the CPU.
+    pub fn moments(&self) -> Result<Vec<(Tensor, Tensor)>> {
+        self.slots
+            .iter()
+            .map(|slot| {
+                let shape = slot.var.shape();
+                match &slot.moments {
+                    Moments::Cpu(moments) => {
+                        let moments = moments.lock().expect("not poisoned");
+                        Ok((
+                            Tensor::from_slice(&moments.0, shape, &candle_core::Device::Cpu)?,
+                            Tensor::from_slice(&moments.1, shape, &candle_core::Device::Cpu)?,
+                        ))
+                    }
+                    Moments::Tensors(m, v) => Ok((
+                        m.to_device(&candle_core::Device::Cpu)?,
+                        v.to_device(&candle_core::Device::Cpu)?,
+                    )),
+                }
+            })
+            .collect()
+    }
+
+    /// Restores moments saved by [`AdamW::moments`] and the step count (resuming a run).
+    pub fn restore(&mut self, moments: Vec<(Tensor, Tensor)>, step: usize) -> Result<()> {
+        if moments.len() != self.slots.len() {
+            candle_core::bail!(
+                "the checkpoint has moments for {} parameters, the model {}",
+                moments.len(),
+                self.slots.len()
+            );
+        }
+        for (slot, (m, v)) in self.slots.iter_mut().zip(moments) {
+            if m.shape() != slot.var.shape() || v.shape() != slot.var.shape() {
+                candle_core::bail!(
+                    "moment shape {:?} does not match parameter shape {:?}",
+                    m.shape(),
+                    slot.var.shape()
+                );
+            }
+            match &mut slot.moments {
+                Moments::Cpu(moments) => {
+                    let mut moments = moments.lock().expect("not poisoned");
+                    moments.0 = m.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
+                    moments.1 = v.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
+                }
+                Moments::Tensors(mt, vt) => {
+                    *mt = m.to_device(slot.var.device())?.to_dtype(DType::F32)?;
+                    *vt = v.to_device(slot.var.device())?.to_dtype(DType::F32)?;
+                }
+            }
+        }
+        self.step = step;
+        Ok(())
+    }
+
     /// One update at learning rate `lr`, the gradients first multiplied by `grad_scale` (the
     /// clipping coefficient, or `1 / accumulated micro-batches`). Parameters without a gradient
     /// are left alone, as PyTorch leaves them.

@@ -41,6 +41,8 @@ pub struct SftConfig {
     pub eval_every: usize,
     /// Stop after this many steps (for short runs and benchmarks).
     pub max_steps: Option<usize>,
+    /// Steps already taken (resuming from a checkpoint): they are skipped, not run.
+    pub start_step: usize,
 }
 
 impl Default for SftConfig {
@@ -55,6 +57,7 @@ impl Default for SftConfig {
             seed: 42,
             eval_every: 0,
             max_steps: None,
+            start_step: 0,
         }
     }
 }
@@ -96,10 +99,12 @@ pub fn total_steps(examples: usize, config: &SftConfig) -> usize {
     config.max_steps.map_or(steps, |max| steps.min(max))
 }
 
-/// Trains `model` on `train`, measuring the loss on `held_out`; `on_step` sees every step (a
-/// progress bar, a CSV writer, a checkpoint saver), and may stop the run by returning false.
+/// Trains `model` on `train` with `optimizer` (made by [`optimizer`], or restored from a
+/// checkpoint), measuring the loss on `held_out`; `on_step` sees every step (a progress bar, a
+/// CSV writer, a checkpoint saver), and may stop the run by returning false.
 pub fn train(
     model: &Trainable,
+    optimizer: &mut AdamW,
     train: &[Example],
     held_out: &[Example],
     config: &SftConfig,
@@ -114,21 +119,23 @@ pub fn train(
         ));
     }
     let vars = model.var_list();
-    let mut optimizer =
-        AdamW::new(vars.clone(), config.adamw).map_err(TrainError::tensor("the optimizer"))?;
     let total = total_steps(train.len(), config);
     let warmup = (config.warmup_ratio * total as f64).ceil() as usize;
     let per_step = config.batch_size * config.grad_accum;
     let steps_per_epoch = train.len().div_ceil(per_step);
     let mut rng = rand::rngs::StdRng::seed_from_u64(config.seed);
     let mut logs = Vec::new();
+    let mut step = 0;
     'epochs: for epoch in 0..config.epochs {
         let mut order: Vec<usize> = (0..train.len()).collect();
         order.shuffle(&mut rng);
         for (index, chunk) in order.chunks(per_step).enumerate() {
-            let step = logs.len() + 1;
+            step += 1;
             if step > total {
                 break 'epochs;
+            }
+            if step <= config.start_step {
+                continue;
             }
             let started = Instant::now();
             let lr = optim::cosine_lr(config.adamw.lr, step - 1, warmup, total);
@@ -173,6 +180,11 @@ pub fn train(
         }
     }
     Ok(logs)
+}
+
+/// A fresh optimizer over `model`'s variables.
+pub fn optimizer(model: &Trainable, config: &SftConfig) -> Result<AdamW, TrainError> {
+    AdamW::new(model.var_list(), config.adamw).map_err(TrainError::tensor("the optimizer"))
 }
 
 /// Runs the micro-batches of one step, summing their gradients: the gradients, the NLL sum, the

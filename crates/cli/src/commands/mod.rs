@@ -10,3 +10,4 @@ mod paths;
 mod progress;
 pub mod prompt;
 pub mod score;
+pub mod train;
