@@ -88,7 +88,10 @@ pub fn restore(
     let path = dir.join(STATE_FILE);
     let text = std::fs::read_to_string(&path).map_err(|e| TrainError::io(&path, e))?;
     let state: TrainerState = serde_json::from_str(&text).map_err(|e| {
-        TrainError::file(&path, format!("not a trainer state (line {}): {e}", e.line()))
+        TrainError::file(
+            &path,
+            format!("not a trainer state (line {}): {e}", e.line()),
+        )
     })?;
     let path = dir.join(OPTIMIZER_FILE);
     let mut tensors = candle_core::safetensors::load(&path, &Device::Cpu)

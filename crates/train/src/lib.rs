@@ -16,6 +16,7 @@ pub mod curve;
 pub mod data;
 pub mod error;
 pub mod examples;
+pub mod fused;
 pub mod loss;
 pub mod mine;
 pub mod model;

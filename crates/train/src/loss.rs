@@ -6,7 +6,9 @@
 //! objectives differ only in how they sum.
 
 use candle_core::{DType, Result, Tensor, D};
-use guardreasoner_engine::backends::candle::llama::{KvCache, Llama};
+use guardreasoner_engine::backends::candle::llama::{KvCache, Llama, Weight};
+
+use crate::fused;
 
 /// A right-padded batch: `inputs[b, t]` predicts `targets[b, t]`, which counts where
 /// `mask[b, t]` is 1 (an output token), not where it is 0 (prompt or padding).
@@ -62,9 +64,28 @@ impl Batch {
 
 /// `log p(target)` at every position, masked: `[batch, length]`, 0 where the mask is 0.
 ///
-/// The log-softmax is `logit[target] - logsumexp(logits)`, so the full-vocabulary
-/// log-probabilities are never formed; only the logits and one exponentiated copy are.
+/// Dense output projections go through [`fused::linear_logprobs`], which never forms the
+/// full-vocabulary logits of the batch; a quantized one (not trainable, a frozen reference) takes
+/// the composed path.
 pub fn token_logprobs(model: &Llama, batch: &Batch) -> Result<Tensor> {
+    match &model.lm_head {
+        Weight::Dense(weight) => {
+            let hidden = model.hidden_states(&batch.inputs, &mut KvCache::default())?;
+            let (b, t, h) = hidden.dims3()?;
+            fused::linear_logprobs(
+                &hidden.reshape((b * t, h))?,
+                weight,
+                &batch.targets.flatten_all()?,
+                &batch.mask.flatten_all()?,
+            )?
+            .reshape((b, t))
+        }
+        Weight::Quantized(_) => token_logprobs_composed(model, batch),
+    }
+}
+
+/// [`token_logprobs`] in candle's own operations, the logits whole.
+pub fn token_logprobs_composed(model: &Llama, batch: &Batch) -> Result<Tensor> {
     let logits = model.forward(&batch.inputs, &mut KvCache::default())?;
     let max = logits.max_keepdim(D::Minus1)?.detach();
     let shifted = logits.broadcast_sub(&max)?;

@@ -100,7 +100,15 @@ fn sft_drives_the_loss_on_eight_samples_near_zero() {
     };
     let held_out = examples[..2].to_vec();
     let mut optimizer = sft::optimizer(&model, &config).unwrap();
-    let logs = sft::train(&model, &mut optimizer, &examples, &held_out, &config, |_, _| Ok(true)).unwrap();
+    let logs = sft::train(
+        &model,
+        &mut optimizer,
+        &examples,
+        &held_out,
+        &config,
+        |_, _| Ok(true),
+    )
+    .unwrap();
     assert_eq!(logs.len(), sft::total_steps(8, &config));
     let first = logs.first().unwrap().loss;
     let last = logs.last().unwrap();

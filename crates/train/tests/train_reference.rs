@@ -126,3 +126,25 @@ fn weighted_dpo_with_the_sft_term_matches_trl_and_llamafactory() {
     assert!((ours - theirs).abs() < TOLERANCE, "{ours} vs {theirs}");
     assert_grads_match(&loss.backward().unwrap(), &vars, &reference, "dpo");
 }
+
+#[test]
+fn the_fused_loss_equals_the_composed_one_in_value_and_gradient() {
+    let (model, vars) = common::tiny_model(0).trainable().unwrap();
+    let a = common::ramp(7, 3, 40);
+    let b = common::ramp(11, 5, 64);
+    let c = common::ramp(13, 1, 64);
+    // 34 + 53 + 33 scored positions: two chunks of the fused loss, padding and prompts masked.
+    let batch = Batch::new(&[(&a, 5), (&b, 10), (&c, 30)], 0, &Device::Cpu).unwrap();
+    let fused = loss::token_logprobs(&model, &batch).unwrap();
+    let composed = loss::token_logprobs_composed(&model, &batch).unwrap();
+    assert!(max_difference(&fused, &composed) < 1e-5);
+    let fused_grads = fused.sum_all().unwrap().backward().unwrap();
+    let composed_grads = composed.sum_all().unwrap().backward().unwrap();
+    for (name, var) in &vars {
+        let difference = max_difference(
+            fused_grads.get(var.as_tensor()).unwrap(),
+            composed_grads.get(var.as_tensor()).unwrap(),
+        );
+        assert!(difference < 1e-4, "{name}: {difference:e}");
+    }
+}

@@ -129,7 +129,10 @@ fn sft(args: SftArgs) -> Result<()> {
         bail!("--held-out must be in [0, 1): {}", args.held_out);
     }
     let records = guardreasoner_train::data::read_records(&args.data)?;
-    let start = args.resume.as_ref().map_or(args.model.clone(), |dir| dir.display().to_string());
+    let start = args
+        .resume
+        .as_ref()
+        .map_or(args.model.clone(), |dir| dir.display().to_string());
     eprintln!("loading {start} for training");
     let model = TrainModel::load(&start, args.max_length, args.device)
         .with_context(|| format!("cannot load --model {start}"))?;
@@ -216,7 +219,10 @@ fn sft(args: SftArgs) -> Result<()> {
         |log, optimizer| {
             curve.push(log)?;
             bar.set_position(log.step as u64);
-            let eval = log.eval_loss.map(|l| format!(", held-out {l:.4}")).unwrap_or_default();
+            let eval = log
+                .eval_loss
+                .map(|l| format!(", held-out {l:.4}"))
+                .unwrap_or_default();
             bar.set_message(format!(
                 "loss {:.4}{eval}, {:.0} tokens/s",
                 log.loss,

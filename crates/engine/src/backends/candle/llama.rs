@@ -284,7 +284,9 @@ impl Llama {
             .forward(&hidden.narrow(1, length - 1, 1)?.squeeze(1)?)
     }
 
-    fn hidden_states(&self, tokens: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+    /// The final normed hidden states `[batch, length, hidden]`, before the output projection
+    /// (a trainer's fused loss multiplies by the projection itself, a chunk at a time).
+    pub fn hidden_states(&self, tokens: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
         let (_, length) = tokens.dims2()?;
         let start = cache.len();
         if start + length > self.max_positions() {
