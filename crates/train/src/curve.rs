@@ -6,7 +6,7 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use crate::error::TrainError;
-use crate::sft::StepLog;
+use crate::steps::Step;
 
 /// The CSV header.
 pub const HEADER: &str = "step,epoch,lr,loss,eval_loss,grad_norm,tokens,seconds,tokens_per_second";
@@ -37,8 +37,13 @@ impl LossCurve {
     }
 
     /// Appends one step (flushed, so the file is current if the run dies).
-    pub fn push(&mut self, log: &StepLog) -> Result<(), TrainError> {
-        let eval = log.eval_loss.map(|l| format!("{l:.6}")).unwrap_or_default();
+    pub fn push(&mut self, log: &Step) -> Result<(), TrainError> {
+        let eval = log
+            .held_out
+            .as_ref()
+            .and_then(|m| m.first())
+            .map(|l| format!("{l:.6}"))
+            .unwrap_or_default();
         self.line(&format!(
             "{},{:.4},{:.3e},{:.6},{},{:.4},{},{:.3},{:.1}",
             log.step,

@@ -65,38 +65,93 @@ pub fn encode(
 ) -> Result<Encoded, TrainError> {
     let mut encoded = Encoded::default();
     for (index, record) in records.iter().enumerate() {
-        let prompt = tokenizer.encode(&format.render_parts(&record.instruction, &record.input))?;
-        let mut output = tokenizer.encode_continuation(&record.output)?;
-        output.extend(end_token);
-        let total = prompt.len() + output.len();
-        if total > max_length {
-            match overlong {
-                Overlong::Error => {
-                    return Err(TrainError::Invalid(format!(
-                        "record {}: {total} tokens, over the maximum of {max_length} \
-                         (raise the maximum, or truncate or skip overlong samples)",
-                        index + 1
-                    )))
-                }
-                Overlong::Skip => {
-                    encoded.skipped += 1;
-                    continue;
-                }
-                Overlong::Truncate if prompt.len() + 1 > max_length => {
-                    encoded.skipped += 1;
-                    continue;
-                }
-                Overlong::Truncate => {
-                    output.truncate(max_length - prompt.len());
-                    encoded.truncated += 1;
-                }
+        let text = Text {
+            instruction: &record.instruction,
+            input: &record.input,
+            output: &record.output,
+        };
+        match encode_one(tokenizer, text, format, end_token, max_length, overlong)
+            .map_err(|message| TrainError::Invalid(format!("record {}: {message}", index + 1)))?
+        {
+            Fitted::Whole(example) => {
+                encoded.examples.push(example);
+                encoded.record_index.push(index);
             }
+            Fitted::Truncated(example) => {
+                encoded.truncated += 1;
+                encoded.examples.push(example);
+                encoded.record_index.push(index);
+            }
+            Fitted::Skipped => encoded.skipped += 1,
         }
-        let output_start = prompt.len();
-        let mut ids = prompt;
-        ids.extend(output);
-        encoded.examples.push(Example { ids, output_start });
-        encoded.record_index.push(index);
     }
     Ok(encoded)
+}
+
+/// The texts of one sequence.
+#[derive(Debug, Clone, Copy)]
+pub struct Text<'a> {
+    /// The instruction.
+    pub instruction: &'a str,
+    /// The input block.
+    pub input: &'a str,
+    /// The output to learn.
+    pub output: &'a str,
+}
+
+/// What became of one sequence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fitted {
+    /// It fits.
+    Whole(Example),
+    /// Its output was cut to fit.
+    Truncated(Example),
+    /// It was left out.
+    Skipped,
+}
+
+/// Encodes one sequence; an error (a message) where it is too long under [`Overlong::Error`] or
+/// the tokenizer fails.
+pub fn encode_one(
+    tokenizer: &GuardTokenizer,
+    text: Text<'_>,
+    format: PromptFormat,
+    end_token: Option<u32>,
+    max_length: usize,
+    overlong: Overlong,
+) -> Result<Fitted, String> {
+    let prompt = tokenizer
+        .encode(&format.render_parts(text.instruction, text.input))
+        .map_err(|e| e.to_string())?;
+    let mut output = tokenizer
+        .encode_continuation(text.output)
+        .map_err(|e| e.to_string())?;
+    output.extend(end_token);
+    let total = prompt.len() + output.len();
+    let mut truncated = false;
+    if total > max_length {
+        match overlong {
+            Overlong::Error => {
+                return Err(format!(
+                    "{total} tokens, over the maximum of {max_length} (raise the maximum, or \
+                     truncate or skip overlong samples)"
+                ))
+            }
+            Overlong::Skip => return Ok(Fitted::Skipped),
+            Overlong::Truncate if prompt.len() + 1 > max_length => return Ok(Fitted::Skipped),
+            Overlong::Truncate => {
+                output.truncate(max_length - prompt.len());
+                truncated = true;
+            }
+        }
+    }
+    let output_start = prompt.len();
+    let mut ids = prompt;
+    ids.extend(output);
+    let example = Example { ids, output_start };
+    Ok(if truncated {
+        Fitted::Truncated(example)
+    } else {
+        Fitted::Whole(example)
+    })
 }

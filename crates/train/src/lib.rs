@@ -14,6 +14,7 @@
 pub mod checkpoint;
 pub mod curve;
 pub mod data;
+pub mod dpo;
 pub mod error;
 pub mod examples;
 pub mod fused;
@@ -22,5 +23,6 @@ pub mod mine;
 pub mod model;
 pub mod optim;
 pub mod sft;
+pub mod steps;
 
 pub use error::TrainError;

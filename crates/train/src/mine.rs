@@ -17,8 +17,9 @@ use std::collections::{BTreeMap, HashSet};
 
 use guardreasoner_eval::dataset::Truth;
 use guardreasoner_protocol::Task;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
+use crate::data::pairs::PreferencePair;
 use crate::data::record::stated_answers;
 
 /// The order tasks are checked in (SPEC section 7, step 2).
@@ -104,29 +105,6 @@ fn longest(outputs: &[&String]) -> String {
         }
     }
     best.clone()
-}
-
-/// One preference pair for HS-DPO, in the layout our `train dpo` and LLaMA-Factory's pairwise
-/// alpaca format read (`instruction`, `input`, `chosen`, `rejected`), with its weight.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PreferencePair {
-    /// The instruction.
-    pub instruction: String,
-    /// The input block; pairs are deduplicated on it.
-    pub input: String,
-    /// The preferred output.
-    pub chosen: String,
-    /// The dispreferred output.
-    pub rejected: String,
-    /// The weight of the pair's DPO term, in [0.8, 1.2] once scaled.
-    pub weight: f64,
-    /// `#incorrect - #correct` before scaling.
-    pub raw_weight: f64,
-    /// The labelled source of the sample (weights are scaled per source).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub source: Option<String>,
-    /// The task that made the sample hard.
-    pub task: Task,
 }
 
 /// Unions the pair sets of several models (the main R-SFT model's first), keeping the first pair

@@ -8,7 +8,8 @@ use guardreasoner_train::examples::Example;
 use guardreasoner_train::loss::{self, Batch};
 use guardreasoner_train::model::Trainable;
 use guardreasoner_train::optim::AdamWConfig;
-use guardreasoner_train::sft::{self, SftConfig};
+use guardreasoner_train::sft;
+use guardreasoner_train::steps::Schedule;
 
 fn mean_nll(model: &Trainable, batch: &Batch) -> Tensor {
     let tokens = batch.mask.sum_all().unwrap().to_scalar::<f32>().unwrap() as f64;
@@ -87,7 +88,7 @@ fn sft_drives_the_loss_on_eight_samples_near_zero() {
             output_start: 6,
         })
         .collect();
-    let config = SftConfig {
+    let config = Schedule {
         epochs: 200,
         adamw: AdamWConfig {
             lr: 2e-2,
@@ -96,7 +97,7 @@ fn sft_drives_the_loss_on_eight_samples_near_zero() {
         warmup_ratio: 0.05,
         batch_size: 4,
         grad_accum: 2,
-        ..SftConfig::default()
+        ..Schedule::default()
     };
     let held_out = examples[..2].to_vec();
     let mut optimizer = sft::optimizer(&model, &config).unwrap();
@@ -109,14 +110,78 @@ fn sft_drives_the_loss_on_eight_samples_near_zero() {
         |_, _| Ok(true),
     )
     .unwrap();
-    assert_eq!(logs.len(), sft::total_steps(8, &config));
+    assert_eq!(logs.len(), config.total_steps(8));
     let first = logs.first().unwrap().loss;
     let last = logs.last().unwrap();
+    let held_out_loss = last.held_out.as_ref().unwrap()[0];
     eprintln!(
-        "loss {first:.3} -> {:.4}; held-out {:?}",
-        last.loss, last.eval_loss
+        "loss {first:.3} -> {:.4}; held-out {held_out_loss}",
+        last.loss
     );
     assert!(first > 4.0, "starts near ln(96): {first}");
     assert!(last.loss < 0.05, "{}", last.loss);
-    assert!(last.eval_loss.unwrap() < 0.05);
+    assert!(held_out_loss < 0.05);
+}
+
+#[test]
+fn dpo_raises_the_reward_margin_and_accuracy_on_a_small_pair_set() {
+    use guardreasoner_train::dpo::{self, PairExample};
+    use guardreasoner_train::loss::DpoSettings;
+
+    let frozen = common::tiny_model(0);
+    let model = Trainable::new(&frozen).unwrap();
+    let pairs: Vec<PairExample> = (0..8)
+        .map(|i| {
+            let prompt = common::ramp(5 + i, 2 * i + 1, 6);
+            let with = |tail: Vec<u32>| Example {
+                ids: [prompt.clone(), tail].concat(),
+                output_start: 6,
+            };
+            PairExample {
+                chosen: with(common::ramp(3 + i, i, 8)),
+                rejected: with(common::ramp(29 + i, 7 * i + 3, 8)),
+                weight: if i % 2 == 0 { 0.8 } else { 1.2 },
+            }
+        })
+        .collect();
+    let reference = dpo::reference_logprobs(&frozen, &pairs, 4, &Device::Cpu).unwrap();
+    let schedule = Schedule {
+        epochs: 30,
+        adamw: AdamWConfig {
+            lr: 5e-3,
+            ..AdamWConfig::default()
+        },
+        batch_size: 4,
+        grad_accum: 2,
+        ..Schedule::default()
+    };
+    let settings = DpoSettings {
+        beta: 0.1,
+        ..DpoSettings::default()
+    };
+    let mut optimizer = sft::optimizer(&model, &schedule).unwrap();
+    let steps = dpo::train(
+        &model,
+        &mut optimizer,
+        &pairs,
+        &reference,
+        (&pairs, &reference),
+        settings,
+        &schedule,
+        |_, _| Ok(true),
+    )
+    .unwrap();
+    let first = &steps[0];
+    let last = steps.last().unwrap();
+    // At the start the policy is the reference: every reward is 0.
+    assert!(first.metrics[0].abs() < 1e-3 && first.metrics[1].abs() < 1e-3);
+    let held_out = last.held_out.as_ref().unwrap();
+    let margin = held_out[1] - held_out[2];
+    eprintln!(
+        "loss {} -> {}; margin {margin}, accuracy {}",
+        first.loss, last.loss, held_out[3]
+    );
+    assert!(margin > 1.0, "chosen reward above rejected: {held_out:?}");
+    assert_eq!(held_out[3], 1.0, "every pair ranked right");
+    assert!(last.loss < first.loss);
 }

@@ -1,8 +1,8 @@
-//! `guardreasoner train sft`: R-SFT on GuardReasonerTrain records, writing a Hugging Face model
-//! directory, its loss curve and a report. The work is the train crate's; this file parses flags
-//! and prints.
+//! `guardreasoner train sft|dpo`: R-SFT on GuardReasonerTrain records and HS-DPO on mined pairs,
+//! each writing a Hugging Face model directory, its loss curve and a report. The work is the
+//! train crate's; this file parses flags and prints.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use candle_core::DType;
@@ -11,13 +11,16 @@ use guardreasoner_engine::DeviceSpec;
 use guardreasoner_protocol::PromptFormat;
 use guardreasoner_train::checkpoint::{self, TrainerState};
 use guardreasoner_train::curve::LossCurve;
+use guardreasoner_train::dpo;
 use guardreasoner_train::examples::{self, Overlong};
+use guardreasoner_train::loss::{DpoSettings, WeightOn};
 use guardreasoner_train::model::TrainModel;
-use guardreasoner_train::optim::AdamWConfig;
-use guardreasoner_train::sft::{self, SftConfig};
+use guardreasoner_train::optim::{AdamW, AdamWConfig};
+use guardreasoner_train::sft;
+use guardreasoner_train::steps::{Schedule, Step};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
-use serde_json::json;
+use serde_json::{json, Value};
 
 use super::progress;
 
@@ -25,6 +28,8 @@ use super::progress;
 pub enum Command {
     /// Reasoning SFT: full fine-tuning, the loss on the output (reasoning and answers) only.
     Sft(SftArgs),
+    /// Hard-sample DPO on mined pairs, against the frozen starting model, weighted per pair.
+    Dpo(DpoArgs),
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -43,15 +48,21 @@ pub enum OverlongArg {
     Error,
 }
 
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum WeightOnArg {
+    /// w x DPO + ftx x NLL (SPEC section 7).
+    Dpo,
+    /// w x (DPO + ftx x NLL).
+    Sum,
+}
+
+/// What both trainers take: the model, the output, the schedule and the sequence limits.
 #[derive(clap::Args)]
-pub struct SftArgs {
+pub struct RunArgs {
     /// The model to start from: what `check --model` takes (GGUF file, Hugging Face directory,
     /// repo id, alias).
     #[arg(long)]
     model: String,
-    /// Training records: GuardReasonerTrain JSON (a list, or an object of splits) or JSONL.
-    #[arg(long)]
-    data: PathBuf,
     /// Output directory: the trained model (Hugging Face layout), loss.csv, train_report.json,
     /// checkpoints.
     #[arg(long)]
@@ -59,17 +70,17 @@ pub struct SftArgs {
     /// Prompt form the output is learned after.
     #[arg(long, value_enum, default_value_t = Format::Llama3Chat)]
     format: Format,
-    #[arg(long, default_value_t = 3)]
-    epochs: usize,
-    /// Peak learning rate (the paper: 5e-5).
-    #[arg(long, default_value_t = 5e-5)]
-    lr: f64,
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Peak learning rate (the paper: 5e-5 for SFT, 5e-6 for DPO).
+    #[arg(long)]
+    lr: Option<f64>,
     /// Fraction of the steps spent warming the learning rate up (the paper: none).
     #[arg(long, default_value_t = 0.0)]
     warmup_ratio: f64,
     #[arg(long, default_value_t = 0.0)]
     weight_decay: f64,
-    /// Sequences per forward pass.
+    /// Items (sequences, pairs) per forward pass.
     #[arg(long, default_value_t = 1)]
     batch_size: usize,
     /// Forward passes per optimizer step (effective batch = batch size x this).
@@ -84,10 +95,10 @@ pub struct SftArgs {
     /// A longer sample is truncated (its output's tail cut), skipped, or an error; counted.
     #[arg(long, value_enum, default_value_t = OverlongArg::Truncate)]
     overlong: OverlongArg,
-    /// Fraction of the samples held out for the held-out loss.
+    /// Fraction of the samples held out for the held-out measurement.
     #[arg(long, default_value_t = 0.05)]
     held_out: f64,
-    /// Held-out loss every N steps (and at the end); 0 for only at the end.
+    /// Held-out measurement every N steps (and at the end); 0 for only at the end.
     #[arg(long, default_value_t = 0)]
     eval_every: usize,
     /// Stop after N steps.
@@ -109,49 +120,219 @@ pub struct SftArgs {
     device: DeviceSpec,
 }
 
+#[derive(clap::Args)]
+pub struct SftArgs {
+    /// Training records: GuardReasonerTrain JSON (a list, or an object of splits) or JSONL.
+    #[arg(long)]
+    data: PathBuf,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(clap::Args)]
+pub struct DpoArgs {
+    /// Preference pairs written by `guardreasoner mine` (JSON list or JSONL).
+    #[arg(long)]
+    pairs: PathBuf,
+    /// The KL strength (the paper: 0.01).
+    #[arg(long, default_value_t = 0.01)]
+    beta: f64,
+    /// The auxiliary SFT term's factor, LLaMA-Factory's pref_ftx (the paper: 2.0).
+    #[arg(long, default_value_t = 2.0)]
+    ftx: f64,
+    /// Where the pair weight goes (the paper's patch was never published: see docs/training.md).
+    #[arg(long, value_enum, default_value_t = WeightOnArg::Dpo)]
+    weight_on: WeightOnArg,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
 impl Command {
     /// The `--threads` flag, which `main` applies before any thread starts.
     pub fn threads(&self) -> Option<usize> {
         match self {
-            Command::Sft(args) => args.threads,
+            Command::Sft(args) => args.run.threads,
+            Command::Dpo(args) => args.run.threads,
         }
     }
 }
 
 pub fn run(command: Command) -> Result<()> {
     match command {
-        Command::Sft(args) => sft(args),
+        Command::Sft(args) => run_sft(args),
+        Command::Dpo(args) => run_dpo(args),
     }
 }
 
-fn sft(args: SftArgs) -> Result<()> {
-    if !(0.0..1.0).contains(&args.held_out) {
-        bail!("--held-out must be in [0, 1): {}", args.held_out);
+impl RunArgs {
+    fn format(&self) -> PromptFormat {
+        match self.format {
+            Format::Llama3Chat => PromptFormat::Llama3Chat,
+            Format::Eval => PromptFormat::Eval,
+        }
     }
+
+    fn overlong(&self) -> Overlong {
+        match self.overlong {
+            OverlongArg::Truncate => Overlong::Truncate,
+            OverlongArg::Skip => Overlong::Skip,
+            OverlongArg::Error => Overlong::Error,
+        }
+    }
+
+    fn schedule(&self, epochs: usize, lr: f64) -> Schedule {
+        Schedule {
+            epochs: self.epochs.unwrap_or(epochs),
+            adamw: AdamWConfig {
+                lr: self.lr.unwrap_or(lr),
+                weight_decay: self.weight_decay,
+                ..AdamWConfig::default()
+            },
+            warmup_ratio: self.warmup_ratio,
+            batch_size: self.batch_size,
+            grad_accum: self.grad_accum,
+            max_grad_norm: self.max_grad_norm,
+            seed: self.seed,
+            eval_every: self.eval_every,
+            max_steps: self.max_steps,
+            start_step: 0,
+        }
+    }
+
+    fn load(&self) -> Result<TrainModel> {
+        if !(0.0..1.0).contains(&self.held_out) {
+            bail!("--held-out must be in [0, 1): {}", self.held_out);
+        }
+        let start = self
+            .resume
+            .as_ref()
+            .map_or(self.model.clone(), |dir| dir.display().to_string());
+        eprintln!("loading {start} for training");
+        TrainModel::load(&start, self.max_length, self.device)
+            .with_context(|| format!("cannot load --model {start}"))
+    }
+
+    /// Splits `items` into training and held-out parts (a seeded shuffle first).
+    fn split<T>(&self, mut items: Vec<T>) -> (Vec<T>, Vec<T>) {
+        items.shuffle(&mut rand::rngs::StdRng::seed_from_u64(self.seed ^ 0x5eed));
+        let held = (items.len() as f64 * self.held_out).round() as usize;
+        let held_out = items.split_off(items.len() - held);
+        (items, held_out)
+    }
+
+    /// Restores the optimizer and the step from --resume, if given.
+    fn resume(
+        &self,
+        model: &TrainModel,
+        optimizer: &mut AdamW,
+        schedule: &mut Schedule,
+    ) -> Result<()> {
+        if let Some(dir) = &self.resume {
+            let state = checkpoint::restore(dir, model, optimizer)?;
+            if state.seed != self.seed {
+                bail!(
+                    "{}: the checkpoint was made with --seed {}, not {}: the data order would differ",
+                    dir.display(),
+                    state.seed,
+                    self.seed
+                );
+            }
+            schedule.start_step = state.step;
+            eprintln!("resuming after step {}", state.step);
+        }
+        Ok(())
+    }
+
+    /// The per-step work every run does: the loss curve, the bar, checkpoints.
+    fn on_step<'a>(
+        &'a self,
+        model: &'a TrainModel,
+        total: usize,
+        metric_names: &'a [&'a str],
+    ) -> Result<impl FnMut(&Step, &AdamW) -> Result<bool, guardreasoner_train::TrainError> + 'a>
+    {
+        std::fs::create_dir_all(&self.out)
+            .with_context(|| format!("creating {}", self.out.display()))?;
+        let mut curve = LossCurve::open(&self.out.join("loss.csv"))?;
+        let bar = progress::bar(total as u64, "steps");
+        Ok(move |step: &Step, optimizer: &AdamW| {
+            curve.push(step)?;
+            bar.set_position(step.step as u64);
+            let metrics: String = metric_names
+                .iter()
+                .zip(&step.metrics)
+                .map(|(name, value)| format!(", {name} {value:.3}"))
+                .collect();
+            let held = step
+                .held_out
+                .as_ref()
+                .and_then(|m| m.first())
+                .map(|l| format!(", held-out {l:.4}"))
+                .unwrap_or_default();
+            bar.set_message(format!(
+                "loss {:.4}{metrics}{held}, {:.0} tokens/s",
+                step.loss,
+                step.tokens_per_second()
+            ));
+            if step.step == total {
+                bar.finish_and_clear();
+            }
+            if self.save_every > 0 && step.step % self.save_every == 0 && step.step < total {
+                let dir = self.out.join(format!("checkpoint-{}", step.step));
+                let state = TrainerState {
+                    step: step.step,
+                    total_steps: total,
+                    seed: self.seed,
+                };
+                checkpoint::save(&dir, model, optimizer, &state)?;
+            }
+            Ok(true)
+        })
+    }
+
+    /// Saves the model and writes `train_report.json` with `extra` fields.
+    fn finish(&self, model: &TrainModel, steps: &[Step], seconds: f64, extra: Value) -> Result<()> {
+        model.save(&self.out, DType::F32)?;
+        let tokens: usize = steps.iter().map(|s| s.tokens).sum();
+        let last = steps.last();
+        let mut report = json!({
+            "model": self.model,
+            "format": self.format().name(),
+            "steps": last.map(|s| s.step),
+            "total_steps": last.map(|s| s.total_steps),
+            "final_loss": last.map(|s| s.loss),
+            "final_held_out": last.and_then(|s| s.held_out.clone()),
+            "tokens": tokens,
+            "seconds": seconds,
+            "tokens_per_second": tokens as f64 / seconds.max(1e-9),
+        });
+        if let (Value::Object(report), Value::Object(extra)) = (&mut report, extra) {
+            report.extend(extra);
+        }
+        write_report(&self.out.join("train_report.json"), &report)?;
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        eprintln!("model written to {}", self.out.display());
+        Ok(())
+    }
+}
+
+fn write_report(path: &Path, report: &Value) -> Result<()> {
+    std::fs::write(path, serde_json::to_string_pretty(report)? + "\n")
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+fn run_sft(args: SftArgs) -> Result<()> {
+    let run = &args.run;
     let records = guardreasoner_train::data::read_records(&args.data)?;
-    let start = args
-        .resume
-        .as_ref()
-        .map_or(args.model.clone(), |dir| dir.display().to_string());
-    eprintln!("loading {start} for training");
-    let model = TrainModel::load(&start, args.max_length, args.device)
-        .with_context(|| format!("cannot load --model {start}"))?;
-    let format = match args.format {
-        Format::Llama3Chat => PromptFormat::Llama3Chat,
-        Format::Eval => PromptFormat::Eval,
-    };
-    let overlong = match args.overlong {
-        OverlongArg::Truncate => Overlong::Truncate,
-        OverlongArg::Skip => Overlong::Skip,
-        OverlongArg::Error => Overlong::Error,
-    };
+    let model = run.load()?;
+    let format = run.format();
     let encoded = examples::encode(
         model.tokenizer(),
         &records,
         format,
         model.end_token(format),
-        args.max_length,
-        overlong,
+        run.max_length,
+        run.overlong(),
     )
     .with_context(|| format!("encoding {}", args.data.display()))?;
     eprintln!(
@@ -159,113 +340,119 @@ fn sft(args: SftArgs) -> Result<()> {
         records.len(),
         encoded.examples.len(),
         encoded.truncated,
-        args.max_length,
+        run.max_length,
         encoded.skipped
     );
-    let mut examples = encoded.examples.clone();
-    examples.shuffle(&mut rand::rngs::StdRng::seed_from_u64(args.seed ^ 0x5eed));
-    let held = (examples.len() as f64 * args.held_out).round() as usize;
-    let held_out = examples.split_off(examples.len() - held);
-    let config = SftConfig {
-        epochs: args.epochs,
-        adamw: AdamWConfig {
-            lr: args.lr,
-            weight_decay: args.weight_decay,
-            ..AdamWConfig::default()
-        },
-        warmup_ratio: args.warmup_ratio,
-        batch_size: args.batch_size,
-        grad_accum: args.grad_accum,
-        max_grad_norm: args.max_grad_norm,
-        seed: args.seed,
-        eval_every: args.eval_every,
-        max_steps: args.max_steps,
-        start_step: 0,
-    };
-    let mut optimizer = sft::optimizer(&model.trainable, &config)?;
-    let mut config = config;
-    if let Some(dir) = &args.resume {
-        let state = checkpoint::restore(dir, &model, &mut optimizer)?;
-        if state.seed != args.seed {
-            bail!(
-                "{}: the checkpoint was made with --seed {}, not {}: the data order would differ",
-                dir.display(),
-                state.seed,
-                args.seed
-            );
-        }
-        config.start_step = state.step;
-        eprintln!("resuming after step {}", state.step);
-    }
-    let total = sft::total_steps(examples.len(), &config);
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
-    let mut curve = LossCurve::open(&args.out.join("loss.csv"))?;
+    let (train, held_out) = run.split(encoded.examples.clone());
+    let mut schedule = run.schedule(3, 5e-5);
+    let mut optimizer = sft::optimizer(&model.trainable, &schedule)?;
+    run.resume(&model, &mut optimizer, &mut schedule)?;
+    let total = schedule.total_steps(train.len());
     eprintln!(
-        "training on {} sequences ({} held out) for {total} steps on {}",
-        examples.len(),
+        "R-SFT on {} sequences ({} held out) for {total} steps on {:?}",
+        train.len(),
         held_out.len(),
-        format!("{:?}", model.trainable.device().location())
+        model.trainable.device().location()
     );
-    let bar = progress::bar(total as u64, "steps");
-    bar.set_position(config.start_step as u64);
     let started = std::time::Instant::now();
-    let logs = sft::train(
+    let on_step = run.on_step(&model, total, &[])?;
+    let steps = sft::train(
         &model.trainable,
         &mut optimizer,
-        &examples,
+        &train,
         &held_out,
-        &config,
-        |log, optimizer| {
-            curve.push(log)?;
-            bar.set_position(log.step as u64);
-            let eval = log
-                .eval_loss
-                .map(|l| format!(", held-out {l:.4}"))
-                .unwrap_or_default();
-            bar.set_message(format!(
-                "loss {:.4}{eval}, {:.0} tokens/s",
-                log.loss,
-                log.tokens_per_second()
-            ));
-            if args.save_every > 0 && log.step % args.save_every == 0 && log.step < total {
-                let dir = args.out.join(format!("checkpoint-{}", log.step));
-                let state = TrainerState {
-                    step: log.step,
-                    total_steps: total,
-                    seed: args.seed,
-                };
-                checkpoint::save(&dir, &model, optimizer, &state)?;
-            }
-            Ok(true)
-        },
+        &schedule,
+        on_step,
     )?;
-    bar.finish_and_clear();
-    model.save(&args.out, DType::F32)?;
-    let seconds = started.elapsed().as_secs_f64();
-    let tokens: usize = logs.iter().map(|l| l.tokens).sum();
-    let last = logs.last();
-    let report = json!({
-        "model": args.model,
+    let extra = json!({
         "data": args.data,
-        "format": format.name(),
         "records": records.len(),
         "sequences": encoded.examples.len(),
         "truncated": encoded.truncated,
         "skipped": encoded.skipped,
         "held_out": held_out.len(),
-        "steps": last.map(|l| l.step),
-        "total_steps": total,
-        "final_loss": last.map(|l| l.loss),
-        "final_held_out_loss": last.and_then(|l| l.eval_loss),
-        "tokens": tokens,
-        "seconds": seconds,
-        "tokens_per_second": tokens as f64 / seconds.max(1e-9),
     });
-    let path = args.out.join("train_report.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")
-        .with_context(|| format!("writing {}", path.display()))?;
-    println!("{}", serde_json::to_string_pretty(&report)?);
-    eprintln!("model written to {}", args.out.display());
-    Ok(())
+    run.finish(&model, &steps, started.elapsed().as_secs_f64(), extra)
+}
+
+fn run_dpo(args: DpoArgs) -> Result<()> {
+    let run = &args.run;
+    let pairs = guardreasoner_train::data::read_pairs(&args.pairs)?;
+    let model = run.load()?;
+    let format = run.format();
+    let encoded = dpo::encode_pairs(
+        model.tokenizer(),
+        &pairs,
+        format,
+        model.end_token(format),
+        run.max_length,
+        run.overlong(),
+    )
+    .with_context(|| format!("encoding {}", args.pairs.display()))?;
+    eprintln!(
+        "{} pairs: {} encoded, {} with an output truncated to {} tokens, {} skipped",
+        pairs.len(),
+        encoded.pairs.len(),
+        encoded.truncated,
+        run.max_length,
+        encoded.skipped
+    );
+    let (train, held_out) = run.split(encoded.pairs.clone());
+    let settings = DpoSettings {
+        beta: args.beta,
+        ftx: args.ftx,
+        weight_on: match args.weight_on {
+            WeightOnArg::Dpo => WeightOn::Dpo,
+            WeightOnArg::Sum => WeightOn::Sum,
+        },
+    };
+    let mut schedule = run.schedule(2, 5e-6);
+    let device = model.trainable.device();
+    eprintln!(
+        "reference log-probabilities of {} pairs",
+        encoded.pairs.len()
+    );
+    // The reference is the model the run started from: on resume, --model, not the checkpoint.
+    let reference_model = match &run.resume {
+        Some(_) => TrainModel::load(&run.model, run.max_length, run.device)?.frozen,
+        None => model.frozen.clone(),
+    };
+    let reference = dpo::reference_logprobs(&reference_model, &train, run.batch_size, &device)?;
+    let held_reference =
+        dpo::reference_logprobs(&reference_model, &held_out, run.batch_size, &device)?;
+    drop(reference_model);
+    let mut optimizer = sft::optimizer(&model.trainable, &schedule)?;
+    run.resume(&model, &mut optimizer, &mut schedule)?;
+    let total = schedule.total_steps(train.len());
+    eprintln!(
+        "HS-DPO on {} pairs ({} held out) for {total} steps on {:?}",
+        train.len(),
+        held_out.len(),
+        device.location()
+    );
+    let started = std::time::Instant::now();
+    let on_step = run.on_step(&model, total, &dpo::METRICS)?;
+    let steps = dpo::train(
+        &model.trainable,
+        &mut optimizer,
+        &train,
+        &reference,
+        (&held_out, &held_reference),
+        settings,
+        &schedule,
+        on_step,
+    )?;
+    let extra = json!({
+        "pairs_file": args.pairs,
+        "pairs": pairs.len(),
+        "encoded": encoded.pairs.len(),
+        "truncated": encoded.truncated,
+        "skipped": encoded.skipped,
+        "held_out": held_out.len(),
+        "beta": args.beta,
+        "ftx": args.ftx,
+        "weight_on": format!("{:?}", args.weight_on).to_lowercase(),
+        "held_out_columns": ["loss", "rewards/chosen", "rewards/rejected", "rewards/accuracy"],
+    });
+    run.finish(&model, &steps, started.elapsed().as_secs_f64(), extra)
 }
