@@ -30,7 +30,9 @@ enum Command {
     Parse(commands::parse::Args),
     /// Print the exact prompt a guard model reads for a conversation.
     Prompt(commands::prompt::Args),
-    /// Train a guard: reasoning SFT (`train sft`).
+    /// Mine hard samples for HS-DPO: sample k outputs per record, pair the disagreements.
+    Mine(commands::mine::Args),
+    /// Train a guard: reasoning SFT (`train sft`), hard-sample DPO (`train dpo`).
     #[command(subcommand)]
     Train(commands::train::Command),
     /// Download and verify the benchmark data.
@@ -53,6 +55,7 @@ fn main() -> ExitCode {
         Command::Generate(args) => args.model.threads,
         Command::Bench(args) => args.model.threads,
         Command::Train(command) => command.threads(),
+        Command::Mine(args) => args.threads(),
         _ => None,
     };
     if let Some(threads) = threads {
@@ -71,6 +74,7 @@ fn main() -> ExitCode {
         Command::Prompt(args) => commands::prompt::run(args),
         Command::Data(command) => commands::data::run(command),
         Command::Train(command) => commands::train::run(command),
+        Command::Mine(args) => commands::mine::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

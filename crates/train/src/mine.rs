@@ -259,3 +259,108 @@ mod tests {
         }
     }
 }
+
+/// How mining samples (SPEC section 7: k = 4, temperature 0.7, top-p 0.95, up to 2048 tokens).
+#[derive(Debug, Clone)]
+pub struct SampleSettings {
+    /// Outputs per sample.
+    pub k: usize,
+    /// Sampling parameters (the seed is the run's base seed).
+    pub params: guardreasoner_engine::SamplingParams,
+    /// The prompt form the R-SFT model was trained on.
+    pub format: guardreasoner_protocol::PromptFormat,
+    /// Records per backend call (each becomes k prompts).
+    pub records_per_batch: usize,
+}
+
+/// One record's sampled outputs, as the samples file keeps them (one JSON line each), so that an
+/// interrupted run resumes where it stopped.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct Sampled {
+    /// The record's index in the training file.
+    pub record: usize,
+    /// Its k outputs.
+    pub outputs: Vec<String>,
+}
+
+/// Samples k outputs for every record not yet in `done` through `engine`, calling `on_sampled`
+/// with each record's outputs as they come (to append them to the samples file).
+pub fn sample(
+    engine: &mut dyn guardreasoner_engine::Generate,
+    records: &[crate::data::TrainRecord],
+    settings: &SampleSettings,
+    done: &std::collections::HashSet<usize>,
+    mut on_sampled: impl FnMut(&Sampled) -> Result<(), crate::TrainError>,
+) -> Result<(), crate::TrainError> {
+    let todo: Vec<usize> = (0..records.len()).filter(|i| !done.contains(i)).collect();
+    let k = settings.k.max(1);
+    // A batch's samplers are seeded by position, so a batch holds consecutive records only.
+    let runs = todo.chunk_by(|a, b| a + 1 == *b);
+    let chunks = runs.flat_map(|run| run.chunks(settings.records_per_batch.max(1)));
+    for chunk in chunks {
+        let mut prompts = Vec::with_capacity(chunk.len() * k);
+        for &index in chunk {
+            let record = &records[index];
+            let prompt = settings
+                .format
+                .render_parts(&record.instruction, &record.input);
+            prompts.extend(std::iter::repeat_n(prompt, k));
+        }
+        let shared_prefix = chunk
+            .iter()
+            .all(|&i| records[i].instruction == guardreasoner_protocol::INSTRUCTION)
+            .then(|| settings.format.shared_prefix());
+        // Each prompt's sampler is seeded `seed + position in the batch`: offset by the first
+        // record's index so that a record's samples do not depend on how records were batched.
+        let mut params = settings.params.clone();
+        params.seed = params.seed.wrapping_add((chunk[0] * k) as u64);
+        let batch = guardreasoner_engine::Batch {
+            prompts,
+            params,
+            shared_prefix,
+        };
+        let generations = engine.generate(&batch, &mut |_| {})?;
+        for (position, &index) in chunk.iter().enumerate() {
+            let outputs = generations[position * k..(position + 1) * k]
+                .iter()
+                .map(|g| g.text.clone())
+                .collect();
+            on_sampled(&Sampled {
+                record: index,
+                outputs,
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// Judges every record's samples: its pair where it is hard, and the report.
+pub fn pairs_of(
+    records: &[crate::data::TrainRecord],
+    samples: &[Sampled],
+) -> (Vec<PreferencePair>, MiningReport) {
+    let mut report = MiningReport::default();
+    let mut pairs = Vec::new();
+    for sampled in samples {
+        let Some(record) = records.get(sampled.record) else {
+            continue;
+        };
+        let has_response = guardreasoner_protocol::Conversation::from_input_block(&record.input)
+            .is_some_and(|c| c.response.is_some());
+        let hard = judge(&record.truth, has_response, &sampled.outputs);
+        report.add(record.source.as_deref(), &sampled.outputs, hard.as_ref());
+        if let Some(hard) = hard {
+            pairs.push(PreferencePair {
+                instruction: record.instruction.clone(),
+                input: record.input.clone(),
+                raw_weight: hard.raw_weight(),
+                weight: 1.0,
+                chosen: hard.chosen,
+                rejected: hard.rejected,
+                source: record.source.clone(),
+                task: hard.task,
+            });
+        }
+    }
+    (pairs, report)
+}

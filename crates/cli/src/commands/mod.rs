@@ -4,6 +4,7 @@ pub mod bench;
 pub mod check;
 pub mod data;
 pub mod generate;
+pub mod mine;
 pub mod model_args;
 pub mod parse;
 mod paths;
