@@ -80,7 +80,7 @@ pub fn token_logprobs(model: &Llama, batch: &Batch) -> Result<Tensor> {
             )?
             .reshape((b, t))
         }
-        Weight::Quantized(_) => token_logprobs_composed(model, batch),
+        Weight::Quantized(_) | Weight::Lora { .. } => token_logprobs_composed(model, batch),
     }
 }
 

@@ -54,10 +54,18 @@ impl Trainable {
 
     /// The current weights without gradient tracking (evaluation, sampling during training).
     pub fn detached(&self) -> Llama {
-        let dense = |w: &Weight| match w {
-            Weight::Dense(t) => Weight::Dense(t.detach()),
-            other => other.clone(),
-        };
+        fn dense(w: &Weight) -> Weight {
+            match w {
+                Weight::Dense(t) => Weight::Dense(t.detach()),
+                Weight::Lora { base, a, b, scale } => Weight::Lora {
+                    base: Box::new(dense(base)),
+                    a: a.detach(),
+                    b: b.detach(),
+                    scale: *scale,
+                },
+                other => other.clone(),
+            }
+        }
         let mut model = self.model.clone();
         model.embedding.table = model.embedding.table.detach();
         model.norm = model.norm.detach();
@@ -97,8 +105,14 @@ pub struct TrainModel {
 }
 
 impl TrainModel {
-    /// Loads `spec` (path, repo id or alias) for training, RoPE tables for `max_positions`.
-    pub fn load(spec: &str, max_positions: usize, device: DeviceSpec) -> Result<Self, TrainError> {
+    /// Loads `spec` (path, repo id or alias) for training, RoPE tables for `max_positions`:
+    /// every weight trainable, or LoRA adapters only.
+    pub fn load(
+        spec: &str,
+        max_positions: usize,
+        device: DeviceSpec,
+        lora: Option<&crate::lora::LoraConfig>,
+    ) -> Result<Self, TrainError> {
         let options = CandleOptions {
             context_per_sequence: max_positions,
             gguf_weights: GgufWeights::Dequantized,
@@ -117,7 +131,10 @@ impl TrainModel {
             }
         };
         let frozen = engine.model().clone();
-        let trainable = Trainable::new(&frozen)?;
+        let trainable = match lora {
+            Some(config) => crate::lora::with_adapters(&frozen, config)?,
+            None => Trainable::new(&frozen)?,
+        };
         Ok(Self {
             trainable,
             frozen,
@@ -153,8 +170,7 @@ impl TrainModel {
     pub fn save(&self, dir: &Path, dtype: DType) -> Result<(), TrainError> {
         save_hf_dir(
             dir,
-            &self.trainable.model.config,
-            &self.trainable.vars,
+            &self.trainable.model,
             self.tokenizer(),
             &self.origin,
             dtype,
@@ -199,37 +215,72 @@ pub fn unpermute_rows(weight: &Tensor, heads: usize) -> candle_core::Result<Tens
         .reshape((rows, columns))
 }
 
+/// Every weight of `model` under our variable names (adapters merged), and whether the output
+/// projection is the embedding (tied).
+pub fn named_weights(model: &Llama) -> candle_core::Result<(Vec<(String, Tensor)>, bool)> {
+    let dense = |w: &Weight| -> candle_core::Result<Tensor> {
+        match crate::lora::merged(w)? {
+            Weight::Dense(t) => Ok(t),
+            Weight::Quantized(q) => q.dequantize_f16()?.to_dtype(DType::F32),
+            Weight::Lora { .. } => candle_core::bail!("an adapter left unmerged"),
+        }
+    };
+    let mut out = vec![("embedding".to_string(), model.embedding.table.clone())];
+    for (i, block) in model.blocks.iter().enumerate() {
+        let name = |part: &str| format!("blocks.{i}.{part}");
+        out.push((name("attention_norm"), block.attention_norm.clone()));
+        out.push((name("wq"), dense(&block.wq)?));
+        out.push((name("wk"), dense(&block.wk)?));
+        out.push((name("wv"), dense(&block.wv)?));
+        out.push((name("wo"), dense(&block.wo)?));
+        out.push((name("mlp_norm"), block.mlp_norm.clone()));
+        out.push((name("w_gate"), dense(&block.w_gate)?));
+        out.push((name("w_up"), dense(&block.w_up)?));
+        out.push((name("w_down"), dense(&block.w_down)?));
+    }
+    out.push(("norm".to_string(), model.norm.clone()));
+    let tied =
+        matches!(&model.lm_head, Weight::Dense(head) if head.id() == model.embedding.table.id());
+    if !tied {
+        out.push(("lm_head".to_string(), dense(&model.lm_head)?));
+    }
+    Ok((out, tied))
+}
+
+/// The Hugging Face row order of a weight of ours: Q and K rows put back where llama.cpp's
+/// conversion permuted them.
+pub fn hf_layout(config: &LlamaConfig, name: &str, tensor: Tensor) -> candle_core::Result<Tensor> {
+    if config.rope_layout != RopeLayout::Interleaved {
+        return Ok(tensor);
+    }
+    match name.rsplit('.').next() {
+        Some("wq") => unpermute_rows(&tensor, config.num_heads),
+        Some("wk") => unpermute_rows(&tensor, config.num_kv_heads),
+        _ => Ok(tensor),
+    }
+}
+
 fn save_hf_dir(
     dir: &Path,
-    config: &LlamaConfig,
-    vars: &[(String, Var)],
+    model: &Llama,
     tokenizer: &GuardTokenizer,
     origin: &Origin,
     dtype: DType,
 ) -> Result<(), TrainError> {
     std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
+    let config = &model.config;
+    let (weights, tied) = named_weights(model).map_err(TrainError::tensor("merging adapters"))?;
     let mut tensors: HashMap<String, Tensor> = HashMap::new();
-    for (name, var) in vars {
-        let hf = hf_name(name).ok_or_else(|| {
-            TrainError::Invalid(format!("variable `{name}` has no Hugging Face name"))
+    for (name, tensor) in weights {
+        let hf = hf_name(&name).ok_or_else(|| {
+            TrainError::Invalid(format!("weight `{name}` has no Hugging Face name"))
         })?;
-        let mut tensor = var.as_tensor().clone();
-        if config.rope_layout == RopeLayout::Interleaved {
-            if name.ends_with(".wq") {
-                tensor = unpermute_rows(&tensor, config.num_heads)
-                    .map_err(TrainError::tensor("un-permuting q_proj"))?;
-            } else if name.ends_with(".wk") {
-                tensor = unpermute_rows(&tensor, config.num_kv_heads)
-                    .map_err(TrainError::tensor("un-permuting k_proj"))?;
-            }
-        }
-        let tensor = tensor
-            .to_dtype(dtype)
+        let tensor = hf_layout(config, &name, tensor)
+            .and_then(|t| t.to_dtype(dtype))
             .and_then(|t| t.to_device(&Device::Cpu))
             .map_err(TrainError::tensor(format!("preparing {hf}")))?;
         tensors.insert(hf, tensor);
     }
-    let tied = !vars.iter().any(|(name, _)| name == "lm_head");
     let weights = dir.join("model.safetensors");
     let partial = dir.join("model.safetensors.partial");
     candle_core::safetensors::save(&tensors, &partial)

@@ -185,3 +185,120 @@ fn dpo_raises_the_reward_margin_and_accuracy_on_a_small_pair_set() {
     assert_eq!(held_out[3], 1.0, "every pair ranked right");
     assert!(last.loss < first.loss);
 }
+
+#[test]
+fn lora_gradients_match_finite_differences_and_training_moves_only_the_adapters() {
+    use guardreasoner_train::lora::{self, LoraConfig};
+
+    let base = common::tiny_model(0);
+    let model = lora::with_adapters(
+        &base,
+        &LoraConfig {
+            rank: 4,
+            alpha: 8.0,
+            ..LoraConfig::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        model.vars.len(),
+        2 * 7 * 2,
+        "A and B for 7 targets in 2 blocks"
+    );
+    let a = common::ramp(7, 3, 12);
+    let b = common::ramp(11, 5, 9);
+    let batch = Batch::new(&[(&a, 5), (&b, 4)], 0, &Device::Cpu).unwrap();
+    // B starts at zero: the adapted model is the base model.
+    let before = mean_nll(&Trainable::new(&base).unwrap(), &batch)
+        .to_scalar::<f32>()
+        .unwrap();
+    assert_eq!(mean_nll(&model, &batch).to_scalar::<f32>().unwrap(), before);
+    // Move B off zero so that A has a gradient too, then check both against finite differences.
+    for (name, var) in &model.vars {
+        if name.ends_with("lora_b") {
+            let shape = var.as_tensor().shape().clone();
+            let n = shape.elem_count();
+            let values: Vec<f32> = (0..n).map(|i| 0.05 * ((i as f32) * 0.7).sin()).collect();
+            var.set(&Tensor::from_vec(values, shape, &Device::Cpu).unwrap())
+                .unwrap();
+        }
+    }
+    let grads = mean_nll(&model, &batch).backward().unwrap();
+    for (name, var) in model
+        .vars
+        .iter()
+        .filter(|(n, _)| n.starts_with("blocks.1."))
+    {
+        let grad: Vec<f32> = grads
+            .get(var.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let (index, &analytic) = grad
+            .iter()
+            .enumerate()
+            .max_by(|x, y| x.1.abs().total_cmp(&y.1.abs()))
+            .unwrap();
+        let original = var
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let at = |delta: f32| {
+            let mut values = original.clone();
+            values[index] += delta;
+            var.set(&Tensor::from_vec(values, var.as_tensor().shape(), &Device::Cpu).unwrap())
+                .unwrap();
+            mean_nll(&model, &batch).to_scalar::<f32>().unwrap() as f64
+        };
+        let h = 1e-2f32;
+        let numeric = (at(h) - at(-h)) / (2.0 * h as f64);
+        at(0.0);
+        assert!(
+            (numeric - analytic as f64).abs() < 2e-2 * (analytic.abs() as f64).max(1e-2),
+            "{name}[{index}]: analytic {analytic:e}, finite difference {numeric:e}"
+        );
+    }
+    // Merged weights equal base + scale B A.
+    let (merged, _) = guardreasoner_train::model::named_weights(&model.model).unwrap();
+    let wq = &merged.iter().find(|(n, _)| n == "blocks.0.wq").unwrap().1;
+    let adapter_out = model.model.blocks[0]
+        .wq
+        .forward(
+            &batch
+                .inputs
+                .to_dtype(candle_core::DType::F32)
+                .unwrap()
+                .unsqueeze(2)
+                .unwrap()
+                .broadcast_as((2, 11, 32))
+                .unwrap()
+                .contiguous()
+                .unwrap(),
+        )
+        .unwrap();
+    let merged_out = (batch
+        .inputs
+        .to_dtype(candle_core::DType::F32)
+        .unwrap()
+        .unsqueeze(2)
+        .unwrap()
+        .broadcast_as((2, 11, 32))
+        .unwrap()
+        .contiguous()
+        .unwrap()
+        .broadcast_matmul(&wq.t().unwrap()))
+    .unwrap();
+    let difference: f32 = (adapter_out - merged_out)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar()
+        .unwrap();
+    assert!(difference < 1e-3, "{difference}");
+}

@@ -13,6 +13,7 @@ use guardreasoner_train::checkpoint::{self, TrainerState};
 use guardreasoner_train::curve::LossCurve;
 use guardreasoner_train::dpo;
 use guardreasoner_train::examples::{self, Overlong};
+use guardreasoner_train::lora::{self, LoraConfig};
 use guardreasoner_train::loss::{DpoSettings, WeightOn};
 use guardreasoner_train::model::TrainModel;
 use guardreasoner_train::optim::{AdamW, AdamWConfig};
@@ -112,6 +113,20 @@ pub struct RunArgs {
     resume: Option<PathBuf>,
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Train LoRA adapters of this rank instead of every weight (the output is then the merged
+    /// model, with the adapter alone in out/adapter in PEFT's layout).
+    #[arg(long)]
+    lora_rank: Option<usize>,
+    /// LoRA alpha (the update is scaled by alpha / rank).
+    #[arg(long, default_value_t = 16.0)]
+    lora_alpha: f64,
+    /// Projections LoRA adapts, comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+    )]
+    lora_targets: Vec<String>,
     /// CPU threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -199,16 +214,28 @@ impl RunArgs {
         }
     }
 
+    fn lora(&self) -> Option<LoraConfig> {
+        self.lora_rank.map(|rank| LoraConfig {
+            rank,
+            alpha: self.lora_alpha,
+            targets: self.lora_targets.clone(),
+            seed: self.seed,
+        })
+    }
+
     fn load(&self) -> Result<TrainModel> {
         if !(0.0..1.0).contains(&self.held_out) {
             bail!("--held-out must be in [0, 1): {}", self.held_out);
+        }
+        if self.lora_rank.is_some() && (self.resume.is_some() || self.save_every > 0) {
+            bail!("checkpoints (--save-every, --resume) are not supported with --lora-rank yet");
         }
         let start = self
             .resume
             .as_ref()
             .map_or(self.model.clone(), |dir| dir.display().to_string());
         eprintln!("loading {start} for training");
-        TrainModel::load(&start, self.max_length, self.device)
+        TrainModel::load(&start, self.max_length, self.device, self.lora().as_ref())
             .with_context(|| format!("cannot load --model {start}"))
     }
 
@@ -293,6 +320,14 @@ impl RunArgs {
     /// Saves the model and writes `train_report.json` with `extra` fields.
     fn finish(&self, model: &TrainModel, steps: &[Step], seconds: f64, extra: Value) -> Result<()> {
         model.save(&self.out, DType::F32)?;
+        if let Some(lora) = self.lora() {
+            lora::save_adapter(
+                &self.out.join("adapter"),
+                &model.trainable,
+                &lora,
+                &self.model,
+            )?;
+        }
         let tokens: usize = steps.iter().map(|s| s.tokens).sum();
         let last = steps.last();
         let mut report = json!({
@@ -305,6 +340,7 @@ impl RunArgs {
             "tokens": tokens,
             "seconds": seconds,
             "tokens_per_second": tokens as f64 / seconds.max(1e-9),
+            "lora": self.lora().map(|l| json!({"rank": l.rank, "alpha": l.alpha, "targets": l.targets})),
         });
         if let (Value::Object(report), Value::Object(extra)) = (&mut report, extra) {
             report.extend(extra);
@@ -414,7 +450,7 @@ fn run_dpo(args: DpoArgs) -> Result<()> {
     );
     // The reference is the model the run started from: on resume, --model, not the checkpoint.
     let reference_model = match &run.resume {
-        Some(_) => TrainModel::load(&run.model, run.max_length, run.device)?.frozen,
+        Some(_) => TrainModel::load(&run.model, run.max_length, run.device, None)?.frozen,
         None => model.frozen.clone(),
     };
     let reference = dpo::reference_logprobs(&reference_model, &train, run.batch_size, &device)?;

@@ -104,13 +104,26 @@ impl LlamaConfig {
     }
 }
 
-/// A weight matrix `[out, in]`: dense (differentiable) or quantized (inference only).
+/// A weight matrix `[out, in]`: dense (differentiable), quantized (inference only), or a frozen
+/// matrix with a low-rank adapter (LoRA).
 #[derive(Debug, Clone)]
 pub enum Weight {
     /// A dense matrix.
     Dense(Tensor),
     /// A quantized matrix, multiplied without dequantizing.
     Quantized(Arc<QMatMul>),
+    /// `W + scale * B A`, with `A` `[rank, in]` and `B` `[out, rank]` (PEFT's LoRA), applied
+    /// without forming the sum: `x W^T + scale * (x A^T) B^T`.
+    Lora {
+        /// The frozen weight.
+        base: Box<Weight>,
+        /// The down projection, `[rank, in]`.
+        a: Tensor,
+        /// The up projection, `[out, rank]`.
+        b: Tensor,
+        /// `alpha / rank`.
+        scale: f64,
+    },
 }
 
 impl Weight {
@@ -119,6 +132,10 @@ impl Weight {
         match self {
             Weight::Dense(w) => x.broadcast_matmul(&w.t()?),
             Weight::Quantized(q) => q.forward(x),
+            Weight::Lora { base, a, b, scale } => {
+                let low = x.broadcast_matmul(&a.t()?)?.broadcast_matmul(&b.t()?)?;
+                base.forward(x)? + (low * *scale)?
+            }
         }
     }
 }
@@ -374,6 +391,7 @@ impl Vars {
         let dense = match weight {
             Weight::Dense(t) => t.clone(),
             Weight::Quantized(q) => q.dequantize_f16()?.to_dtype(DType::F32)?,
+            Weight::Lora { .. } => candle_core::bail!("{name}: merge the adapter before training"),
         };
         Ok(Weight::Dense(self.tensor(name, &dense)?))
     }
