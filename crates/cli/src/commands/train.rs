@@ -31,6 +31,29 @@ pub enum Command {
     Sft(SftArgs),
     /// Hard-sample DPO on mined pairs, against the frozen starting model, weighted per pair.
     Dpo(DpoArgs),
+    /// Training records from a guard's saved outputs on labelled benchmarks (GuardReasoner's
+    /// released outputs are real reasoning traces), kept where the answers are right.
+    Traces(TracesArgs),
+}
+
+#[derive(clap::Args)]
+pub struct TracesArgs {
+    /// Saved outputs: a directory of `<Benchmark>/generated_predictions.jsonl` (GuardReasoner's
+    /// release) or of our `generate` output.
+    #[arg(long)]
+    outputs: PathBuf,
+    /// Benchmarks to take, comma-separated (default: every one with outputs).
+    #[arg(long, value_delimiter = ',')]
+    benchmarks: Vec<String>,
+    /// The benchmarks directory (holding `benchmark/`); default as for `score`.
+    #[arg(long)]
+    benchmarks_dir: Option<PathBuf>,
+    /// Keep outputs whose answers disagree with the ground truth too.
+    #[arg(long)]
+    keep_wrong: bool,
+    /// The records file to write (JSON list).
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -168,6 +191,7 @@ impl Command {
         match self {
             Command::Sft(args) => args.run.threads,
             Command::Dpo(args) => args.run.threads,
+            Command::Traces(_) => None,
         }
     }
 }
@@ -176,6 +200,7 @@ pub fn run(command: Command) -> Result<()> {
     match command {
         Command::Sft(args) => run_sft(args),
         Command::Dpo(args) => run_dpo(args),
+        Command::Traces(args) => run_traces(args),
     }
 }
 
@@ -491,4 +516,45 @@ fn run_dpo(args: DpoArgs) -> Result<()> {
         "held_out_columns": ["loss", "rewards/chosen", "rewards/rejected", "rewards/accuracy"],
     });
     run.finish(&model, &steps, started.elapsed().as_secs_f64(), extra)
+}
+
+fn run_traces(args: TracesArgs) -> Result<()> {
+    use guardreasoner_eval::{dataset, predictions, registry};
+    let root = dataset::resolve_root(&super::paths::benchmarks_dir(
+        args.benchmarks_dir.clone(),
+        Some(&args.outputs),
+    )?)?;
+    let mut records = Vec::new();
+    let mut report = serde_json::Map::new();
+    for found in predictions::discover(&args.outputs)? {
+        let name = found.benchmark.name;
+        if !args.benchmarks.is_empty()
+            && !args
+                .benchmarks
+                .iter()
+                .any(|b| registry::find(b).is_some_and(|b| b.name == name))
+        {
+            continue;
+        }
+        let data = dataset::load(&root, found.benchmark)?;
+        let outputs = predictions::align(&found, &data)?;
+        let traces = guardreasoner_train::data::traces::from_outputs(&data, &outputs, args.keep_wrong);
+        eprintln!(
+            "{name}: {} records, {} outputs left out as wrong",
+            traces.records.len(),
+            traces.wrong
+        );
+        report.insert(
+            name.to_string(),
+            json!({"records": traces.records.len(), "wrong": traces.wrong}),
+        );
+        records.extend(traces.records);
+    }
+    if records.is_empty() {
+        bail!("no records: no outputs of the named benchmarks under {}", args.outputs.display());
+    }
+    guardreasoner_train::data::write_records(&args.out, &records)?;
+    println!("{}", serde_json::to_string_pretty(&Value::Object(report))?);
+    eprintln!("{} records written to {}", records.len(), args.out.display());
+    Ok(())
 }

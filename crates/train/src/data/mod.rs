@@ -5,6 +5,7 @@ pub mod pairs;
 pub mod record;
 pub mod sources;
 pub mod table;
+pub mod traces;
 
 pub use pairs::{read_pairs, write_pairs, PreferencePair};
 pub use record::{read_records, write_records, TrainRecord};
