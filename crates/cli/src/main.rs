@@ -35,6 +35,9 @@ enum Command {
     /// Train a guard: reasoning SFT (`train sft`), hard-sample DPO (`train dpo`).
     #[command(subcommand)]
     Train(commands::train::Command),
+    /// Export a trained model to GGUF (`export gguf`).
+    #[command(subcommand)]
+    Export(commands::export::Command),
     /// Download and verify the benchmark data.
     #[command(subcommand)]
     Data(commands::data::Command),
@@ -75,6 +78,7 @@ fn main() -> ExitCode {
         Command::Data(command) => commands::data::run(command),
         Command::Train(command) => commands::train::run(command),
         Command::Mine(args) => commands::mine::run(args),
+        Command::Export(command) => commands::export::run(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -18,6 +18,7 @@ pub mod dpo;
 pub mod error;
 pub mod examples;
 pub mod fused;
+pub mod gguf;
 pub mod lora;
 pub mod loss;
 pub mod mine;

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod check;
 pub mod data;
+pub mod export;
 pub mod generate;
 pub mod mine;
 pub mod model_args;

@@ -538,7 +538,8 @@ fn run_traces(args: TracesArgs) -> Result<()> {
         }
         let data = dataset::load(&root, found.benchmark)?;
         let outputs = predictions::align(&found, &data)?;
-        let traces = guardreasoner_train::data::traces::from_outputs(&data, &outputs, args.keep_wrong);
+        let traces =
+            guardreasoner_train::data::traces::from_outputs(&data, &outputs, args.keep_wrong);
         eprintln!(
             "{name}: {} records, {} outputs left out as wrong",
             traces.records.len(),
@@ -551,10 +552,17 @@ fn run_traces(args: TracesArgs) -> Result<()> {
         records.extend(traces.records);
     }
     if records.is_empty() {
-        bail!("no records: no outputs of the named benchmarks under {}", args.outputs.display());
+        bail!(
+            "no records: no outputs of the named benchmarks under {}",
+            args.outputs.display()
+        );
     }
     guardreasoner_train::data::write_records(&args.out, &records)?;
     println!("{}", serde_json::to_string_pretty(&Value::Object(report))?);
-    eprintln!("{} records written to {}", records.len(), args.out.display());
+    eprintln!(
+        "{} records written to {}",
+        records.len(),
+        args.out.display()
+    );
     Ok(())
 }

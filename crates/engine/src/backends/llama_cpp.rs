@@ -153,6 +153,55 @@ pub fn system_info() -> Result<String, EngineError> {
         .to_string())
 }
 
+/// A GGUF quantization llama.cpp's quantizer makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quantization {
+    /// 8-bit, blocks of 32 (`Q8_0`): near-lossless.
+    Q8_0,
+    /// llama.cpp's 4-bit k-quant mix (`Q4_K_M`: Q4_K, with Q6_K for the output, token embedding
+    /// and half of `attn_v`/`ffn_down`), as `llama-quantize` makes it.
+    Q4KM,
+}
+
+/// Quantizes the GGUF file `input` (f32/f16/bf16 weights) into `output` with llama.cpp's own
+/// quantizer (`llama_model_quantize`, what `llama-quantize` runs), so that the mix of tensor types
+/// is llama.cpp's exactly. `output` is written beside itself first and renamed when complete.
+pub fn quantize(
+    input: &Path,
+    output: &Path,
+    quantization: Quantization,
+    threads: usize,
+) -> Result<(), EngineError> {
+    backend()?;
+    let c_path = |path: &Path| {
+        std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+            .map_err(|_| backend_error(format!("{}: a path with a NUL byte", path.display())))
+    };
+    let partial = output.with_extension("gguf.partial");
+    let (c_input, c_partial) = (c_path(input)?, c_path(&partial)?);
+    // SAFETY: default parameters from llama.cpp itself; the two paths outlive the call.
+    let status = unsafe {
+        let mut params = llama_cpp_sys_2::llama_model_quantize_default_params();
+        params.nthread = threads as i32;
+        params.ftype = match quantization {
+            Quantization::Q8_0 => llama_cpp_sys_2::LLAMA_FTYPE_MOSTLY_Q8_0,
+            Quantization::Q4KM => llama_cpp_sys_2::LLAMA_FTYPE_MOSTLY_Q4_K_M,
+        };
+        llama_cpp_sys_2::llama_model_quantize(c_input.as_ptr(), c_partial.as_ptr(), &params)
+    };
+    if status != 0 {
+        let _ = std::fs::remove_file(&partial);
+        return Err(backend_error(format!(
+            "llama.cpp could not quantize {} (status {status})",
+            input.display()
+        )));
+    }
+    std::fs::rename(&partial, output).map_err(|source| EngineError::Io {
+        context: format!("renaming {} into place", partial.display()),
+        source,
+    })
+}
+
 /// The model parameters that put the layers where `options` asks, and the device's name.
 fn placement(options: &LlamaCppOptions) -> Result<(LlamaModelParams, String), EngineError> {
     let cpu = || {

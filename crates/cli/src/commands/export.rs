@@ -1,0 +1,105 @@
+//! `guardreasoner export`: a trained model to GGUF for the fast backend, and training data to
+//! LLaMA-Factory for multi-GPU runs.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::{Subcommand, ValueEnum};
+use guardreasoner_engine::backends::candle::{CandleEngine, CandleOptions};
+use guardreasoner_engine::DeviceSpec;
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// A model directory written by `train` as a GGUF file (f16, or quantized by llama.cpp's own
+    /// quantizer), for the llama.cpp backend.
+    Gguf(GgufArgs),
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum GgufType {
+    F16,
+    #[value(name = "q8_0")]
+    Q8_0,
+    #[value(name = "q4_k_m")]
+    Q4KM,
+}
+
+#[derive(clap::Args)]
+pub struct GgufArgs {
+    /// The model directory (Hugging Face layout) written by `train sft` or `train dpo`.
+    #[arg(long)]
+    model: PathBuf,
+    /// The GGUF file to write.
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long = "type", value_enum, default_value_t = GgufType::Q8_0)]
+    kind: GgufType,
+    /// The GGUF file whose metadata (tokenizer, chat template) to use; default: the file the
+    /// training started from, as the model directory records it.
+    #[arg(long)]
+    like: Option<PathBuf>,
+}
+
+pub fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Gguf(args) => gguf(args),
+    }
+}
+
+fn gguf(args: GgufArgs) -> Result<()> {
+    let like = match args
+        .like
+        .clone()
+        .or_else(|| guardreasoner_train::gguf::origin_of(&args.model))
+    {
+        Some(like) => like,
+        None => bail!(
+            "{}: no GGUF origin recorded ({}) and no --like: this model did not start from a \
+             GGUF file, and mapping a Hugging Face tokenizer to GGUF is the converter's job \
+             (llama.cpp's convert_hf_to_gguf.py for now)",
+            args.model.display(),
+            guardreasoner_train::gguf::ORIGIN_FILE
+        ),
+    };
+    let engine = CandleEngine::load_dir(
+        &args.model,
+        CandleOptions {
+            context_per_sequence: 64,
+            device: DeviceSpec::Cpu,
+            ..CandleOptions::default()
+        },
+    )
+    .with_context(|| format!("loading {}", args.model.display()))?;
+    let started = std::time::Instant::now();
+    let f16 = match args.kind {
+        GgufType::F16 => args.out.clone(),
+        _ => args.out.with_extension("f16.gguf"),
+    };
+    guardreasoner_train::gguf::write_f16(engine.model(), &like, &f16)?;
+    drop(engine);
+    #[cfg(feature = "llama-cpp")]
+    {
+        use guardreasoner_engine::backends::llama_cpp::{quantize, Quantization};
+        let quantization = match args.kind {
+            GgufType::F16 => None,
+            GgufType::Q8_0 => Some(Quantization::Q8_0),
+            GgufType::Q4KM => Some(Quantization::Q4KM),
+        };
+        if let Some(quantization) = quantization {
+            let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let result = quantize(&f16, &args.out, quantization, threads);
+            std::fs::remove_file(&f16).ok();
+            result?;
+        }
+    }
+    #[cfg(not(feature = "llama-cpp"))]
+    if !matches!(args.kind, GgufType::F16) {
+        bail!("this build has no llama.cpp: only --type f16");
+    }
+    eprintln!(
+        "{} written in {:.1}s",
+        args.out.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
