@@ -30,6 +30,9 @@ enum Command {
     Parse(commands::parse::Args),
     /// Print the exact prompt a guard model reads for a conversation.
     Prompt(commands::prompt::Args),
+    /// Synthesize reasoning traces for labelled samples with a teacher LLM, checked against the
+    /// ground truth.
+    Synth(commands::synth::Args),
     /// Mine hard samples for HS-DPO: sample k outputs per record, pair the disagreements.
     Mine(commands::mine::Args),
     /// Train a guard: reasoning SFT (`train sft`), hard-sample DPO (`train dpo`).
@@ -78,6 +81,7 @@ fn main() -> ExitCode {
         Command::Data(command) => commands::data::run(command),
         Command::Train(command) => commands::train::run(command),
         Command::Mine(args) => commands::mine::run(args),
+        Command::Synth(args) => commands::synth::run(args),
         Command::Export(command) => commands::export::run(command),
     };
     match result {

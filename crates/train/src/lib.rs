@@ -26,5 +26,6 @@ pub mod model;
 pub mod optim;
 pub mod sft;
 pub mod steps;
+pub mod synth;
 
 pub use error::TrainError;

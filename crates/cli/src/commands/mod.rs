@@ -12,4 +12,5 @@ mod paths;
 mod progress;
 pub mod prompt;
 pub mod score;
+pub mod synth;
 pub mod train;
