@@ -43,7 +43,7 @@ def torch_worker(args):
 
     dtype = {"f32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     device = torch.device(args.device)
-    config = LlamaConfig(**SHAPES[args.shape], attn_implementation="eager")
+    config = LlamaConfig(**SHAPES[args.shape], attn_implementation=args.attn)
     torch.manual_seed(0)
     model = LlamaForCausalLM(config).to(device=device, dtype=dtype).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5, weight_decay=0.0)
@@ -77,7 +77,7 @@ def torch_worker(args):
             "forward_s": round(forward, 4), "backward_s": round(backward, 4),
             "optimizer_s": round(total - forward - backward, 4), "step_s": round(total, 4),
             "tokens_per_s": round(args.batch * n / total, 2), "peak_rss_mib": round(peak),
-            "gpu_peak_mib": gpu_peak, "torch": torch.__version__,
+            "gpu_peak_mib": gpu_peak, "torch": torch.__version__, "attn": args.attn,
         }), flush=True)
 
 
@@ -98,6 +98,8 @@ def main():
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="f32", choices=["f32", "bf16"], help="PyTorch's dtype (ours is f32)")
     parser.add_argument("--ours", help="the sft_step_bench binary (default: build it)")
+    parser.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"],
+                        help="transformers' attention implementation (sdpa is its default)")
     parser.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.torch_worker:
@@ -117,7 +119,7 @@ def main():
                 lines = run([ours, *common, "--device", args.device])
             else:
                 lines = run([sys.executable, __file__, "--torch-worker", *common, "--device", args.device,
-                             "--dtype", args.dtype])
+                             "--dtype", args.dtype, "--attn", args.attn])
             rows[name].extend(lines[1:])  # the first step of a process warms up
             last = lines[-1]
             print(f"round {round_ + 1} {name}: {last['tokens_per_s']} tokens/s, peak {last['peak_rss_mib']} MiB",
@@ -134,7 +136,8 @@ def main():
                ("tokens_per_s", "forward_s", "backward_s", "optimizer_s")}
         med["peak_rss_mib"] = max(l["peak_rss_mib"] for l in lines)
         summary[name] = med
-        label = name if name == "guardreasoner" else f"PyTorch {lines[0].get('torch', '')} eager ({args.dtype})"
+        label = (name if name == "guardreasoner"
+                 else f"PyTorch {lines[0].get('torch', '')} eager, {args.attn} attention ({args.dtype})")
         print(f"| {label} | {med['tokens_per_s']:.1f} | {med['forward_s']:.3f} | {med['backward_s']:.3f} | "
               f"{med['optimizer_s']:.3f} | {med['peak_rss_mib']:.0f} |")
     ratio = summary["guardreasoner"]["tokens_per_s"] / summary["pytorch"]["tokens_per_s"]
