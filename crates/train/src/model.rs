@@ -329,11 +329,11 @@ fn save_hf_dir(
     // The GGUF the training began from, so that `export gguf` can reuse its tokenizer metadata.
     let gguf_origin = match origin {
         Origin::Gguf(path) => Some(path.canonicalize().unwrap_or_else(|_| path.clone())),
-        Origin::Dir(source) => crate::gguf::origin_of(source),
+        Origin::Dir(source) => crate::export::gguf::origin_of(source),
     };
     if let Some(path) = gguf_origin {
         write_json(
-            &dir.join(crate::gguf::ORIGIN_FILE),
+            &dir.join(crate::export::gguf::ORIGIN_FILE),
             &json!({ "gguf": path }),
         )?;
     }

@@ -13,6 +13,28 @@ pub enum Command {
     /// A model directory written by `train` as a GGUF file (f16, or quantized by llama.cpp's own
     /// quantizer), for the llama.cpp backend.
     Gguf(GgufArgs),
+    /// Training records and/or HS-DPO pairs as LLaMA-Factory datasets, with the paper's configs
+    /// (DeepSpeed ZeRO-3) and the patch that keeps the pairs' weights, for multi-GPU runs.
+    Llamafactory(LlamaFactoryArgs),
+}
+
+#[derive(clap::Args)]
+pub struct LlamaFactoryArgs {
+    /// R-SFT records (GuardReasonerTrain layout).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// HS-DPO pairs written by `guardreasoner mine`.
+    #[arg(long)]
+    pairs: Option<PathBuf>,
+    /// The export directory.
+    #[arg(long)]
+    out: PathBuf,
+    /// The model R-SFT starts from (`model_name_or_path`; the paper: base Llama 3.x).
+    #[arg(long, default_value = "meta-llama/Llama-3.2-1B")]
+    base_model: String,
+    /// GPUs per node the batch sizes are written for (the effective batches stay the paper's).
+    #[arg(long, default_value_t = 8)]
+    gpus: usize,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -43,6 +65,7 @@ pub struct GgufArgs {
 pub fn run(command: Command) -> Result<()> {
     match command {
         Command::Gguf(args) => gguf(args),
+        Command::Llamafactory(args) => llamafactory(args),
     }
 }
 
@@ -50,7 +73,7 @@ fn gguf(args: GgufArgs) -> Result<()> {
     let like = match args
         .like
         .clone()
-        .or_else(|| guardreasoner_train::gguf::origin_of(&args.model))
+        .or_else(|| guardreasoner_train::export::gguf::origin_of(&args.model))
     {
         Some(like) => like,
         None => bail!(
@@ -58,7 +81,7 @@ fn gguf(args: GgufArgs) -> Result<()> {
              GGUF file, and mapping a Hugging Face tokenizer to GGUF is the converter's job \
              (llama.cpp's convert_hf_to_gguf.py for now)",
             args.model.display(),
-            guardreasoner_train::gguf::ORIGIN_FILE
+            guardreasoner_train::export::gguf::ORIGIN_FILE
         ),
     };
     let engine = CandleEngine::load_dir(
@@ -75,7 +98,7 @@ fn gguf(args: GgufArgs) -> Result<()> {
         GgufType::F16 => args.out.clone(),
         _ => args.out.with_extension("f16.gguf"),
     };
-    guardreasoner_train::gguf::write_f16(engine.model(), &like, &f16)?;
+    guardreasoner_train::export::gguf::write_f16(engine.model(), &like, &f16)?;
     drop(engine);
     #[cfg(feature = "llama-cpp")]
     {
@@ -100,6 +123,37 @@ fn gguf(args: GgufArgs) -> Result<()> {
         "{} written in {:.1}s",
         args.out.display(),
         started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn llamafactory(args: LlamaFactoryArgs) -> Result<()> {
+    if args.data.is_none() && args.pairs.is_none() {
+        bail!("give --data (R-SFT records), --pairs (HS-DPO pairs) or both");
+    }
+    let records = args
+        .data
+        .as_deref()
+        .map(guardreasoner_train::data::read_records)
+        .transpose()?;
+    let pairs = args
+        .pairs
+        .as_deref()
+        .map(guardreasoner_train::data::read_pairs)
+        .transpose()?;
+    let export = guardreasoner_train::export::llamafactory::Export {
+        records: records.as_deref(),
+        pairs: pairs.as_deref(),
+        base_model: args.base_model.clone(),
+        gpus: args.gpus,
+    };
+    let written = guardreasoner_train::export::llamafactory::write(&args.out, &export)?;
+    eprintln!(
+        "{}: {} (records {}, pairs {})",
+        args.out.display(),
+        written.join(", "),
+        records.map_or(0, |r| r.len()),
+        pairs.map_or(0, |p| p.len())
     );
     Ok(())
 }
