@@ -130,7 +130,7 @@ impl AdamW {
             }
             match &mut slot.moments {
                 Moments::Cpu(moments) => {
-                    let mut moments = moments.lock().expect("not poisoned");
+                    let moments = moments.get_mut().expect("not poisoned");
                     moments.0 = m.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
                     moments.1 = v.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
                 }

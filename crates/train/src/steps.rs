@@ -75,7 +75,8 @@ impl Schedule {
                 "batch size, accumulation and epochs must be at least 1".into(),
             ));
         }
-        if !(self.adamw.lr >= 0.0) || !(0.0..=1.0).contains(&self.warmup_ratio) {
+        let lr_ok = self.adamw.lr.is_finite() && self.adamw.lr >= 0.0;
+        if !lr_ok || !(0.0..=1.0).contains(&self.warmup_ratio) {
             return Err(TrainError::Invalid(format!(
                 "learning rate {} and warmup ratio {} must be >= 0 and in [0, 1]",
                 self.adamw.lr, self.warmup_ratio
@@ -207,7 +208,9 @@ pub fn run(
             let last = step == total;
             let measured = match held_out.as_mut() {
                 Some(measure)
-                    if last || (schedule.eval_every > 0 && step % schedule.eval_every == 0) =>
+                    if last
+                        || (schedule.eval_every > 0
+                            && step.is_multiple_of(schedule.eval_every)) =>
                 {
                     Some(measure()?)
                 }

@@ -140,7 +140,7 @@ fn dpo_raises_the_reward_margin_and_accuracy_on_a_small_pair_set() {
             PairExample {
                 chosen: with(common::ramp(3 + i, i, 8)),
                 rejected: with(common::ramp(29 + i, 7 * i + 3, 8)),
-                weight: if i % 2 == 0 { 0.8 } else { 1.2 },
+                weight: if i.is_multiple_of(2) { 0.8 } else { 1.2 },
             }
         })
         .collect();

@@ -34,7 +34,7 @@ impl Generate for SeededAnswers {
             .map(|(index, prompt)| {
                 let seed = batch.params.seed + index as u64;
                 self.seen.push((prompt.clone(), seed));
-                let label = if seed % 2 == 0 { "harmful" } else { "unharmful" };
+                let label = if seed.is_multiple_of(2) { "harmful" } else { "unharmful" };
                 let text = format!(
                     "# Task 1\n{}\n---\n\nAnswers: \nRequest: {label}\nCompletion: None\nResponse: None\n",
                     "x".repeat(seed as usize % 5)

@@ -329,7 +329,8 @@ impl RunArgs {
             if step.step == total {
                 bar.finish_and_clear();
             }
-            if self.save_every > 0 && step.step % self.save_every == 0 && step.step < total {
+            if self.save_every > 0 && step.step.is_multiple_of(self.save_every) && step.step < total
+            {
                 let dir = self.out.join(format!("checkpoint-{}", step.step));
                 let state = TrainerState {
                     step: step.step,
