@@ -119,6 +119,9 @@ fn sft_resumes_exactly_exports_to_gguf_and_feeds_dpo_and_mining() {
     assert!(checkpoint.join("optimizer.safetensors").is_file());
     let curve = fs::read_to_string(straight.join("loss.csv")).unwrap();
     assert_eq!(curve.lines().count(), 3, "header and two steps: {curve}");
+    assert!(fs::read(straight.join("loss.png"))
+        .unwrap()
+        .starts_with(b"\x89PNG"));
 
     // The second step again, from the checkpoint: the same weights.
     let resumed = dir.path().join("resumed");

@@ -344,8 +344,20 @@ impl RunArgs {
     }
 
     /// Saves the model and writes `train_report.json` with `extra` fields.
-    fn finish(&self, model: &TrainModel, steps: &[Step], seconds: f64, extra: Value) -> Result<()> {
+    fn finish(
+        &self,
+        title: &str,
+        model: &TrainModel,
+        steps: &[Step],
+        seconds: f64,
+        extra: Value,
+    ) -> Result<()> {
         model.save(&self.out, DType::F32)?;
+        guardreasoner_train::curve::plot(
+            &self.out.join("loss.csv"),
+            &self.out.join("loss.png"),
+            title,
+        )?;
         if let Some(lora) = self.lora() {
             lora::save_adapter(
                 &self.out.join("adapter"),
@@ -434,7 +446,13 @@ fn run_sft(args: SftArgs) -> Result<()> {
         "skipped": encoded.skipped,
         "held_out": held_out.len(),
     });
-    run.finish(&model, &steps, started.elapsed().as_secs_f64(), extra)
+    run.finish(
+        "R-SFT",
+        &model,
+        &steps,
+        started.elapsed().as_secs_f64(),
+        extra,
+    )
 }
 
 fn run_dpo(args: DpoArgs) -> Result<()> {
@@ -516,7 +534,13 @@ fn run_dpo(args: DpoArgs) -> Result<()> {
         "weight_on": format!("{:?}", args.weight_on).to_lowercase(),
         "held_out_columns": ["loss", "rewards/chosen", "rewards/rejected", "rewards/accuracy"],
     });
-    run.finish(&model, &steps, started.elapsed().as_secs_f64(), extra)
+    run.finish(
+        "HS-DPO",
+        &model,
+        &steps,
+        started.elapsed().as_secs_f64(),
+        extra,
+    )
 }
 
 fn run_traces(args: TracesArgs) -> Result<()> {
