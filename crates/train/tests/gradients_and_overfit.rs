@@ -16,6 +16,49 @@ fn mean_nll(model: &Trainable, batch: &Batch) -> Tensor {
     (loss::nll_sum(&model.model, batch).unwrap() / tokens).unwrap()
 }
 
+/// The analytic gradient of `var` at its largest entry against a central finite difference of
+/// the mean NLL (h = 1e-2, within 2% of the larger of the gradient and 1e-2).
+fn assert_matches_finite_difference(
+    model: &Trainable,
+    batch: &Batch,
+    grads: &candle_core::backprop::GradStore,
+    name: &str,
+    var: &candle_core::Var,
+) {
+    let grad: Vec<f32> = grads
+        .get(var.as_tensor())
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let (index, &analytic) = grad
+        .iter()
+        .enumerate()
+        .max_by(|x, y| x.1.abs().total_cmp(&y.1.abs()))
+        .unwrap();
+    let original = var
+        .as_tensor()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let h = 1e-2f32;
+    let at = |delta: f32| {
+        let mut values = original.clone();
+        values[index] += delta;
+        var.set(&Tensor::from_vec(values, var.as_tensor().shape(), &Device::Cpu).unwrap())
+            .unwrap();
+        mean_nll(model, batch).to_scalar::<f32>().unwrap() as f64
+    };
+    let numeric = (at(h) - at(-h)) / (2.0 * h as f64);
+    at(0.0);
+    assert!(
+        (numeric - analytic as f64).abs() < 2e-2 * (analytic.abs() as f64).max(1e-2),
+        "{name}[{index}]: analytic {analytic:e}, finite difference {numeric:e}"
+    );
+}
+
 #[test]
 fn gradients_match_finite_differences_for_every_parameter_kind() {
     let model = Trainable::new(&common::tiny_model(0)).unwrap();
@@ -43,39 +86,7 @@ fn gradients_match_finite_differences_for_every_parameter_kind() {
             .iter()
             .find(|(name, _)| name == kind || name == &format!("blocks.1.{kind}"))
             .unwrap();
-        let grad: Vec<f32> = grads
-            .get(var.as_tensor())
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        let (index, &analytic) = grad
-            .iter()
-            .enumerate()
-            .max_by(|x, y| x.1.abs().total_cmp(&y.1.abs()))
-            .unwrap();
-        let original = var
-            .as_tensor()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        let h = 1e-2f32;
-        let at = |delta: f32| {
-            let mut values = original.clone();
-            values[index] += delta;
-            var.set(&Tensor::from_vec(values, var.as_tensor().shape(), &Device::Cpu).unwrap())
-                .unwrap();
-            mean_nll(&model, &batch).to_scalar::<f32>().unwrap() as f64
-        };
-        let numeric = (at(h) - at(-h)) / (2.0 * h as f64);
-        at(0.0);
-        let error = (numeric - analytic as f64).abs();
-        assert!(
-            error < 2e-2 * (analytic.abs() as f64).max(1e-2),
-            "{name}[{index}]: analytic {analytic:e}, finite difference {numeric:e}"
-        );
+        assert_matches_finite_difference(&model, &batch, &grads, name, var);
     }
 }
 
@@ -229,38 +240,7 @@ fn lora_gradients_match_finite_differences_and_training_moves_only_the_adapters(
         .iter()
         .filter(|(n, _)| n.starts_with("blocks.1."))
     {
-        let grad: Vec<f32> = grads
-            .get(var.as_tensor())
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        let (index, &analytic) = grad
-            .iter()
-            .enumerate()
-            .max_by(|x, y| x.1.abs().total_cmp(&y.1.abs()))
-            .unwrap();
-        let original = var
-            .as_tensor()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        let at = |delta: f32| {
-            let mut values = original.clone();
-            values[index] += delta;
-            var.set(&Tensor::from_vec(values, var.as_tensor().shape(), &Device::Cpu).unwrap())
-                .unwrap();
-            mean_nll(&model, &batch).to_scalar::<f32>().unwrap() as f64
-        };
-        let h = 1e-2f32;
-        let numeric = (at(h) - at(-h)) / (2.0 * h as f64);
-        at(0.0);
-        assert!(
-            (numeric - analytic as f64).abs() < 2e-2 * (analytic.abs() as f64).max(1e-2),
-            "{name}[{index}]: analytic {analytic:e}, finite difference {numeric:e}"
-        );
+        assert_matches_finite_difference(&model, &batch, &grads, name, var);
     }
     // Merged weights equal base + scale B A.
     let (merged, _) = guardreasoner_train::model::named_weights(&model.model).unwrap();
