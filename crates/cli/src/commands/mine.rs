@@ -4,8 +4,6 @@
 //! appended to `<out>.samples-<i>.jsonl` as they come and read back on a rerun.
 
 use std::collections::{BTreeMap, HashSet};
-use std::fs::OpenOptions;
-use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -16,7 +14,7 @@ use guardreasoner_train::mine::{self, MiningReport, SampleSettings, Sampled};
 use serde_json::json;
 
 use super::model_args::{load_engine, ModelArgs};
-use super::progress;
+use super::{progress, resume_log};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -118,19 +116,9 @@ pub fn run(args: Args) -> Result<()> {
             );
             let bar = progress::bar(records.len() as u64, "records");
             bar.set_position(done.len() as u64);
-            let mut file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&samples_path)
-                .with_context(|| format!("opening {}", samples_path.display()))?;
+            let mut log = resume_log::Appender::open(&samples_path)?;
             mine::sample(engine.as_mut(), &records, &settings, &done, |sampled| {
-                let line = serde_json::to_string(sampled).expect("serializable");
-                writeln!(file, "{line}")
-                    .and_then(|()| file.flush())
-                    .map_err(|e| guardreasoner_train::TrainError::Io {
-                        path: samples_path.clone(),
-                        source: e,
-                    })?;
+                log.push(sampled)?;
                 samples.push(sampled.clone());
                 bar.inc(1);
                 Ok(())
@@ -173,31 +161,17 @@ fn samples_path(out: &Path, index: usize) -> PathBuf {
     out.with_file_name(name)
 }
 
-/// The samples a previous run wrote; a torn last line (the run died mid-write) is dropped.
+/// The samples a previous run wrote.
 fn read_samples(path: &Path, records: usize) -> Result<Vec<Sampled>> {
-    let Ok(file) = std::fs::File::open(path) else {
-        return Ok(Vec::new());
-    };
-    let lines: Vec<String> = BufReader::new(file)
-        .lines()
-        .collect::<std::io::Result<_>>()
-        .with_context(|| format!("reading {}", path.display()))?;
-    let mut samples = Vec::new();
-    for (number, line) in lines.iter().enumerate() {
-        match serde_json::from_str::<Sampled>(line) {
-            Ok(sampled) if sampled.record < records => samples.push(sampled),
-            Ok(sampled) => bail!(
-                "{}:{}: record {} is beyond the {records} records of --data: a samples file of \
-                 another data file?",
-                path.display(),
-                number + 1,
-                sampled.record
-            ),
-            Err(_) if number + 1 == lines.len() => {
-                eprintln!("{}: dropping a torn last line", path.display())
-            }
-            Err(e) => bail!("{}:{}: {e}", path.display(), number + 1),
-        }
-    }
-    Ok(samples)
+    resume_log::read(
+        path,
+        records,
+        |s: &Sampled| s.record,
+        |record| {
+            format!(
+                "record {record} is beyond the {records} records of --data: a samples file of \
+             another data file?"
+            )
+        },
+    )
 }

@@ -11,6 +11,7 @@ pub mod parse;
 mod paths;
 mod progress;
 pub mod prompt;
+mod resume_log;
 pub mod score;
 pub mod synth;
 pub mod train;

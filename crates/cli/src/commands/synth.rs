@@ -4,17 +4,15 @@
 //! API error are asked again).
 
 use std::collections::{BTreeMap, HashSet};
-use std::fs::OpenOptions;
-use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use guardreasoner_train::data::{self, sources, Source, TrainRecord};
 use guardreasoner_train::synth::{self, Dropped, Outcome, Teacher};
 use serde_json::json;
 
-use super::progress;
+use super::{progress, resume_log};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -92,19 +90,9 @@ pub fn run(args: Args) -> Result<()> {
     );
     let bar = progress::bar(samples.len() as u64, "samples");
     bar.set_position(done.len() as u64);
-    let mut file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log)
-        .with_context(|| format!("opening {}", log.display()))?;
+    let mut appender = resume_log::Appender::open(&log)?;
     synth::synthesize(&samples, &teacher, &done, |outcome| {
-        let line = serde_json::to_string(&outcome).expect("serializable");
-        writeln!(file, "{line}")
-            .and_then(|()| file.flush())
-            .map_err(|e| guardreasoner_train::TrainError::Io {
-                path: log.clone(),
-                source: e,
-            })?;
+        appender.push(&outcome)?;
         bar.inc(1);
         outcomes.insert(outcome.index, outcome);
         Ok(())
@@ -146,32 +134,17 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-/// Outcomes a previous run appended; a torn last line is dropped.
+/// Outcomes a previous run appended, by sample.
 fn read_outcomes(path: &Path, samples: usize) -> Result<BTreeMap<usize, Outcome>> {
-    let Ok(file) = std::fs::File::open(path) else {
-        return Ok(BTreeMap::new());
-    };
-    let lines: Vec<String> = BufReader::new(file)
-        .lines()
-        .collect::<std::io::Result<_>>()
-        .with_context(|| format!("reading {}", path.display()))?;
-    let mut outcomes = BTreeMap::new();
-    for (number, line) in lines.iter().enumerate() {
-        match serde_json::from_str::<Outcome>(line) {
-            Ok(o) if o.index < samples => {
-                outcomes.insert(o.index, o);
-            }
-            Ok(o) => bail!(
-                "{}:{}: sample {} is beyond the {samples} samples of --in: a log of another file?",
-                path.display(),
-                number + 1,
-                o.index
-            ),
-            Err(_) if number + 1 == lines.len() => {
-                eprintln!("{}: dropping a torn last line", path.display())
-            }
-            Err(e) => bail!("{}:{}: {e}", path.display(), number + 1),
-        }
-    }
-    Ok(outcomes)
+    let outcomes = resume_log::read(
+        path,
+        samples,
+        |o: &Outcome| o.index,
+        |index| {
+            format!(
+                "sample {index} is beyond the {samples} samples of --in: a log of another file?"
+            )
+        },
+    )?;
+    Ok(outcomes.into_iter().map(|o| (o.index, o)).collect())
 }
