@@ -152,21 +152,12 @@ pub fn read_records(path: &Path) -> Result<Vec<TrainRecord>, TrainError> {
     let is_json = path.extension().is_some_and(|e| e == "json");
     if is_json {
         let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
-        let not_json = |e: serde_json::Error| {
-            TrainError::file(
-                path,
-                format!(
-                    "not valid JSON at line {} column {}: {e}",
-                    e.line(),
-                    e.column()
-                ),
-            )
-        };
-        let document: Value = serde_json::from_str(&text).map_err(not_json)?;
+        let not_json = table::not_json(path);
+        let document: Value = serde_json::from_str(&text).map_err(&not_json)?;
         if let Value::Object(splits) = &document {
             if !splits.is_empty() && splits.values().all(Value::is_array) {
                 // Read again keeping the file's split order (a JSON map here is sorted).
-                let Splits(splits) = serde_json::from_str(&text).map_err(not_json)?;
+                let Splits(splits) = serde_json::from_str(&text).map_err(&not_json)?;
                 let mut records = Vec::new();
                 for (split, list) in &splits {
                     records.extend(records_of(path, list, Some(split), records.len())?);

@@ -50,16 +50,7 @@ pub fn read_rows(path: &Path) -> Result<Vec<Row>, TrainError> {
 }
 
 fn read_json(path: &Path, reader: impl Read) -> Result<Vec<Row>, TrainError> {
-    let document: Value = serde_json::from_reader(reader).map_err(|e| {
-        TrainError::file(
-            path,
-            format!(
-                "not valid JSON at line {} column {}: {e}",
-                e.line(),
-                e.column()
-            ),
-        )
-    })?;
+    let document: Value = serde_json::from_reader(reader).map_err(not_json(path))?;
     let list = match document {
         Value::Array(list) => list,
         Value::Object(mut object) => ["instances", "data", "rows"]
@@ -159,6 +150,20 @@ fn read_parquet(path: &Path) -> Result<Vec<Row>, TrainError> {
             }
         })
         .collect()
+}
+
+/// The error for a file that does not parse as JSON, naming where.
+pub(crate) fn not_json(path: &Path) -> impl Fn(serde_json::Error) -> TrainError + '_ {
+    move |e| {
+        TrainError::file(
+            path,
+            format!(
+                "not valid JSON at line {} column {}: {e}",
+                e.line(),
+                e.column()
+            ),
+        )
+    }
 }
 
 /// What a JSON value is, for error messages.
