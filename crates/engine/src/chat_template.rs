@@ -31,6 +31,7 @@ impl Message {
 }
 
 /// A compiled chat template with its special tokens.
+#[derive(Clone)]
 pub struct ChatTemplate {
     environment: Environment<'static>,
     bos_token: String,

@@ -93,7 +93,10 @@ pub enum StopReason {
 /// Wall-clock time spent on one generation.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
 pub struct Timings {
-    /// From the start of the batch to this sequence's first generated token.
+    /// From submission until a slot took the sequence (waiting in the queue).
+    #[serde(with = "seconds")]
+    pub queue: Duration,
+    /// From taking a slot to this sequence's first generated token.
     #[serde(with = "seconds")]
     pub prefill: Duration,
     /// From the first generated token to the last.

@@ -5,6 +5,8 @@
 //! - [`backends`]: llama.cpp for GGUF files (feature `llama-cpp`), candle for GGUF files and
 //!   Hugging Face directories (feature `candle`; both on by default), and a client of any
 //!   OpenAI-compatible `/v1/completions` server.
+//! - [`schedule`]: one sequence in, its events out: validation, the bounded queue, and the
+//!   [`schedule::Scheduler`] a server drives (continuous batching on llama.cpp).
 //! - [`device`]: where a model runs (`auto`, `cpu`, `cuda:N`).
 //! - [`chat_template`]: a model's own Jinja chat template, rendered as transformers does.
 //! - [`sampling`]: greedy and nucleus sampling for backends that do not sample themselves.
@@ -19,6 +21,7 @@ pub mod generate;
 pub mod hub;
 pub mod model;
 pub mod sampling;
+pub mod schedule;
 
 pub use device::DeviceSpec;
 pub use error::EngineError;

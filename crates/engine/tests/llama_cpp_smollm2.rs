@@ -7,7 +7,9 @@ mod common;
 use std::path::PathBuf;
 
 use guardreasoner_engine::backends::llama_cpp::{FlashAttention, LlamaCppEngine, LlamaCppOptions};
-use guardreasoner_engine::{Batch, DeviceSpec, EngineError, Generate, SamplingParams, StopReason};
+use guardreasoner_engine::{
+    Batch, DeviceSpec, EngineError, Generate, Generation, SamplingParams, StopReason,
+};
 use guardreasoner_protocol::PromptFormat;
 
 fn test_model() -> Option<PathBuf> {
@@ -60,28 +62,28 @@ fn greedy_generation_is_deterministic_and_streams_what_it_returns() {
 }
 
 #[test]
-fn batched_and_prefix_cached_generation_matches_single_stream() {
+fn batched_and_prefix_cached_generation_agrees_with_single_stream() {
     let Some(mut single) = engine(1) else { return };
     let Some(mut batched) = engine(4) else { return };
     let prompts = guard_prompts();
-    let alone: Vec<Vec<u32>> = prompts
+    let params = SamplingParams {
+        logprobs: true,
+        ..greedy(24)
+    };
+    let alone: Vec<Generation> = prompts
         .iter()
         .map(|prompt| {
             let batch = Batch {
                 prompts: vec![prompt.clone()],
-                params: greedy(16),
+                params: params.clone(),
                 shared_prefix: Some(String::new()),
             };
-            single
-                .generate(&batch, &mut |_| {})
-                .unwrap()
-                .remove(0)
-                .token_ids
+            single.generate(&batch, &mut |_| {}).unwrap().remove(0)
         })
         .collect();
     let batch = Batch {
         prompts: prompts.clone(),
-        params: greedy(16),
+        params,
         shared_prefix: Some(PromptFormat::Eval.shared_prefix()),
     };
     let mut sequences_seen = std::collections::BTreeSet::new();
@@ -100,11 +102,22 @@ fn batched_and_prefix_cached_generation_matches_single_stream() {
             "{}",
             generation.cached_prompt_tokens
         );
-        assert_eq!(generation.token_ids, alone[index], "prompt {index}");
+        common::agree_until_near_tie(&format!("prompt {index}"), generation, &alone[index]);
     }
     // The prefix stays cached for the next batch.
     let again = batched.generate(&batch, &mut |_| {}).unwrap();
-    assert_eq!(again[1].token_ids, alone[1]);
+    assert!(again[1].cached_prompt_tokens > 90);
+    common::agree_until_near_tie("again", &again[1], &alone[1]);
+    // The same batch on a fresh engine is the same output: what runs with what depends on the
+    // order of the prompts, not on timing.
+    let Some(mut fresh) = engine(4) else { return };
+    let repeated = fresh.generate(&batch, &mut |_| {}).unwrap();
+    for (index, generation) in repeated.iter().enumerate() {
+        assert_eq!(
+            generation.token_ids, together[index].token_ids,
+            "prompt {index}"
+        );
+    }
 }
 
 #[test]
@@ -261,7 +274,7 @@ fn tokens_and_greedy_text_match_llama_cpp_python() {
     .unwrap();
     for (text, ids) in reference["tokens"].as_object().unwrap() {
         let expected = json_ids(ids);
-        assert_eq!(engine.tokenize(text).unwrap(), expected, "{text:?}");
+        assert_eq!(engine.tokenize(text), expected, "{text:?}");
     }
     for (index, prompt) in guard_prompts().into_iter().enumerate() {
         // 40 tokens, generating on past end of text as the reference did: the same tokens, unless

@@ -180,6 +180,7 @@ impl OpenAiEngine {
             timings: Timings {
                 prefill: first.duration_since(started),
                 decode: finished.duration_since(first),
+                ..Timings::default()
             },
         })
     }

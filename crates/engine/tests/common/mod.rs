@@ -188,3 +188,49 @@ pub fn assert_greedy_matches_transformers(engine: &mut dyn Generate, index: usiz
         "{backend}: prompt {index}, past end of text"
     );
 }
+
+/// Asserts that two greedy runs of one prompt agree: the same tokens with the same
+/// log-probabilities (within 0.25: on the Q4_1 test model llama.cpp's own static batches differ
+/// from single streams by up to 0.14) until they part, and a parting only where neither run was
+/// sure of its token (both below probability 0.75: a near-tie that the order of floating-point
+/// sums decides). Continuous batching sums attention in another order when other sequences share
+/// the cache, so exact equality is not promised; a wrong position or a leaked cache cell would
+/// part early and with confidence. Both runs need `logprobs`. Returns where they parted, if they did.
+pub fn agree_until_near_tie(
+    label: &str,
+    ours: &Generation,
+    reference: &Generation,
+) -> Option<usize> {
+    let (ours_p, reference_p) = (
+        ours.logprobs.as_ref().expect("logprobs asked for"),
+        reference.logprobs.as_ref().expect("logprobs asked for"),
+    );
+    let parting = ours
+        .token_ids
+        .iter()
+        .zip(&reference.token_ids)
+        .position(|(a, b)| a != b);
+    let agreed = parting.unwrap_or(ours.token_ids.len().min(reference.token_ids.len()));
+    for step in 0..agreed {
+        assert!(
+            (ours_p[step] - reference_p[step]).abs() < 0.25,
+            "{label}: step {step}: log-probability {} against {}",
+            ours_p[step],
+            reference_p[step]
+        );
+    }
+    if let Some(step) = parting {
+        let sure = 0.75f32.ln();
+        assert!(
+            ours_p[step] < sure && reference_p[step] < sure,
+            "{label}: parted at step {step} where a run was sure ({} vs {}): {:?} vs {:?}",
+            ours_p[step],
+            reference_p[step],
+            ours.token_ids,
+            reference.token_ids
+        );
+    } else {
+        assert_eq!(ours.token_ids.len(), reference.token_ids.len(), "{label}");
+    }
+    parting
+}

@@ -287,6 +287,7 @@ impl CandleEngine {
             timings: Timings {
                 prefill: first.duration_since(started),
                 decode: finished.duration_since(first),
+                ..Timings::default()
             },
         })
     }

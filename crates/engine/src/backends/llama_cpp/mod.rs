@@ -1,0 +1,458 @@
+//! The llama.cpp backend (through `llama-cpp-2`): the default for GGUF files.
+//!
+//! The model is shared (llama.cpp's tokenizer may run on any thread, so requests are tokenized
+//! where they are validated); its context lives on the scheduler's thread, which owns it for its
+//! whole life (llama.cpp contexts must not be shared between threads). [`LlamaCppEngine`] is the
+//! handle: it queues requests for the scheduler ([`Scheduler`]) and runs whole batches through
+//! the same queue ([`Generate`]), so the command line and the server share one path.
+//!
+//! How the scheduler batches is in [`scheduler`]: continuous batching over a unified KV cache,
+//! with the shared prefix (GuardReasoner's instruction) evaluated once and copied into each new
+//! sequence.
+
+mod scheduler;
+
+use std::num::NonZeroU32;
+use std::path::Path;
+use std::sync::{mpsc, Arc, OnceLock};
+use std::thread;
+
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::model::params::{LlamaModelParams, LlamaSplitMode};
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::LlamaBackendDeviceType;
+
+use crate::chat_template::ChatTemplate;
+use crate::device::{cuda_not_built, DeviceSpec, CUDA_BUILT};
+use crate::error::EngineError;
+use crate::generate::{Batch, Generate, Generation, ModelInfo, TokenEvent};
+use crate::schedule::{
+    run_batch, Events, Job, Load, QueueGauge, Rejected, Request, Scheduler, DEFAULT_QUEUE_CAPACITY,
+};
+
+const BACKEND: &str = "llama.cpp";
+
+/// How to load a GGUF model into llama.cpp.
+#[derive(Debug, Clone)]
+pub struct LlamaCppOptions {
+    /// Tokens one sequence may hold, prompt and generation together.
+    pub context_per_sequence: usize,
+    /// The most prompts decoded together.
+    pub max_batch: usize,
+    /// CPU threads; all available cores when `None`.
+    pub threads: Option<usize>,
+    /// Where the layers run.
+    pub device: DeviceSpec,
+    /// On a GPU, how many layers to offload (the rest run on the CPU); all when `None`.
+    pub gpu_layers: Option<u32>,
+    /// Prompt tokens evaluated per decode call.
+    pub prefill_chunk: usize,
+    /// Whether attention runs as llama.cpp's fused flash-attention kernel.
+    pub flash_attention: FlashAttention,
+    /// The most requests waiting for a slot; more are refused at once.
+    pub queue_capacity: usize,
+}
+
+/// llama.cpp's flash-attention policy. The fused kernel sums in another order than the plain
+/// one, so greedy text on the two can part where two tokens are nearly tied; llama-cpp-python
+/// turns it off unless asked, llama.cpp itself picks per device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FlashAttention {
+    /// llama.cpp decides (on where the layers run).
+    #[default]
+    Auto,
+    /// The fused kernel.
+    On,
+    /// Plain attention: softmax of the scores, then the product with the values.
+    Off,
+}
+
+impl FlashAttention {
+    /// llama.cpp's `llama_flash_attn_type` values.
+    fn policy(self) -> i32 {
+        match self {
+            Self::Auto => -1,
+            Self::Off => 0,
+            Self::On => 1,
+        }
+    }
+}
+
+impl Default for LlamaCppOptions {
+    fn default() -> Self {
+        Self {
+            // A long guard prompt (~1,500 tokens) plus the paper's 2,048 new tokens.
+            context_per_sequence: 4096,
+            max_batch: 4,
+            threads: None,
+            device: DeviceSpec::Auto,
+            gpu_layers: None,
+            prefill_chunk: 512,
+            flash_attention: FlashAttention::Auto,
+            queue_capacity: DEFAULT_QUEUE_CAPACITY,
+        }
+    }
+}
+
+/// A GGUF model running in llama.cpp, its context on the scheduler's thread.
+pub struct LlamaCppEngine {
+    info: ModelInfo,
+    chat_template: Option<ChatTemplate>,
+    model: Arc<LlamaModel>,
+    gauge: Arc<QueueGauge>,
+    jobs: Option<mpsc::Sender<Vec<Job>>>,
+    worker: Option<thread::JoinHandle<()>>,
+}
+
+/// llama.cpp's global state, initialised once per process.
+fn backend() -> Result<&'static LlamaBackend, EngineError> {
+    static BACKEND_STATE: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
+    BACKEND_STATE
+        .get_or_init(|| {
+            LlamaBackend::init()
+                .map(|mut backend| {
+                    backend.void_logs();
+                    backend
+                })
+                .map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|message| backend_error(message.clone()))
+}
+
+/// What the llama.cpp in this build was compiled with, as llama.cpp itself reports it
+/// (`llama_print_system_info`): per backend, the instruction sets its kernels use, e.g.
+/// `CPU : SSE3 = 1 | AVX2 = 1 | AVX512 = 1 | ...`. `AMX_INT8 = 1` would mean ggml's AMX kernels
+/// are compiled in, which the build config prevents (`.cargo/config.toml` says why).
+pub fn system_info() -> Result<String, EngineError> {
+    backend()?;
+    // SAFETY: llama.cpp returns a pointer to a NUL-terminated static buffer, valid until the next
+    // call; it is copied before this function returns.
+    let text = unsafe { std::ffi::CStr::from_ptr(llama_cpp_sys_2::llama_print_system_info()) };
+    Ok(text
+        .to_string_lossy()
+        .trim()
+        .trim_end_matches('|')
+        .trim()
+        .to_string())
+}
+
+/// A GGUF quantization llama.cpp's quantizer makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quantization {
+    /// 8-bit, blocks of 32 (`Q8_0`): near-lossless.
+    Q8_0,
+    /// llama.cpp's 4-bit k-quant mix (`Q4_K_M`: Q4_K, with Q6_K for the output, token embedding
+    /// and half of `attn_v`/`ffn_down`), as `llama-quantize` makes it.
+    Q4KM,
+}
+
+/// Quantizes the GGUF file `input` (f32/f16/bf16 weights) into `output` with llama.cpp's own
+/// quantizer (`llama_model_quantize`, what `llama-quantize` runs), so that the mix of tensor types
+/// is llama.cpp's exactly. `output` is written beside itself first and renamed when complete.
+pub fn quantize(
+    input: &Path,
+    output: &Path,
+    quantization: Quantization,
+    threads: usize,
+) -> Result<(), EngineError> {
+    backend()?;
+    let c_path = |path: &Path| {
+        std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+            .map_err(|_| backend_error(format!("{}: a path with a NUL byte", path.display())))
+    };
+    let partial = output.with_extension("gguf.partial");
+    let (c_input, c_partial) = (c_path(input)?, c_path(&partial)?);
+    // SAFETY: default parameters from llama.cpp itself; the two paths outlive the call.
+    let status = unsafe {
+        let mut params = llama_cpp_sys_2::llama_model_quantize_default_params();
+        params.nthread = threads as i32;
+        params.ftype = match quantization {
+            Quantization::Q8_0 => llama_cpp_sys_2::LLAMA_FTYPE_MOSTLY_Q8_0,
+            Quantization::Q4KM => llama_cpp_sys_2::LLAMA_FTYPE_MOSTLY_Q4_K_M,
+        };
+        llama_cpp_sys_2::llama_model_quantize(c_input.as_ptr(), c_partial.as_ptr(), &params)
+    };
+    if status != 0 {
+        let _ = std::fs::remove_file(&partial);
+        return Err(backend_error(format!(
+            "llama.cpp could not quantize {} (status {status})",
+            input.display()
+        )));
+    }
+    std::fs::rename(&partial, output).map_err(|source| EngineError::Io {
+        context: format!("renaming {} into place", partial.display()),
+        source,
+    })
+}
+
+/// The model parameters that put the layers where `options` asks, and the device's name.
+fn placement(options: &LlamaCppOptions) -> Result<(LlamaModelParams, String), EngineError> {
+    let cpu = || {
+        (
+            LlamaModelParams::default().with_n_gpu_layers(0),
+            "cpu".into(),
+        )
+    };
+    // CUDA GPUs only: another GPU backend llama.cpp may have been built with (Metal on macOS)
+    // is not what `cuda` or `auto` name here.
+    let cuda_gpus = || {
+        llama_cpp_2::list_llama_ggml_backend_devices()
+            .into_iter()
+            .filter(|d| matches!(d.device_type, LlamaBackendDeviceType::Gpu) && d.backend == "CUDA")
+            .count()
+    };
+    let ordinal = match options.device {
+        DeviceSpec::Cpu => return Ok(cpu()),
+        DeviceSpec::Auto if !CUDA_BUILT || cuda_gpus() == 0 => return Ok(cpu()),
+        DeviceSpec::Auto => 0,
+        DeviceSpec::Cuda(_) if !CUDA_BUILT => {
+            return Err(backend_error(cuda_not_built(options.device)))
+        }
+        DeviceSpec::Cuda(ordinal) => {
+            let count = cuda_gpus();
+            if ordinal >= count {
+                return Err(backend_error(format!(
+                    "device {}: llama.cpp sees {count} CUDA GPU(s){}",
+                    options.device,
+                    if count == 0 {
+                        " (is the NVIDIA driver loaded?)"
+                    } else {
+                        ""
+                    }
+                )));
+            }
+            ordinal
+        }
+    };
+    if options.gpu_layers == Some(0) {
+        return Ok(cpu());
+    }
+    // Below the number of GPUs llama.cpp sees, so it fits.
+    let main_gpu = ordinal as i32;
+    Ok((
+        LlamaModelParams::default()
+            .with_n_gpu_layers(options.gpu_layers.unwrap_or(u32::MAX))
+            .with_split_mode(LlamaSplitMode::None)
+            .with_main_gpu(main_gpu),
+        format!("cuda:{ordinal}"),
+    ))
+}
+
+fn backend_error(message: impl Into<String>) -> EngineError {
+    EngineError::Backend {
+        backend: BACKEND,
+        message: message.into(),
+    }
+}
+
+/// Checks that `path` is a GGUF file before llama.cpp sees it, for a clear error.
+pub fn check_gguf_header(path: &Path) -> Result<(), EngineError> {
+    use std::io::Read;
+    if !path.exists() {
+        return Err(EngineError::NotFound {
+            path: path.to_path_buf(),
+        });
+    }
+    let invalid = |message: &str| EngineError::InvalidModel {
+        path: path.to_path_buf(),
+        message: message.to_string(),
+    };
+    let mut magic = [0u8; 8];
+    let mut file = std::fs::File::open(path).map_err(|e| invalid(&e.to_string()))?;
+    file.read_exact(&mut magic)
+        .map_err(|_| invalid("too short to be a GGUF file"))?;
+    if &magic[..4] != b"GGUF" {
+        return Err(invalid("not a GGUF file (no GGUF magic at its start)"));
+    }
+    let version = u32::from_le_bytes([magic[4], magic[5], magic[6], magic[7]]);
+    if !(2..=3).contains(&version) {
+        return Err(invalid(&format!(
+            "GGUF version {version} is not supported (2 or 3 are)"
+        )));
+    }
+    Ok(())
+}
+
+impl LlamaCppEngine {
+    /// Loads a GGUF file. Fails with a clear error on a missing, truncated or corrupt file.
+    pub fn load(path: &Path, options: LlamaCppOptions) -> Result<Self, EngineError> {
+        check_gguf_header(path)?;
+        let backend = backend()?;
+        let (model_params, device) = placement(&options)?;
+        let model = LlamaModel::load_from_file(backend, path, &model_params).map_err(|error| {
+            EngineError::InvalidModel {
+                path: path.to_path_buf(),
+                message: format!("llama.cpp cannot load it ({error}): the file is truncated, corrupt, or of an architecture llama.cpp does not know"),
+            }
+        })?;
+        let model = Arc::new(model);
+        let chat_template = chat_template(&model)?;
+        let threads = options
+            .threads
+            .unwrap_or_else(|| thread::available_parallelism().map_or(1, |n| n.get()));
+        let context_per_sequence = options
+            .context_per_sequence
+            .min(model.n_ctx_train() as usize)
+            .max(16);
+        let max_batch = options.max_batch.max(1);
+        // Sequence 0 holds the shared prefix; sequences 1..=max_batch the requests. The unified
+        // cache is sized for every request at full length: the prefix's cells are shared with
+        // the sequences copied from it, so it needs no room of its own. A step carries a token
+        // of every decoding sequence beside prefill tokens.
+        let total = context_per_sequence * max_batch;
+        let step_tokens = options.prefill_chunk.max(max_batch + 1);
+        let context_params = LlamaContextParams::default()
+            .with_n_ctx(NonZeroU32::new(total as u32))
+            .with_n_batch(step_tokens as u32)
+            .with_n_ubatch(step_tokens as u32)
+            .with_n_seq_max(max_batch as u32 + 1)
+            .with_kv_unified(true)
+            .with_flash_attention_policy(options.flash_attention.policy())
+            .with_n_threads(threads as i32)
+            .with_n_threads_batch(threads as i32);
+        let gauge = Arc::new(QueueGauge::new(options.queue_capacity.max(1), max_batch));
+        let settings = scheduler::Settings {
+            context_per_sequence,
+            slots: max_batch,
+            step_tokens,
+        };
+        let (jobs, job_receiver) = mpsc::channel();
+        let (ready, ready_receiver) = mpsc::channel();
+        let worker = {
+            let (model, gauge) = (model.clone(), gauge.clone());
+            thread::Builder::new()
+                .name("llama.cpp".into())
+                .spawn(move || {
+                    let context = match model.new_context(backend, context_params) {
+                        Ok(context) => context,
+                        Err(error) => {
+                            let _ = ready.send(Err(backend_error(format!(
+                                "cannot create a context of {total} tokens: {error}"
+                            ))));
+                            return;
+                        }
+                    };
+                    if ready.send(Ok(())).is_ok() {
+                        scheduler::run(&model, context, settings, &gauge, job_receiver);
+                    }
+                })
+                .map_err(|e| backend_error(format!("cannot start the scheduler thread: {e}")))?
+        };
+        ready_receiver
+            .recv()
+            .map_err(|_| backend_error("the scheduler thread stopped while loading"))??;
+        Ok(Self {
+            info: ModelInfo {
+                backend: BACKEND,
+                source: path.display().to_string(),
+                context_length: context_per_sequence,
+                max_batch,
+                device,
+            },
+            chat_template,
+            model,
+            gauge,
+            jobs: Some(jobs),
+            worker: Some(worker),
+        })
+    }
+
+    /// The token ids llama.cpp gives `text` (BOS where the model wants it, special-token text
+    /// parsed as special tokens). Runs on the calling thread.
+    pub fn tokenize(&self, text: &str) -> Vec<u32> {
+        scheduler::tokenize(&self.model, text)
+            .into_iter()
+            .map(|t| t.0 as u32)
+            .collect()
+    }
+}
+
+/// The chat template the GGUF file carries, rendered with the model's own BOS and EOS text.
+fn chat_template(model: &LlamaModel) -> Result<Option<ChatTemplate>, EngineError> {
+    let Ok(source) = model.meta_val_str("tokenizer.chat_template") else {
+        return Ok(None);
+    };
+    let vocab = model.vocab();
+    let text =
+        |token| String::from_utf8_lossy(&vocab.token_to_piece(token, true, None)).into_owned();
+    ChatTemplate::new(
+        &source,
+        &text(vocab.bos()),
+        &text(vocab.eos()),
+        vocab.should_add_bos(),
+    )
+    .map(Some)
+}
+
+impl Drop for LlamaCppEngine {
+    fn drop(&mut self) {
+        // Closing the queue ends the scheduler once its running sequences finish; wait for it
+        // to free the context.
+        self.jobs.take();
+        if let Some(worker) = self.worker.take() {
+            let _ = worker.join();
+        }
+    }
+}
+
+impl Scheduler for LlamaCppEngine {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn chat_template(&self) -> Option<&ChatTemplate> {
+        self.chat_template.as_ref()
+    }
+
+    fn tokenize(&self, text: &str) -> Result<Option<Vec<u32>>, EngineError> {
+        Ok(Some(LlamaCppEngine::tokenize(self, text)))
+    }
+
+    fn submit_all(&self, requests: Vec<(usize, Request)>, events: Events) -> Result<(), Rejected> {
+        let count = requests.len();
+        self.gauge.enter(count)?;
+        match self
+            .jobs
+            .as_ref()
+            .map(|jobs| jobs.send(Job::group(requests, events)))
+        {
+            Some(Ok(())) => Ok(()),
+            _ => {
+                self.gauge.leave(count);
+                Err(Rejected::Stopped)
+            }
+        }
+    }
+
+    fn load(&self) -> Load {
+        self.gauge.load()
+    }
+
+    fn continuous(&self) -> bool {
+        true
+    }
+}
+
+impl Generate for LlamaCppEngine {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn generate(
+        &mut self,
+        batch: &Batch,
+        on_token: &mut dyn FnMut(TokenEvent<'_>),
+    ) -> Result<Vec<Generation>, EngineError> {
+        run_batch(self, batch, on_token)
+    }
+
+    fn count_tokens(&mut self, text: &str) -> Result<Option<usize>, EngineError> {
+        Ok(Some(LlamaCppEngine::tokenize(self, text).len()))
+    }
+
+    fn chat_template(&self) -> Option<&ChatTemplate> {
+        self.chat_template.as_ref()
+    }
+}

@@ -1,0 +1,479 @@
+//! Continuous batching on one llama.cpp context, on the thread that owns it.
+//!
+//! The context holds `slots` sequences in a unified KV cache, plus sequence 0 for the shared
+//! prefix. Every step the scheduler
+//! 1. drops cancelled sequences (their receiver is gone) and frees their slots;
+//! 2. admits waiting requests into free slots: the prompt's leading tokens that sequence 0 holds
+//!    are copied from it (in a unified cache a copy shares the cells), the rest is left to prefill;
+//! 3. decodes one batch: the next token of every decoding sequence, then prefill tokens of the
+//!    admitted ones, oldest first, up to `step_tokens` (chunked prefill: running sequences never
+//!    wait for a long prompt to finish);
+//! 4. samples where logits were asked for, streams the text, and evicts what finished at once,
+//!    sending each request its own events.
+
+use std::collections::VecDeque;
+use std::sync::mpsc::{self, TryRecvError};
+use std::time::Instant;
+
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::LlamaToken;
+
+use super::backend_error;
+use crate::error::EngineError;
+use crate::generate::{Generation, SamplingParams, StopReason, Timings, Utf8Stream};
+use crate::schedule::{Event, Events, Job, QueueGauge};
+
+/// The scheduler's sizes, fixed when the context is made.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Settings {
+    /// Tokens one sequence may hold.
+    pub context_per_sequence: usize,
+    /// Sequences that run together.
+    pub slots: usize,
+    /// Tokens one decode call may carry.
+    pub step_tokens: usize,
+}
+
+const PREFIX_SEQUENCE: i32 = 0;
+
+/// Special-token text is parsed as special tokens, as Hugging Face tokenizers and vLLM do with
+/// raw prompts (the llama3 chat format relies on it).
+pub(super) fn tokenize(model: &LlamaModel, text: &str) -> Vec<LlamaToken> {
+    model.vocab().tokenize(text.as_bytes(), true, true)
+}
+
+/// Runs until the queue is closed and every running sequence has finished.
+pub(super) fn run<'m>(
+    model: &'m LlamaModel,
+    context: LlamaContext<'m>,
+    settings: Settings,
+    gauge: &'m QueueGauge,
+    jobs: mpsc::Receiver<Vec<Job>>,
+) {
+    let mut scheduler = Steps {
+        model,
+        gauge,
+        context,
+        settings,
+        slots: (0..settings.slots).map(|_| None).collect(),
+        admitted: VecDeque::new(),
+        prefix: Vec::new(),
+        hint: None,
+        batch: LlamaBatch::new(settings.step_tokens, 1),
+    };
+    // Received but not admitted yet, in order.
+    let mut backlog: VecDeque<Job> = VecDeque::new();
+    let mut open = true;
+    loop {
+        scheduler.drop_cancelled();
+        // Take what has arrived; wait for work only when nothing runs or waits.
+        loop {
+            let group = if scheduler.running() == 0 && backlog.is_empty() && open {
+                jobs.recv().map_err(|_| TryRecvError::Disconnected)
+            } else if open {
+                jobs.try_recv()
+            } else {
+                break;
+            };
+            match group {
+                Ok(group) => backlog.extend(group),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => open = false,
+            }
+        }
+        while scheduler.free_slot().is_some() {
+            let Some(job) = backlog.pop_front() else {
+                break;
+            };
+            gauge.leave(1);
+            scheduler.admit(job);
+        }
+        if scheduler.running() == 0 {
+            if open || !backlog.is_empty() {
+                continue;
+            }
+            return;
+        }
+        scheduler.step();
+    }
+}
+
+/// One request in a slot.
+struct Sequence {
+    tag: usize,
+    events: Events,
+    params: SamplingParams,
+    /// llama.cpp's sampler chain; `None` for greedy decoding, which takes the argmax itself.
+    sampler: Option<LlamaSampler>,
+    prompt: Vec<LlamaToken>,
+    /// Prompt tokens copied from the shared prefix.
+    cached: usize,
+    /// Prompt tokens in the cache so far (copied or evaluated).
+    evaluated: usize,
+    /// The position of the token to feed next.
+    position: usize,
+    /// The token to feed next, once prefill is done.
+    next: Option<LlamaToken>,
+    utf8: Utf8Stream,
+    text: String,
+    token_ids: Vec<u32>,
+    logprobs: Option<Vec<f32>>,
+    stop: Option<StopReason>,
+    queued_at: Instant,
+    admitted_at: Instant,
+    first_token_at: Option<Instant>,
+}
+
+struct Steps<'m> {
+    model: &'m LlamaModel,
+    gauge: &'m QueueGauge,
+    context: LlamaContext<'m>,
+    settings: Settings,
+    /// Slot `i` is llama.cpp sequence `i + 1`.
+    slots: Vec<Option<Sequence>>,
+    /// Slots in the order their requests were admitted: prefill goes oldest first.
+    admitted: VecDeque<usize>,
+    /// The tokens sequence 0 holds.
+    prefix: Vec<LlamaToken>,
+    /// The last shared-prefix text and its tokens (tokenized once).
+    hint: Option<(String, Vec<LlamaToken>)>,
+    batch: LlamaBatch<'static>,
+}
+
+fn sequence_id(slot: usize) -> i32 {
+    slot as i32 + 1
+}
+
+fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+fn sampler_for(params: &SamplingParams) -> Option<LlamaSampler> {
+    if params.is_greedy() {
+        return None;
+    }
+    Some(LlamaSampler::chain_simple([
+        LlamaSampler::top_p(params.top_p, 1),
+        LlamaSampler::temp(params.temperature),
+        LlamaSampler::dist(params.seed as u32),
+    ]))
+}
+
+impl Steps<'_> {
+    fn running(&self) -> usize {
+        self.slots.iter().filter(|s| s.is_some()).count()
+    }
+
+    fn free_slot(&self) -> Option<usize> {
+        self.slots.iter().position(|s| s.is_none())
+    }
+
+    fn drop_cancelled(&mut self) {
+        for slot in 0..self.slots.len() {
+            if self.slots[slot]
+                .as_ref()
+                .is_some_and(|s| s.events.is_closed())
+            {
+                self.release(slot);
+            }
+        }
+    }
+
+    /// Frees a slot and its cache cells.
+    fn release(&mut self, slot: usize) -> Option<Sequence> {
+        let _ = self
+            .context
+            .clear_kv_cache_seq(Some(sequence_id(slot) as u32), None, None);
+        self.admitted.retain(|&s| s != slot);
+        let sequence = self.slots[slot].take();
+        // Before the sequence's last event goes out, so that its receiver sees the slot free.
+        self.gauge.set_running(self.running());
+        sequence
+    }
+
+    /// Puts a request into a free slot, or fails it at once when it cannot run.
+    fn admit(&mut self, job: Job) {
+        let Some(slot) = self.free_slot() else {
+            unreachable!("admit is called only with a free slot");
+        };
+        if job.events.is_closed() {
+            return;
+        }
+        let prompt = match &job.request.tokens {
+            Some(ids) => ids.iter().map(|&id| LlamaToken(id as i32)).collect(),
+            None => tokenize(self.model, &job.request.prompt),
+        };
+        let context = self.settings.context_per_sequence;
+        if prompt.is_empty() || prompt.len() + 1 > context {
+            let error = EngineError::PromptTooLong {
+                index: job.tag,
+                tokens: prompt.len(),
+                context,
+            };
+            let _ = job.events.send((job.tag, Event::Finished(Err(error))));
+            return;
+        }
+        let cached = match self.share_prefix(job.request.shared_prefix.as_deref(), &prompt) {
+            Ok(cached) => cached,
+            Err(error) => {
+                let _ = job.events.send((job.tag, Event::Finished(Err(error))));
+                return;
+            }
+        };
+        let id = sequence_id(slot);
+        let copied = self
+            .context
+            .clear_kv_cache_seq(Some(id as u32), None, None)
+            .map_err(|e| backend_error(e.to_string()))
+            .and_then(|_| match cached {
+                0 => Ok(()),
+                _ => self
+                    .context
+                    .copy_kv_cache_seq(PREFIX_SEQUENCE, id, Some(0), Some(cached as u32))
+                    .map_err(|e| backend_error(e.to_string())),
+            });
+        if let Err(error) = copied {
+            let _ = job.events.send((job.tag, Event::Finished(Err(error))));
+            return;
+        }
+        let params = job.request.params;
+        self.slots[slot] = Some(Sequence {
+            tag: job.tag,
+            events: job.events,
+            sampler: sampler_for(&params),
+            logprobs: params.logprobs.then(Vec::new),
+            params,
+            prompt,
+            cached,
+            evaluated: cached,
+            position: cached,
+            next: None,
+            utf8: Utf8Stream::default(),
+            text: String::new(),
+            token_ids: Vec::new(),
+            stop: None,
+            queued_at: job.queued_at,
+            admitted_at: Instant::now(),
+            first_token_at: None,
+        });
+        self.admitted.push_back(slot);
+        self.gauge.set_running(self.running());
+    }
+
+    /// How many of `prompt`'s leading tokens sequence 0 holds, after loading the caller's hint
+    /// there when it promises more than what is held. Never the whole prompt: its last token is
+    /// always evaluated, for the logits of the first new token.
+    fn share_prefix(
+        &mut self,
+        hint: Option<&str>,
+        prompt: &[LlamaToken],
+    ) -> Result<usize, EngineError> {
+        let mut shared = common_prefix(&self.prefix, prompt);
+        if let Some(hint) = hint {
+            if self.hint.as_ref().is_none_or(|(text, _)| text != hint) {
+                self.hint = Some((hint.to_string(), tokenize(self.model, hint)));
+            }
+            let hinted = self.hint.as_ref().map_or(&[][..], |(_, t)| t.as_slice());
+            let wanted = common_prefix(hinted, prompt);
+            if wanted > shared {
+                // Other sequences keep their copies of the old prefix's cells: in a unified
+                // cache clearing sequence 0 only removes its own claim on them.
+                self.load_prefix(&prompt[..wanted])?;
+                shared = wanted;
+            }
+        }
+        Ok(shared.min(prompt.len() - 1))
+    }
+
+    /// Makes sequence 0 hold exactly `tokens`, evaluating only what it does not hold yet.
+    fn load_prefix(&mut self, tokens: &[LlamaToken]) -> Result<(), EngineError> {
+        let keep = common_prefix(&self.prefix, tokens);
+        self.context
+            .clear_kv_cache_seq(Some(PREFIX_SEQUENCE as u32), Some(keep as u32), None)
+            .map_err(|e| backend_error(e.to_string()))?;
+        self.prefix.truncate(keep);
+        let chunk_size = self.settings.step_tokens;
+        let mut batch = LlamaBatch::new(chunk_size, 1);
+        for chunk in tokens[keep..].chunks(chunk_size) {
+            batch.clear();
+            for &token in chunk {
+                let position = self.prefix.len() + batch.n_tokens() as usize;
+                batch
+                    .add(token, position as i32, &[PREFIX_SEQUENCE], false)
+                    .map_err(|e| backend_error(e.to_string()))?;
+            }
+            self.context
+                .decode(&mut batch)
+                .map_err(|e| backend_error(format!("decode failed: {e}")))?;
+            self.prefix.extend_from_slice(chunk);
+        }
+        Ok(())
+    }
+
+    /// One decode call: a token of every decoding sequence, then prefill, oldest first.
+    fn step(&mut self) {
+        self.batch.clear();
+        // (slot, index of its logits in the batch) for every sequence that samples this step.
+        let mut sampling: Vec<(usize, i32)> = Vec::new();
+        let mut added = Ok(());
+        for (slot, sequence) in self.slots.iter().enumerate() {
+            let Some(sequence) = sequence else { continue };
+            if let Some(token) = sequence.next {
+                added = added.and(self.batch.add(
+                    token,
+                    sequence.position as i32,
+                    &[sequence_id(slot)],
+                    true,
+                ));
+                sampling.push((slot, self.batch.n_tokens() - 1));
+            }
+        }
+        // (slot, prompt tokens added) for the prefill part.
+        let mut prefilled: Vec<(usize, usize)> = Vec::new();
+        for &slot in &self.admitted {
+            let room = self.settings.step_tokens - self.batch.n_tokens() as usize;
+            if room == 0 {
+                break;
+            }
+            let Some(sequence) = &self.slots[slot] else {
+                continue;
+            };
+            let left = sequence.prompt.len() - sequence.evaluated;
+            if left == 0 {
+                continue;
+            }
+            let count = left.min(room);
+            for position in sequence.evaluated..sequence.evaluated + count {
+                let last = position + 1 == sequence.prompt.len();
+                added = added.and(self.batch.add(
+                    sequence.prompt[position],
+                    position as i32,
+                    &[sequence_id(slot)],
+                    last,
+                ));
+                if last {
+                    sampling.push((slot, self.batch.n_tokens() - 1));
+                }
+            }
+            prefilled.push((slot, count));
+        }
+        let decoded = added
+            .map_err(|e| backend_error(e.to_string()))
+            .and_then(|()| {
+                self.context
+                    .decode(&mut self.batch)
+                    .map_err(|e| backend_error(format!("decode failed: {e}")))
+            });
+        if let Err(error) = decoded {
+            // The whole step failed: every sequence in it fails with the same message.
+            let message = error.to_string();
+            let mut failed: Vec<usize> = sampling.iter().map(|&(slot, _)| slot).collect();
+            failed.extend(prefilled.iter().map(|&(slot, _)| slot));
+            failed.sort_unstable();
+            failed.dedup();
+            for slot in failed {
+                if let Some(sequence) = self.release(slot) {
+                    let error = backend_error(message.clone());
+                    let _ = sequence
+                        .events
+                        .send((sequence.tag, Event::Finished(Err(error))));
+                }
+            }
+            return;
+        }
+        for (slot, count) in prefilled {
+            if let Some(sequence) = &mut self.slots[slot] {
+                sequence.evaluated += count;
+                if sequence.evaluated == sequence.prompt.len() {
+                    sequence.position = sequence.prompt.len();
+                }
+            }
+        }
+        for (slot, logits_index) in sampling {
+            if self.sample(slot, logits_index) {
+                self.finish(slot);
+            }
+        }
+    }
+
+    /// Samples the next token of the sequence in `slot` from the logits at `logits_index`,
+    /// streams its text; returns whether the sequence has ended.
+    fn sample(&mut self, slot: usize, logits_index: i32) -> bool {
+        let context_per_sequence = self.settings.context_per_sequence;
+        let vocab = self.model.vocab();
+        let Some(sequence) = &mut self.slots[slot] else {
+            return false;
+        };
+        let logits = self.context.get_logits_ith(logits_index);
+        let token = match &mut sequence.sampler {
+            Some(sampler) => sampler.sample(&self.context, logits_index),
+            // A plain argmax over the logits: the same token as llama.cpp's greedy sampler,
+            // without building its candidate array over the whole vocabulary every step.
+            None => LlamaToken(crate::sampling::argmax(logits) as i32),
+        };
+        if sequence.next.is_some() {
+            sequence.position += 1;
+        }
+        sequence.first_token_at.get_or_insert_with(Instant::now);
+        if vocab.is_eog(token) && !sequence.params.ignore_eos {
+            sequence.stop = Some(StopReason::EndOfText);
+            return true;
+        }
+        if let Some(logprobs) = &mut sequence.logprobs {
+            logprobs.push(crate::sampling::log_probability(logits, token.0 as u32));
+        }
+        sequence.token_ids.push(token.0 as u32);
+        let piece = vocab.token_to_piece(token, false, None);
+        let text = sequence.utf8.push(&piece);
+        if !text.is_empty() {
+            sequence.text.push_str(&text);
+            let _ = sequence.events.send((sequence.tag, Event::Token { text }));
+        }
+        sequence.next = Some(token);
+        if sequence.token_ids.len() >= sequence.params.max_new_tokens {
+            sequence.stop = Some(StopReason::MaxTokens);
+        } else if sequence.position + 1 >= context_per_sequence {
+            sequence.stop = Some(StopReason::ContextFull);
+        }
+        sequence.stop.is_some()
+    }
+
+    /// Evicts a finished sequence and sends its generation.
+    fn finish(&mut self, slot: usize) {
+        let Some(mut sequence) = self.release(slot) else {
+            return;
+        };
+        let finished = Instant::now();
+        let rest = sequence.utf8.finish();
+        if !rest.is_empty() {
+            sequence.text.push_str(&rest);
+            let _ = sequence.events.send((
+                sequence.tag,
+                Event::Token {
+                    text: rest.to_string(),
+                },
+            ));
+        }
+        let first = sequence.first_token_at.unwrap_or(finished);
+        let generation = Generation {
+            text: sequence.text,
+            prompt_tokens: sequence.prompt.len(),
+            cached_prompt_tokens: sequence.cached,
+            generated_tokens: sequence.token_ids.len(),
+            token_ids: sequence.token_ids,
+            logprobs: sequence.logprobs,
+            stop: sequence.stop.unwrap_or(StopReason::MaxTokens),
+            timings: Timings {
+                queue: sequence.admitted_at.duration_since(sequence.queued_at),
+                prefill: first.duration_since(sequence.admitted_at),
+                decode: finished.saturating_duration_since(first),
+            },
+        };
+        let _ = sequence
+            .events
+            .send((sequence.tag, Event::Finished(Ok(generation))));
+    }
+}

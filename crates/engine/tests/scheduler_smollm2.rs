@@ -1,0 +1,187 @@
+//! The llama.cpp scheduler on the real-weights test model: sequences join a running batch,
+//! cancelled ones free their slot, the queue refuses past its bound, and each request keeps its
+//! own sampling parameters.
+#![cfg(feature = "llama-cpp")]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use guardreasoner_engine::backends::llama_cpp::{LlamaCppEngine, LlamaCppOptions};
+use guardreasoner_engine::schedule::{events, validate, Event, EventReceiver, Rejected, Scheduler};
+use guardreasoner_engine::{Generation, SamplingParams};
+use guardreasoner_protocol::PromptFormat;
+
+fn engine(slots: usize, queue_capacity: usize) -> Option<LlamaCppEngine> {
+    let path = common::smollm2()?;
+    Some(
+        LlamaCppEngine::load(
+            &path,
+            LlamaCppOptions {
+                context_per_sequence: 1024,
+                max_batch: slots,
+                queue_capacity,
+                ..LlamaCppOptions::default()
+            },
+        )
+        .unwrap(),
+    )
+}
+
+fn params(tokens: usize) -> SamplingParams {
+    SamplingParams {
+        max_new_tokens: tokens,
+        logprobs: true,
+        ignore_eos: true,
+        ..SamplingParams::default()
+    }
+}
+
+/// Queues `prompt`; its events come back on the returned receiver, tagged `tag`.
+fn submit(
+    engine: &LlamaCppEngine,
+    prompt: &str,
+    params: SamplingParams,
+    tag: usize,
+) -> EventReceiver {
+    let request = validate(
+        engine,
+        tag,
+        prompt.to_string(),
+        Some(PromptFormat::Eval.shared_prefix()),
+        params,
+    )
+    .unwrap();
+    let (sender, receiver) = events();
+    engine.submit(request, tag, sender).unwrap();
+    receiver
+}
+
+/// Waits for the next event, failing the test after a minute.
+fn next(receiver: &mut EventReceiver) -> Event {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match receiver.try_recv() {
+            Ok((_, event)) => return event,
+            Err(tokio::sync::mpsc::error::TryRecvError::Empty) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(1))
+            }
+            Err(error) => panic!("no event: {error}"),
+        }
+    }
+}
+
+fn finish(receiver: &mut EventReceiver) -> Generation {
+    loop {
+        if let Event::Finished(result) = next(receiver) {
+            return result.unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_sequence_joins_a_running_batch_and_agrees_with_running_alone() {
+    let Some(engine) = engine(2, 8) else { return };
+    let prompts = common::reference_prompts();
+    let alone_long = finish(&mut submit(&engine, &prompts[0], params(40), 0));
+    let alone_short = finish(&mut submit(&engine, &prompts[1], params(8), 1));
+
+    let mut long = submit(&engine, &prompts[0], params(40), 0);
+    // The long one is decoding before the short one arrives.
+    let mut streamed = 0;
+    while streamed < 5 {
+        if let Event::Token { .. } = next(&mut long) {
+            streamed += 1;
+        }
+    }
+    let mut short = submit(&engine, &prompts[1], params(8), 1);
+    let joined = finish(&mut short);
+    // It finished while the long one was still running: it did not wait for the batch to end.
+    assert_eq!(engine.load().running, 1, "the long sequence ended first");
+    let long_generation = finish(&mut long);
+    assert_eq!(long_generation.generated_tokens, 40);
+    assert!(
+        joined.cached_prompt_tokens > 90,
+        "the instruction was copied"
+    );
+    common::agree_until_near_tie("joined", &joined, &alone_short);
+    common::agree_until_near_tie("running", &long_generation, &alone_long);
+    assert_eq!(engine.load().running, 0);
+}
+
+#[test]
+fn a_dropped_receiver_cancels_its_sequence_and_frees_the_slot() {
+    let Some(engine) = engine(1, 8) else { return };
+    let prompts = common::reference_prompts();
+    let mut endless = submit(&engine, &prompts[0], params(1000), 0);
+    let _ = next(&mut endless);
+    let waiting = submit(&engine, &prompts[1], params(4), 1);
+    drop(waiting);
+    drop(endless);
+    // One slot: the next request runs only once the cancelled one is gone (and the cancelled
+    // waiting one is skipped).
+    let started = Instant::now();
+    let generation = finish(&mut submit(&engine, &prompts[2], params(4), 2));
+    assert_eq!(generation.generated_tokens, 4);
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert_eq!(engine.load().queued, 0);
+}
+
+#[test]
+fn the_queue_refuses_past_its_bound_at_once() {
+    let Some(engine) = engine(1, 1) else { return };
+    let prompts = common::reference_prompts();
+    let mut running = submit(&engine, &prompts[0], params(1000), 0);
+    let _ = next(&mut running);
+    let _waiting = submit(&engine, &prompts[1], params(4), 1);
+    let request = validate(&engine, 2, prompts[2].clone(), None, params(4)).unwrap();
+    let (sender, _receiver) = events();
+    assert_eq!(
+        engine.submit(request, 2, sender),
+        Err(Rejected::QueueFull { capacity: 1 })
+    );
+    assert_eq!(engine.load().queued, 1);
+}
+
+#[test]
+fn each_request_keeps_its_own_sampling() {
+    let Some(engine) = engine(2, 8) else { return };
+    let prompts = common::reference_prompts();
+    let sampled = SamplingParams {
+        temperature: 0.9,
+        top_p: 0.95,
+        seed: 3,
+        ..params(12)
+    };
+    let mut greedy = submit(&engine, &prompts[0], params(5), 0);
+    let mut hot = submit(&engine, &prompts[0], sampled.clone(), 1);
+    let (greedy, hot) = (finish(&mut greedy), finish(&mut hot));
+    assert_eq!((greedy.generated_tokens, hot.generated_tokens), (5, 12));
+    let again = finish(&mut submit(&engine, &prompts[0], sampled, 1));
+    assert_eq!(hot.token_ids, again.token_ids, "the seed reproduces");
+    let alone_greedy = finish(&mut submit(&engine, &prompts[0], params(12), 0));
+    assert_ne!(
+        hot.token_ids, alone_greedy.token_ids,
+        "sampling was ignored"
+    );
+}
+
+#[test]
+fn bad_requests_fail_alone() {
+    let Some(engine) = engine(2, 8) else { return };
+    let bad = SamplingParams {
+        max_new_tokens: 0,
+        ..SamplingParams::default()
+    };
+    let error = validate(&engine, 0, "hello".into(), None, bad).unwrap_err();
+    assert!(error.to_string().contains("max_new_tokens"), "{error}");
+    let long = "word ".repeat(3000);
+    let error = validate(&engine, 4, long, None, params(4)).unwrap_err();
+    assert!(
+        error.to_string().starts_with("prompt 4 is 3001 tokens"),
+        "{error}"
+    );
+    // The scheduler still serves.
+    let generation = finish(&mut submit(&engine, "Hello", params(3), 0));
+    assert_eq!(generation.generated_tokens, 3);
+}
