@@ -7,6 +7,8 @@
 //!   OpenAI-compatible `/v1/completions` server.
 //! - [`schedule`]: one sequence in, its events out: validation, the bounded queue, and the
 //!   [`schedule::Scheduler`] a server drives (continuous batching on llama.cpp).
+//! - [`load`]: what `--model` names, loaded into the backend that runs it (one loader for the
+//!   command line and the server).
 //! - [`device`]: where a model runs (`auto`, `cpu`, `cuda:N`).
 //! - [`chat_template`]: a model's own Jinja chat template, rendered as transformers does.
 //! - [`sampling`]: greedy and nucleus sampling for backends that do not sample themselves.
@@ -19,6 +21,7 @@ pub mod device;
 pub mod error;
 pub mod generate;
 pub mod hub;
+pub mod load;
 pub mod model;
 pub mod sampling;
 pub mod schedule;

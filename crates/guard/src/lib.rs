@@ -9,7 +9,11 @@
 use std::fmt;
 use std::str::FromStr;
 
-use guardreasoner_engine::chat_template::Message;
+mod handle;
+
+pub use handle::{GuardHandle, SubmitError};
+
+use guardreasoner_engine::chat_template::{ChatTemplate, Message};
 use guardreasoner_engine::{
     Batch, EngineError, Generate, Generation, SamplingParams, StopReason, Timings,
 };
@@ -188,9 +192,7 @@ impl<G: Generate> Guard<G> {
                 .map(|c| self.render(c))
                 .collect::<Result<_, _>>()?,
             params: self.config.params.clone(),
-            // With a chat template the shared part is the template's; llama.cpp finds it itself.
-            shared_prefix: (!self.config.model_chat_template)
-                .then(|| self.config.format.shared_prefix()),
+            shared_prefix: self.config.shared_prefix(),
         };
         let generations = self
             .engine
@@ -216,10 +218,32 @@ impl<G: Generate> Guard<G> {
 
     /// The text the model reads for `conversation`.
     pub fn render(&self, conversation: &Conversation) -> Result<String, GuardError> {
-        if !self.config.model_chat_template {
-            return Ok(self.config.format.render(conversation));
+        self.config
+            .render(conversation, self.engine.chat_template())
+    }
+
+    /// Turns one generation into a result under the policy.
+    fn judge(
+        &self,
+        conversation: &Conversation,
+        generation: Generation,
+    ) -> Result<CheckResult, GuardError> {
+        self.config.judge(conversation, generation)
+    }
+}
+
+impl GuardConfig {
+    /// The text the model reads for `conversation`; `chat_template` is the model's own, needed
+    /// only with [`GuardConfig::model_chat_template`].
+    pub fn render(
+        &self,
+        conversation: &Conversation,
+        chat_template: Option<&ChatTemplate>,
+    ) -> Result<String, GuardError> {
+        if !self.model_chat_template {
+            return Ok(self.format.render(conversation));
         }
-        let template = self.engine.chat_template().ok_or_else(|| {
+        let template = chat_template.ok_or_else(|| {
             GuardError::Engine(EngineError::Backend {
                 backend: "chat-template",
                 message: "the model's files carry no chat template; use another --format".into(),
@@ -229,8 +253,14 @@ impl<G: Generate> Guard<G> {
         Ok(template.render(&[Message::user(text)], true)?)
     }
 
+    /// Text every prompt starts with, for the backend to evaluate once; `None` with the model's
+    /// chat template, whose shared part the backend finds itself.
+    pub fn shared_prefix(&self) -> Option<String> {
+        (!self.model_chat_template).then(|| self.format.shared_prefix())
+    }
+
     /// Turns one generation into a result under the policy.
-    fn judge(
+    pub fn judge(
         &self,
         conversation: &Conversation,
         generation: Generation,
@@ -241,7 +271,7 @@ impl<G: Generate> Guard<G> {
         let (harmful, decided_by) = if missing.is_empty() {
             (verdict.is_harmful(), DecidedBy::Model)
         } else {
-            match self.config.policy {
+            match self.policy {
                 UnparseablePolicy::Error => {
                     let chars: Vec<char> = generation.text.chars().collect();
                     let tail: String = chars[chars.len().saturating_sub(200)..].iter().collect();
@@ -261,7 +291,7 @@ impl<G: Generate> Guard<G> {
             harmful,
             decided_by,
             missing,
-            policy: self.config.policy,
+            policy: self.policy,
             verdict,
             parsed,
             usage: Usage {

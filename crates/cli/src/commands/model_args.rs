@@ -1,9 +1,9 @@
 //! The options every command that runs a model shares, and loading the backend they name.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::ValueEnum;
-use guardreasoner_engine::backends::openai::{OpenAiEngine, OpenAiOptions};
-use guardreasoner_engine::model::{self, ModelLocation, DEFAULT_MODEL};
+use guardreasoner_engine::load::{self, LoadOptions};
+use guardreasoner_engine::model::DEFAULT_MODEL;
 use guardreasoner_engine::{DeviceSpec, Generate, SamplingParams};
 use guardreasoner_guard::{GuardConfig, UnparseablePolicy};
 use guardreasoner_protocol::PromptFormat;
@@ -127,93 +127,36 @@ impl GenerationArgs {
     }
 }
 
+impl ModelArgs {
+    /// The library's load options for these flags.
+    pub fn load_options(&self) -> LoadOptions {
+        LoadOptions {
+            model: self.model.clone(),
+            backend: match self.backend {
+                Backend::Auto => load::Backend::Auto,
+                Backend::LlamaCpp => load::Backend::LlamaCpp,
+                Backend::Candle => load::Backend::Candle,
+                Backend::Openai => load::Backend::Openai,
+            },
+            openai_url: self.openai_url.clone(),
+            openai_key: self.openai_key.clone(),
+            context: self.context,
+            batch_size: self.batch_size,
+            threads: self.threads,
+            device: self.device,
+            gpu_layers: self.gpu_layers,
+            flash_attention: match self.flash_attention {
+                FlashAttentionArg::Auto => None,
+                FlashAttentionArg::On => Some(true),
+                FlashAttentionArg::Off => Some(false),
+            },
+            ..LoadOptions::default()
+        }
+    }
+}
+
 /// Loads the backend `args` name.
 pub fn load_engine(args: &ModelArgs) -> Result<Box<dyn Generate>> {
-    if matches!(args.backend, Backend::Openai) {
-        let Some(base_url) = args.openai_url.clone() else {
-            bail!("--backend openai needs --openai-url (the server's base URL)");
-        };
-        return Ok(Box::new(OpenAiEngine::new(OpenAiOptions {
-            base_url,
-            model: args.model.clone(),
-            api_key: args.openai_key.clone(),
-            max_in_flight: args.batch_size.max(1),
-            context_length: args.context,
-            timeout: std::time::Duration::from_secs(3600),
-        })));
-    }
-    let location = model::resolve(&args.model)
-        .with_context(|| format!("cannot resolve --model {}", args.model))?;
-    let location = match location {
-        ModelLocation::HuggingFaceRepo(repo) => {
-            ModelLocation::HuggingFaceDir(guardreasoner_engine::hub::download(&repo)?)
-        }
-        other => other,
-    };
-    match (location, args.backend) {
-        (ModelLocation::Gguf(path), Backend::Candle) => load_candle_gguf(&path, args),
-        (ModelLocation::Gguf(path), _) => load_gguf(&path, args),
-        (ModelLocation::HuggingFaceDir(path), Backend::LlamaCpp) => bail!(
-            "{}: llama.cpp runs GGUF files; use --backend candle (or auto) for a safetensors directory",
-            path.display()
-        ),
-        (ModelLocation::HuggingFaceDir(path), _) => load_candle_dir(&path, args),
-        (ModelLocation::HuggingFaceRepo(_), _) => unreachable!("downloaded above"),
-    }
-}
-
-fn candle_options(args: &ModelArgs) -> guardreasoner_engine::backends::candle::CandleOptions {
-    guardreasoner_engine::backends::candle::CandleOptions {
-        context_per_sequence: args.context,
-        device: args.device,
-        ..Default::default()
-    }
-}
-
-fn load_candle_gguf(path: &std::path::Path, args: &ModelArgs) -> Result<Box<dyn Generate>> {
-    use guardreasoner_engine::backends::candle::CandleEngine;
-    Ok(Box::new(CandleEngine::load_gguf(
-        path,
-        candle_options(args),
-    )?))
-}
-
-fn load_candle_dir(path: &std::path::Path, args: &ModelArgs) -> Result<Box<dyn Generate>> {
-    use guardreasoner_engine::backends::candle::CandleEngine;
-    Ok(Box::new(CandleEngine::load_dir(
-        path,
-        candle_options(args),
-    )?))
-}
-
-#[cfg(feature = "llama-cpp")]
-fn load_gguf(path: &std::path::Path, args: &ModelArgs) -> Result<Box<dyn Generate>> {
-    use guardreasoner_engine::backends::llama_cpp::{
-        FlashAttention, LlamaCppEngine, LlamaCppOptions,
-    };
-    let engine = LlamaCppEngine::load(
-        path,
-        LlamaCppOptions {
-            context_per_sequence: args.context,
-            max_batch: args.batch_size.max(1),
-            threads: args.threads,
-            device: args.device,
-            gpu_layers: args.gpu_layers,
-            flash_attention: match args.flash_attention {
-                FlashAttentionArg::Auto => FlashAttention::Auto,
-                FlashAttentionArg::On => FlashAttention::On,
-                FlashAttentionArg::Off => FlashAttention::Off,
-            },
-            ..LlamaCppOptions::default()
-        },
-    )?;
-    Ok(Box::new(engine))
-}
-
-#[cfg(not(feature = "llama-cpp"))]
-fn load_gguf(path: &std::path::Path, _: &ModelArgs) -> Result<Box<dyn Generate>> {
-    bail!(
-        "{}: GGUF files run on llama.cpp, which this build leaves out (rebuild with the `llama-cpp` feature)",
-        path.display()
-    )
+    load::generator(&args.load_options())
+        .with_context(|| format!("cannot load --model {}", args.model))
 }

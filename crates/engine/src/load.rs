@@ -1,0 +1,296 @@
+//! Loading what `--model` names into a backend: one loader for the command line and the server.
+//!
+//! [`generator`] gives a [`Generate`] for whole batches; [`scheduler`] gives a [`Scheduler`] a
+//! server drives (llama.cpp's continuous batching, or any other backend one sequence at a time).
+
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::backends::openai::{OpenAiEngine, OpenAiOptions};
+use crate::device::DeviceSpec;
+use crate::error::EngineError;
+use crate::generate::Generate;
+use crate::model::{self, ModelLocation};
+use crate::schedule::{Scheduler, Serial, DEFAULT_QUEUE_CAPACITY};
+
+/// Which backend runs a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Backend {
+    /// llama.cpp for GGUF files, candle for model directories and Hugging Face repos.
+    #[default]
+    Auto,
+    /// llama.cpp (GGUF files).
+    LlamaCpp,
+    /// candle (GGUF files and safetensors directories).
+    Candle,
+    /// A remote OpenAI-compatible `/v1/completions` server.
+    Openai,
+}
+
+impl Backend {
+    /// Every backend, in the order the command line lists them.
+    pub const ALL: [Backend; 4] = [Self::Auto, Self::LlamaCpp, Self::Candle, Self::Openai];
+
+    /// The backend's name on the command line and in configuration files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::LlamaCpp => "llama-cpp",
+            Self::Candle => "candle",
+            Self::Openai => "openai",
+        }
+    }
+}
+
+impl FromStr for Backend {
+    type Err = String;
+    fn from_str(name: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|b| b.name() == name)
+            .ok_or_else(|| {
+                format!("unknown backend `{name}`: expected auto, llama-cpp, candle or openai")
+            })
+    }
+}
+
+/// Everything that decides how a model is loaded.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// A GGUF file, a model directory, a Hugging Face repo id, or an alias; with the openai
+    /// backend, the served model's name.
+    pub model: String,
+    /// Which backend runs it.
+    pub backend: Backend,
+    /// The OpenAI-compatible server's base URL (openai backend).
+    pub openai_url: Option<String>,
+    /// Its API key.
+    pub openai_key: Option<String>,
+    /// Tokens one sequence may hold, prompt and generation together.
+    pub context: usize,
+    /// Sequences decoded together (requests in flight, for openai).
+    pub batch_size: usize,
+    /// CPU threads for llama.cpp (all cores when `None`).
+    pub threads: Option<usize>,
+    /// Where the model runs.
+    pub device: DeviceSpec,
+    /// llama.cpp on a GPU: layers to offload (all when `None`).
+    pub gpu_layers: Option<u32>,
+    /// llama.cpp's fused flash-attention kernel: `None` lets llama.cpp decide per device.
+    pub flash_attention: Option<bool>,
+    /// The most requests waiting for a slot (a scheduler refuses more at once).
+    pub queue_capacity: usize,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            model: model::DEFAULT_MODEL.to_string(),
+            backend: Backend::Auto,
+            openai_url: None,
+            openai_key: None,
+            context: 4096,
+            batch_size: 4,
+            threads: None,
+            device: DeviceSpec::Auto,
+            gpu_layers: None,
+            flash_attention: None,
+            queue_capacity: DEFAULT_QUEUE_CAPACITY,
+        }
+    }
+}
+
+/// Where the model is and which backend takes it, downloading a repo id's files first.
+enum Plan {
+    Openai(OpenAiOptions),
+    LlamaCpp(std::path::PathBuf),
+    CandleGguf(std::path::PathBuf),
+    CandleDir(std::path::PathBuf),
+}
+
+fn plan(options: &LoadOptions) -> Result<Plan, EngineError> {
+    if options.backend == Backend::Openai {
+        let base_url = options.openai_url.clone().ok_or_else(|| {
+            EngineError::UnknownModel(
+                "the openai backend needs the server's base URL (--openai-url)".into(),
+            )
+        })?;
+        return Ok(Plan::Openai(OpenAiOptions {
+            base_url,
+            model: options.model.clone(),
+            api_key: options.openai_key.clone(),
+            max_in_flight: options.batch_size.max(1),
+            context_length: options.context,
+            timeout: Duration::from_secs(3600),
+        }));
+    }
+    let location = match model::resolve(&options.model)? {
+        ModelLocation::HuggingFaceRepo(repo) => {
+            ModelLocation::HuggingFaceDir(crate::hub::download(&repo)?)
+        }
+        other => other,
+    };
+    Ok(match (location, options.backend) {
+        (ModelLocation::Gguf(path), Backend::Candle) => Plan::CandleGguf(path),
+        (ModelLocation::Gguf(path), _) => Plan::LlamaCpp(path),
+        (ModelLocation::HuggingFaceDir(path), Backend::LlamaCpp) => {
+            return Err(EngineError::InvalidModel {
+                path,
+                message: "llama.cpp runs GGUF files; use the candle backend (or auto) for a safetensors directory".into(),
+            })
+        }
+        (ModelLocation::HuggingFaceDir(path), _) => Plan::CandleDir(path),
+        (ModelLocation::HuggingFaceRepo(repo), _) => {
+            return Err(EngineError::UnknownModel(format!(
+                "{repo}: the repository was not downloaded"
+            )))
+        }
+    })
+}
+
+/// Loads the model `options` name, for whole batches.
+pub fn generator(options: &LoadOptions) -> Result<Box<dyn Generate>, EngineError> {
+    match plan(options)? {
+        Plan::Openai(openai) => Ok(Box::new(OpenAiEngine::new(openai))),
+        Plan::LlamaCpp(path) => llama_cpp_generator(&path, options),
+        Plan::CandleGguf(path) => candle_gguf(&path, options),
+        Plan::CandleDir(path) => candle_dir(&path, options),
+    }
+}
+
+/// Loads the model `options` name, for a server: llama.cpp batches continuously; every other
+/// backend serves one sequence at a time ([`Scheduler::continuous`] says which).
+pub fn scheduler(options: &LoadOptions) -> Result<Arc<dyn Scheduler>, EngineError> {
+    let serial = |engine: Box<dyn Generate>| -> Result<Arc<dyn Scheduler>, EngineError> {
+        Ok(Arc::new(Serial::new(engine, options.queue_capacity)?))
+    };
+    match plan(options)? {
+        Plan::Openai(openai) => serial(Box::new(OpenAiEngine::new(openai))),
+        Plan::LlamaCpp(path) => llama_cpp_scheduler(&path, options),
+        Plan::CandleGguf(path) => serial(candle_gguf(&path, options)?),
+        Plan::CandleDir(path) => serial(candle_dir(&path, options)?),
+    }
+}
+
+#[cfg(feature = "candle")]
+fn candle_options(options: &LoadOptions) -> crate::backends::candle::CandleOptions {
+    crate::backends::candle::CandleOptions {
+        context_per_sequence: options.context,
+        device: options.device,
+        ..Default::default()
+    }
+}
+
+#[cfg(feature = "candle")]
+fn candle_gguf(path: &Path, options: &LoadOptions) -> Result<Box<dyn Generate>, EngineError> {
+    use crate::backends::candle::CandleEngine;
+    Ok(Box::new(CandleEngine::load_gguf(
+        path,
+        candle_options(options),
+    )?))
+}
+
+#[cfg(feature = "candle")]
+fn candle_dir(path: &Path, options: &LoadOptions) -> Result<Box<dyn Generate>, EngineError> {
+    use crate::backends::candle::CandleEngine;
+    Ok(Box::new(CandleEngine::load_dir(
+        path,
+        candle_options(options),
+    )?))
+}
+
+#[cfg(not(feature = "candle"))]
+fn candle_gguf(path: &Path, _: &LoadOptions) -> Result<Box<dyn Generate>, EngineError> {
+    Err(left_out(path, "candle"))
+}
+
+#[cfg(not(feature = "candle"))]
+fn candle_dir(path: &Path, _: &LoadOptions) -> Result<Box<dyn Generate>, EngineError> {
+    Err(left_out(path, "candle"))
+}
+
+#[cfg(feature = "llama-cpp")]
+fn llama_cpp(
+    path: &Path,
+    options: &LoadOptions,
+) -> Result<crate::backends::llama_cpp::LlamaCppEngine, EngineError> {
+    use crate::backends::llama_cpp::{FlashAttention, LlamaCppEngine, LlamaCppOptions};
+    LlamaCppEngine::load(
+        path,
+        LlamaCppOptions {
+            context_per_sequence: options.context,
+            max_batch: options.batch_size.max(1),
+            threads: options.threads,
+            device: options.device,
+            gpu_layers: options.gpu_layers,
+            flash_attention: match options.flash_attention {
+                None => FlashAttention::Auto,
+                Some(true) => FlashAttention::On,
+                Some(false) => FlashAttention::Off,
+            },
+            queue_capacity: options.queue_capacity,
+            ..LlamaCppOptions::default()
+        },
+    )
+}
+
+#[cfg(feature = "llama-cpp")]
+fn llama_cpp_generator(
+    path: &Path,
+    options: &LoadOptions,
+) -> Result<Box<dyn Generate>, EngineError> {
+    Ok(Box::new(llama_cpp(path, options)?))
+}
+
+#[cfg(feature = "llama-cpp")]
+fn llama_cpp_scheduler(
+    path: &Path,
+    options: &LoadOptions,
+) -> Result<Arc<dyn Scheduler>, EngineError> {
+    Ok(Arc::new(llama_cpp(path, options)?))
+}
+
+#[cfg(not(feature = "llama-cpp"))]
+fn llama_cpp_generator(path: &Path, _: &LoadOptions) -> Result<Box<dyn Generate>, EngineError> {
+    Err(left_out(path, "llama-cpp"))
+}
+
+#[cfg(not(feature = "llama-cpp"))]
+fn llama_cpp_scheduler(path: &Path, _: &LoadOptions) -> Result<Arc<dyn Scheduler>, EngineError> {
+    Err(left_out(path, "llama-cpp"))
+}
+
+#[cfg(any(not(feature = "llama-cpp"), not(feature = "candle")))]
+fn left_out(path: &Path, feature: &str) -> EngineError {
+    EngineError::InvalidModel {
+        path: path.to_path_buf(),
+        message: format!(
+            "this build leaves out the backend that runs it (rebuild with the `{feature}` feature)"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_names_parse() {
+        for backend in Backend::ALL {
+            assert_eq!(backend.name().parse::<Backend>().unwrap(), backend);
+        }
+        assert!("vllm".parse::<Backend>().unwrap_err().contains("llama-cpp"));
+    }
+
+    #[test]
+    fn the_openai_backend_needs_a_url() {
+        let options = LoadOptions {
+            backend: Backend::Openai,
+            ..LoadOptions::default()
+        };
+        let error = generator(&options).err().unwrap().to_string();
+        assert!(error.contains("base URL"), "{error}");
+    }
+}
