@@ -41,6 +41,9 @@ enum Command {
     /// Export a trained model to GGUF (`export gguf`).
     #[command(subcommand)]
     Export(commands::export::Command),
+    /// Serve a guard over HTTP: /v1/guard, OpenAI's moderations and completions, LiteLLM's
+    /// guardrail API, health and Prometheus metrics.
+    Serve(commands::serve::Args),
     /// Download and verify the benchmark data.
     #[command(subcommand)]
     Data(commands::data::Command),
@@ -60,6 +63,7 @@ fn main() -> ExitCode {
         Command::Check(args) => args.model.threads,
         Command::Generate(args) => args.model.threads,
         Command::Bench(args) => args.model.threads,
+        Command::Serve(args) => args.model.threads,
         Command::Train(command) => command.threads(),
         Command::Mine(args) => args.threads(),
         _ => None,
@@ -83,6 +87,7 @@ fn main() -> ExitCode {
         Command::Mine(args) => commands::mine::run(args),
         Command::Synth(args) => commands::synth::run(args),
         Command::Export(command) => commands::export::run(command),
+        Command::Serve(args) => commands::serve::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -13,5 +13,6 @@ mod progress;
 pub mod prompt;
 mod resume_log;
 pub mod score;
+pub mod serve;
 pub mod synth;
 pub mod train;

@@ -202,6 +202,8 @@ impl Steps<'_> {
         if job.events.is_closed() {
             return;
         }
+        // Evaluating the shared prefix below is this sequence's prefill, not its wait.
+        let admitted_at = Instant::now();
         let prompt = match &job.request.tokens {
             Some(ids) => ids.iter().map(|&id| LlamaToken(id as i32)).collect(),
             None => tokenize(self.model, &job.request.prompt),
@@ -256,7 +258,7 @@ impl Steps<'_> {
             token_ids: Vec::new(),
             stop: None,
             queued_at: job.queued_at,
-            admitted_at: Instant::now(),
+            admitted_at,
             first_token_at: None,
         });
         self.admitted.push_back(slot);

@@ -1,0 +1,193 @@
+//! Every error the server answers, in OpenAI's shape:
+//! `{"error": {"message", "type", "param", "code"}}`, with the HTTP status that fits.
+
+use std::time::Duration;
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use guardreasoner_engine::schedule::Rejected;
+use guardreasoner_engine::EngineError;
+use guardreasoner_guard::{GuardError, SubmitError};
+use serde::Serialize;
+
+/// An error answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiError {
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// What went wrong, for a person.
+    pub message: String,
+    /// OpenAI's error type (`invalid_request_error`, ...).
+    pub kind: &'static str,
+    /// The request field at fault, where one is.
+    pub param: Option<String>,
+    /// A machine-readable code.
+    pub code: Option<&'static str>,
+    /// For overload: when to retry.
+    pub retry_after: Option<Duration>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: Inner<'a>,
+}
+
+#[derive(Serialize)]
+struct Inner<'a> {
+    message: &'a str,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    param: Option<&'a str>,
+    code: Option<&'a str>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+            kind,
+            param: None,
+            code: None,
+            retry_after: None,
+        }
+    }
+
+    /// 400: a request that cannot be read (malformed JSON, a wrong field).
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", message)
+    }
+
+    /// 422: a well-formed request the model cannot take (too long, out of range).
+    pub fn unprocessable(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request_error",
+            message,
+        )
+    }
+
+    /// 401: no valid API key.
+    pub fn unauthorized() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "authentication_error",
+            "a valid API key is required (Authorization: Bearer KEY, or x-api-key: KEY)",
+        )
+        .with_code("invalid_api_key")
+    }
+
+    /// 404: no such route.
+    pub fn not_found(path: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            format!("no route {path}"),
+        )
+        .with_code("not_found")
+    }
+
+    /// The queue is full: `status` is 429 for OpenAI-shaped endpoints (their clients retry) or
+    /// 503 for LiteLLM's guardrail endpoint (its fallback applies to 502/503/504 only).
+    pub fn overloaded(status: StatusCode, capacity: usize) -> Self {
+        Self {
+            retry_after: Some(Duration::from_secs(1)),
+            ..Self::new(
+                status,
+                "server_overloaded",
+                format!("the server is busy ({capacity} requests waiting); retry shortly"),
+            )
+            .with_code("queue_full")
+        }
+    }
+
+    /// 503: the model is still loading, or the server is stopping.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self {
+            retry_after: Some(Duration::from_secs(2)),
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_unavailable",
+                message,
+            )
+        }
+    }
+
+    /// 504: the request's deadline passed; its sequences were cancelled.
+    pub fn deadline(limit: Duration) -> Self {
+        Self::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "timeout",
+            format!(
+                "the request took longer than the server's deadline of {} s and was cancelled",
+                limit.as_secs_f64()
+            ),
+        )
+        .with_code("deadline_exceeded")
+    }
+
+    /// 500: the backend failed.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message)
+    }
+
+    /// Names the field at fault.
+    pub fn with_param(mut self, param: impl Into<String>) -> Self {
+        self.param = Some(param.into());
+        self
+    }
+
+    /// Adds a machine-readable code.
+    pub fn with_code(mut self, code: &'static str) -> Self {
+        self.code = Some(code);
+        self
+    }
+
+    /// An engine error for the request's item `index` (of `field`): what the request did wrong
+    /// is 422, what the backend did is 500.
+    pub fn from_engine(error: &EngineError, field: &str) -> Self {
+        match error {
+            EngineError::PromptTooLong { index, .. } => Self::unprocessable(error.to_string())
+                .with_param(format!("{field}[{index}]"))
+                .with_code("context_length_exceeded"),
+            EngineError::InvalidParams(_) => Self::unprocessable(error.to_string()),
+            _ => Self::internal(error.to_string()),
+        }
+    }
+
+    /// A refused submission: overload with the endpoint's status, or a request it cannot take.
+    pub fn from_submit(error: &SubmitError, overload_status: StatusCode, field: &str) -> Self {
+        match error {
+            SubmitError::Rejected(Rejected::QueueFull { capacity }) => {
+                Self::overloaded(overload_status, *capacity)
+            }
+            SubmitError::Rejected(Rejected::Stopped) => {
+                Self::unavailable("the scheduler has stopped")
+            }
+            SubmitError::Invalid(GuardError::Engine(engine)) => Self::from_engine(engine, field),
+            SubmitError::Invalid(other) => Self::unprocessable(other.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = Body {
+            error: Inner {
+                message: &self.message,
+                kind: self.kind,
+                param: self.param.as_deref(),
+                code: self.code,
+            },
+        };
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(after) = self.retry_after {
+            let seconds = after.as_secs().max(1).to_string();
+            if let Ok(value) = HeaderValue::from_str(&seconds) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+        }
+        response
+    }
+}

@@ -1,0 +1,257 @@
+//! `POST /v1/guard`: the native endpoint. A conversation (`{prompt, response?}`) or a list of
+//! them in; per conversation the three answers, the decision and who made it, the reasoning in
+//! tasks and steps, usage and timings. `"stream": true` (one conversation) streams the reasoning
+//! as server-sent events (`token`), then the verdict (`verdict`).
+
+use std::convert::Infallible;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures_util::stream::{self, Stream};
+use guardreasoner_engine::schedule::{Event, EventReceiver};
+use guardreasoner_engine::Timings;
+use guardreasoner_guard::{CheckResult, DecidedBy, GuardError, GuardHandle};
+use guardreasoner_protocol::parse::structured::TaskReasoning;
+use guardreasoner_protocol::{Conversation, Verdict};
+use serde::{Deserialize, Serialize};
+
+use crate::checks;
+use crate::error::ApiError;
+use crate::json::{self, Body};
+use crate::state::AppState;
+
+/// One conversation to check.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Item {
+    /// The user's prompt.
+    pub prompt: String,
+    /// The AI's response, when there is one to judge.
+    #[serde(default)]
+    pub response: Option<String>,
+}
+
+impl Item {
+    fn conversation(self) -> Conversation {
+        match self.response {
+            Some(response) => Conversation::with_response(self.prompt, response),
+            None => Conversation::prompt_only(self.prompt),
+        }
+    }
+}
+
+/// The guard's answer on one conversation.
+#[derive(Debug, Clone, Serialize)]
+pub struct Reply {
+    /// Whether to block: the request or the response is harmful, or the policy says so.
+    pub harmful: bool,
+    /// `model`, or `policy` when answers were missing.
+    pub decided_by: DecidedBy,
+    /// The three answers: a label, `none`, or `missing`.
+    pub labels: Verdict,
+    /// Answers the conversation called for that the output lacked.
+    pub missing: Vec<&'static str>,
+    /// The reasoning, per task and step.
+    pub reasoning: Vec<TaskReasoning>,
+    /// The model's whole output.
+    pub output: String,
+    /// Token counts.
+    pub usage: Usage,
+    /// Where the time went, in seconds.
+    pub timings: Timings,
+    /// Why generation stopped.
+    pub stop: guardreasoner_engine::StopReason,
+}
+
+/// Token counts, named as OpenAI names them.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Usage {
+    /// Prompt tokens.
+    pub prompt_tokens: usize,
+    /// Of those, reused from the shared-prefix cache.
+    pub cached_prompt_tokens: usize,
+    /// Generated tokens.
+    pub completion_tokens: usize,
+    /// Both.
+    pub total_tokens: usize,
+}
+
+impl From<CheckResult> for Reply {
+    fn from(result: CheckResult) -> Self {
+        Self {
+            harmful: result.harmful,
+            decided_by: result.decided_by,
+            labels: result.verdict,
+            missing: result.missing.iter().map(|t| t.answer_key()).collect(),
+            reasoning: result.parsed.tasks,
+            output: result.output,
+            usage: Usage {
+                prompt_tokens: result.usage.prompt_tokens,
+                cached_prompt_tokens: result.usage.cached_prompt_tokens,
+                completion_tokens: result.usage.generated_tokens,
+                total_tokens: result.usage.prompt_tokens + result.usage.generated_tokens,
+            },
+            timings: result.timings,
+            stop: result.stop,
+        }
+    }
+}
+
+/// A verdict, or the error in OpenAI's shape (per item: one failure never fails the others).
+pub fn item_json(verdict: Result<CheckResult, GuardError>) -> serde_json::Value {
+    match verdict {
+        Ok(result) => serde_json::to_value(Reply::from(result)).unwrap_or_default(),
+        Err(error) => serde_json::json!({
+            "error": {
+                "message": error.to_string(),
+                "type": match error {
+                    GuardError::Unparseable { .. } => "unparseable_output",
+                    GuardError::Engine(_) => "server_error",
+                },
+                "param": null,
+                "code": null,
+            }
+        }),
+    }
+}
+
+/// `POST /v1/guard`.
+pub async fn guard(State(state): State<AppState>, Body(body): Body<serde_json::Value>) -> Response {
+    match handle(state, body).await {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn handle(state: AppState, body: serde_json::Value) -> Result<Response, ApiError> {
+    let id = format!("guard-{}", crate::ids::next());
+    let model = state.config.model_name.clone();
+    match body {
+        serde_json::Value::Array(items) => {
+            let conversations = items
+                .into_iter()
+                .enumerate()
+                .map(|(i, item)| {
+                    json::field::<Item>(item, &format!("[{i}]")).map(Item::conversation)
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let verdicts =
+                checks::check_all(&state, &conversations, StatusCode::TOO_MANY_REQUESTS, "")
+                    .await?;
+            let results: Vec<_> = verdicts.into_iter().map(item_json).collect();
+            Ok(
+                Json(serde_json::json!({"id": id, "model": model, "results": results}))
+                    .into_response(),
+            )
+        }
+        serde_json::Value::Object(mut fields) => {
+            let stream = match fields.remove("stream") {
+                None | Some(serde_json::Value::Null) => false,
+                Some(value) => json::field::<bool>(value, "stream")?,
+            };
+            let item: Item = json::field(serde_json::Value::Object(fields), "body")?;
+            let conversation = item.conversation();
+            if stream {
+                let (guard, receiver) = checks::submit(
+                    &state,
+                    std::slice::from_ref(&conversation),
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "prompt",
+                )?;
+                let events = stream_events(state, guard, receiver, conversation, id, model);
+                return Ok(Sse::new(events)
+                    .keep_alive(KeepAlive::default())
+                    .into_response());
+            }
+            let mut verdicts = checks::check_all(
+                &state,
+                std::slice::from_ref(&conversation),
+                StatusCode::TOO_MANY_REQUESTS,
+                "prompt",
+            )
+            .await?;
+            let mut reply = item_json(verdicts.remove(0));
+            if let serde_json::Value::Object(map) = &mut reply {
+                map.insert("id".into(), id.into());
+                map.insert("model".into(), model.into());
+            }
+            Ok(Json(reply).into_response())
+        }
+        _ => Err(ApiError::bad_request(
+            "the body is a conversation ({\"prompt\": ..., \"response\": ...}) or a list of them",
+        )),
+    }
+}
+
+struct Streaming {
+    state: AppState,
+    guard: GuardHandle,
+    receiver: EventReceiver,
+    conversation: Conversation,
+    id: String,
+    model: String,
+    deadline: tokio::time::Instant,
+    done: bool,
+}
+
+/// `token` events with the reasoning as it is generated, then one `verdict` event (or `error`).
+fn stream_events(
+    state: AppState,
+    guard: GuardHandle,
+    receiver: EventReceiver,
+    conversation: Conversation,
+    id: String,
+    model: String,
+) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+    let deadline = tokio::time::Instant::now() + state.config.request_timeout;
+    let start = Streaming {
+        state,
+        guard,
+        receiver,
+        conversation,
+        id,
+        model,
+        deadline,
+        done: false,
+    };
+    stream::unfold(start, |mut s| async move {
+        if s.done {
+            return None;
+        }
+        let event = match tokio::time::timeout_at(s.deadline, s.receiver.recv()).await {
+            Ok(Some((_, Event::Token { text }))) => SseEvent::default()
+                .event("token")
+                .data(serde_json::json!({ "text": text }).to_string()),
+            Ok(Some((_, Event::Finished(finished)))) => {
+                s.done = true;
+                let verdict = checks::judge(&s.state, &s.guard, &s.conversation, finished);
+                let mut reply = item_json(verdict);
+                if let serde_json::Value::Object(map) = &mut reply {
+                    map.insert("id".into(), s.id.clone().into());
+                    map.insert("model".into(), s.model.clone().into());
+                }
+                SseEvent::default().event("verdict").data(reply.to_string())
+            }
+            Ok(None) => {
+                s.done = true;
+                error_event(&ApiError::internal("the scheduler stopped"))
+            }
+            Err(_) => {
+                s.done = true;
+                error_event(&ApiError::deadline(s.state.config.request_timeout))
+            }
+        };
+        Some((Ok(event), s))
+    })
+}
+
+/// An `error` event in OpenAI's error shape.
+pub fn error_event(error: &ApiError) -> SseEvent {
+    SseEvent::default().event("error").data(
+        serde_json::json!({"error": {"message": error.message, "type": error.kind, "param": error.param, "code": error.code}})
+            .to_string(),
+    )
+}
