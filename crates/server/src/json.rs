@@ -1,7 +1,8 @@
-//! Reading request bodies: JSON errors become 400s in OpenAI's shape naming what is wrong (the
-//! field, line and column serde reports), never axum's plain-text rejections.
+//! Reading request bodies as JSON, whatever the content type says (as llama-server and most
+//! OpenAI-compatible servers do: `curl -d` sends a form type), with errors in OpenAI's shape that
+//! name what is wrong: the field's path, the line and the column.
 
-use axum::extract::rejection::JsonRejection;
+use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use serde::de::DeserializeOwned;
 
@@ -14,29 +15,50 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
-        match axum::Json::<T>::from_request(request, state).await {
-            Ok(axum::Json(value)) => Ok(Body(value)),
-            Err(rejection) => Err(rejected(rejection)),
-        }
+        let bytes = Bytes::from_request(request, state)
+            .await
+            .map_err(|rejection| {
+                let status = rejection.status();
+                ApiError {
+                    status,
+                    ..ApiError::bad_request(rejection.body_text())
+                }
+                .with_code(
+                    if status == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                        "body_too_large"
+                    } else {
+                        "invalid_body"
+                    },
+                )
+            })?;
+        let mut deserializer = serde_json::Deserializer::from_slice(&bytes);
+        let value: T = serde_path_to_error::deserialize(&mut deserializer).map_err(invalid)?;
+        deserializer.end().map_err(|e| {
+            ApiError::bad_request(format!("the body is not valid JSON: {e}"))
+                .with_code("invalid_json")
+        })?;
+        Ok(Body(value))
     }
 }
 
-fn rejected(rejection: JsonRejection) -> ApiError {
-    let status = rejection.status();
-    let message = rejection.body_text();
-    if status == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-        return ApiError {
-            status,
-            ..ApiError::bad_request(message)
-        }
-        .with_code("body_too_large");
+fn invalid(error: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
+    let path = error.path().to_string();
+    let inner = error.inner();
+    if inner.is_syntax() || inner.is_eof() {
+        return ApiError::bad_request(format!("the body is not valid JSON: {inner}"))
+            .with_code("invalid_json");
     }
-    // A body that is not JSON at all, or JSON of the wrong shape (serde names the field).
-    ApiError::bad_request(message).with_code(match rejection {
-        JsonRejection::MissingJsonContentType(_) => "missing_content_type",
-        JsonRejection::JsonSyntaxError(_) => "invalid_json",
-        _ => "invalid_request",
+    let error = ApiError::bad_request(if path == "." {
+        format!("the body: {inner}")
+    } else {
+        format!("{path}: {inner}")
     })
+    .with_code("invalid_request");
+    if path == "." {
+        error
+    } else {
+        error.with_param(path)
+    }
 }
 
 /// Reads `value` as `T`, naming `field` in the error.

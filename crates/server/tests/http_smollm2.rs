@@ -11,6 +11,16 @@ use common::{eventually, get, metric, post, request, send, Setup, TestServer, KE
 use guardreasoner_server::ServeConfig;
 use serde_json::{json, Value};
 
+/// One server at a time: on two cores, servers generating side by side would make "at once" and
+/// "within seconds" measure the machine, not the server.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// A prompt SmolLM2 continues for as long as it is let (counting), to hold a slot.
 const COUNTING: &str = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11,";
 
@@ -42,6 +52,7 @@ fn assert_openai_error(reply: &common::Reply, status: u16) -> Value {
 
 #[test]
 fn every_endpoint_answers_in_its_shape() {
+    let _serial = serial();
     let Some(server) = TestServer::start(Setup::default()) else {
         return;
     };
@@ -277,6 +288,7 @@ fn every_endpoint_answers_in_its_shape() {
 
 #[test]
 fn keys_are_required_in_either_header_and_health_is_open() {
+    let _serial = serial();
     let Some(server) = TestServer::start(Setup::default()) else {
         return;
     };
@@ -298,6 +310,7 @@ fn keys_are_required_in_either_header_and_health_is_open() {
 
 #[test]
 fn overload_is_answered_at_once() {
+    let _serial = serial();
     let Some(server) = TestServer::start(long_setup(1, 1)) else {
         return;
     };
@@ -362,6 +375,7 @@ fn overload_is_answered_at_once() {
 
 #[test]
 fn a_client_that_hangs_up_frees_its_slot() {
+    let _serial = serial();
     let Some(server) = TestServer::start(long_setup(1, 4)) else {
         return;
     };
@@ -426,6 +440,7 @@ fn a_client_that_hangs_up_frees_its_slot() {
 
 #[test]
 fn bad_requests_get_clear_errors() {
+    let _serial = serial();
     let Some(server) = TestServer::start(Setup {
         context: 512,
         config: ServeConfig {
@@ -547,6 +562,7 @@ fn bad_requests_get_clear_errors() {
 
 #[test]
 fn a_request_past_its_deadline_is_cancelled() {
+    let _serial = serial();
     let Some(server) = TestServer::start(Setup {
         config: ServeConfig {
             request_timeout: Duration::from_millis(500),
@@ -571,6 +587,7 @@ fn a_request_past_its_deadline_is_cancelled() {
 
 #[test]
 fn shutdown_finishes_what_is_in_flight() {
+    let _serial = serial();
     let Some(server) = TestServer::start(long_setup(2, 4)) else {
         return;
     };

@@ -63,6 +63,10 @@ pub struct Sampling {
     /// Tool calling: not offered.
     #[serde(default)]
     pub tools: Option<Value>,
+    /// Keep generating past end of text, up to the budget (vLLM's and llama-server's extension,
+    /// for benchmarks with a fixed number of new tokens).
+    #[serde(default)]
+    pub ignore_eos: Option<bool>,
 }
 
 impl Sampling {
@@ -101,6 +105,7 @@ impl Sampling {
             top_p: self.top_p.unwrap_or(1.0),
             seed: self.seed.unwrap_or(0) as u64,
             max_new_tokens: max as usize,
+            ignore_eos: self.ignore_eos.unwrap_or(false),
             ..SamplingParams::default()
         };
         params.validate().map_err(|e| {

@@ -4,7 +4,9 @@
 //! prefix. Every step the scheduler
 //! 1. drops cancelled sequences (their receiver is gone) and frees their slots;
 //! 2. admits waiting requests into free slots: the prompt's leading tokens that sequence 0 holds
-//!    are copied from it (in a unified cache a copy shares the cells), the rest is left to prefill;
+//!    are copied from it (in a unified cache a copy shares the cells), the rest is left to prefill.
+//!    Sequence 0 holds the caller's hinted prefix (GuardReasoner's instruction); without a hint,
+//!    the longest start the new prompt shares with a running sequence is adopted into it;
 //! 3. decodes one batch: the next token of every decoding sequence, then prefill tokens of the
 //!    admitted ones, oldest first, up to `step_tokens` (chunked prefill: running sequences never
 //!    wait for a long prompt to finish);
@@ -38,6 +40,9 @@ pub(super) struct Settings {
 }
 
 const PREFIX_SEQUENCE: i32 = 0;
+
+/// The fewest prompt tokens worth copying from a running sequence when no prefix is hinted.
+const MIN_REUSE: usize = 16;
 
 /// Special-token text is parsed as special tokens, as Hugging Face tokenizers and vLLM do with
 /// raw prompts (the llama3 chat format relies on it).
@@ -274,6 +279,23 @@ impl Steps<'_> {
         prompt: &[LlamaToken],
     ) -> Result<usize, EngineError> {
         let mut shared = common_prefix(&self.prefix, prompt);
+        if hint.is_none() {
+            // No hint: reuse what a running sequence has evaluated of the same start (as
+            // llama-server's prompt cache reuses a slot's last prompt), when it is worth a copy.
+            let live = self
+                .slots
+                .iter()
+                .enumerate()
+                .filter_map(|(slot, s)| {
+                    let s = s.as_ref()?;
+                    Some((slot, common_prefix(&s.prompt[..s.evaluated], prompt)))
+                })
+                .max_by_key(|&(_, length)| length);
+            if let Some((slot, length)) = live.filter(|&(_, l)| l >= shared + MIN_REUSE) {
+                self.adopt_prefix(slot, &prompt[..length])?;
+                shared = length;
+            }
+        }
         if let Some(hint) = hint {
             if self.hint.as_ref().is_none_or(|(text, _)| text != hint) {
                 self.hint = Some((hint.to_string(), tokenize(self.model, hint)));
@@ -288,6 +310,24 @@ impl Steps<'_> {
             }
         }
         Ok(shared.min(prompt.len() - 1))
+    }
+
+    /// Makes sequence 0 hold `tokens`, copied from the sequence in `slot`, which holds them.
+    fn adopt_prefix(&mut self, slot: usize, tokens: &[LlamaToken]) -> Result<(), EngineError> {
+        self.context
+            .clear_kv_cache_seq(Some(PREFIX_SEQUENCE as u32), None, None)
+            .map_err(|e| backend_error(e.to_string()))?;
+        self.prefix.clear();
+        self.context
+            .copy_kv_cache_seq(
+                sequence_id(slot),
+                PREFIX_SEQUENCE,
+                Some(0),
+                Some(tokens.len() as u32),
+            )
+            .map_err(|e| backend_error(e.to_string()))?;
+        self.prefix = tokens.to_vec();
+        Ok(())
     }
 
     /// Makes sequence 0 hold exactly `tokens`, evaluating only what it does not hold yet.
