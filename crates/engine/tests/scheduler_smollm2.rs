@@ -185,3 +185,33 @@ fn bad_requests_fail_alone() {
     let generation = finish(&mut submit(&engine, "Hello", params(3), 0));
     assert_eq!(generation.generated_tokens, 3);
 }
+
+#[test]
+fn without_a_hint_a_prompt_reuses_the_start_of_the_last_one() {
+    let Some(engine) = engine(2, 8) else { return };
+    let Some(fresh) = engine_fresh() else { return };
+    let prompts = common::reference_prompts();
+    let submit_plain = |engine: &LlamaCppEngine, prompt: &str, tag: usize| {
+        let request = validate(engine, tag, prompt.to_string(), None, params(12)).unwrap();
+        let (sender, receiver) = events();
+        engine.submit(request, tag, sender).unwrap();
+        receiver
+    };
+    let first = finish(&mut submit_plain(&engine, &prompts[0], 0));
+    assert_eq!(first.cached_prompt_tokens, 0, "nothing to reuse yet");
+    // The second guard prompt shares the instruction with the first, which has finished.
+    let second = finish(&mut submit_plain(&engine, &prompts[1], 1));
+    assert!(
+        second.cached_prompt_tokens > 90,
+        "{}",
+        second.cached_prompt_tokens
+    );
+    // And generates what a fresh engine does from scratch.
+    let reference = finish(&mut submit_plain(&fresh, &prompts[1], 1));
+    assert_eq!(reference.cached_prompt_tokens, 0);
+    common::agree_until_near_tie("reused", &second, &reference);
+}
+
+fn engine_fresh() -> Option<LlamaCppEngine> {
+    engine(1, 8)
+}

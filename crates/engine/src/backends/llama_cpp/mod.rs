@@ -298,10 +298,10 @@ impl LlamaCppEngine {
             .max(16);
         let max_batch = options.max_batch.max(1);
         // Sequence 0 holds the shared prefix; sequences 1..=max_batch the requests. The unified
-        // cache is sized for every request at full length: the prefix's cells are shared with
-        // the sequences copied from it, so it needs no room of its own. A step carries a token
-        // of every decoding sequence beside prefill tokens.
-        let total = context_per_sequence * max_batch;
+        // cache is sized for every sequence at full length, sequence 0 included: its cells are
+        // shared with the sequences copied from it, but it may also keep a finished prompt alone.
+        // A step carries a token of every decoding sequence beside prefill tokens.
+        let total = context_per_sequence * (max_batch + 1);
         let step_tokens = options.prefill_chunk.max(max_batch + 1);
         let context_params = LlamaContextParams::default()
             .with_n_ctx(NonZeroU32::new(total as u32))

@@ -6,7 +6,8 @@
 //! 2. admits waiting requests into free slots: the prompt's leading tokens that sequence 0 holds
 //!    are copied from it (in a unified cache a copy shares the cells), the rest is left to prefill.
 //!    Sequence 0 holds the caller's hinted prefix (GuardReasoner's instruction); without a hint,
-//!    the longest start the new prompt shares with a running sequence is adopted into it;
+//!    it holds the last finished prompt, or adopts the longest start the new prompt shares with a
+//!    running sequence;
 //! 3. decodes one batch: the next token of every decoding sequence, then prefill tokens of the
 //!    admitted ones, oldest first, up to `step_tokens` (chunked prefill: running sequences never
 //!    wait for a long prompt to finish);
@@ -66,6 +67,7 @@ pub(super) fn run<'m>(
         slots: (0..settings.slots).map(|_| None).collect(),
         admitted: VecDeque::new(),
         prefix: Vec::new(),
+        prefix_hinted: false,
         hint: None,
         batch: LlamaBatch::new(settings.step_tokens, 1),
     };
@@ -143,6 +145,9 @@ struct Steps<'m> {
     admitted: VecDeque<usize>,
     /// The tokens sequence 0 holds.
     prefix: Vec<LlamaToken>,
+    /// Whether they came from a caller's hint (kept until another hint replaces them) rather
+    /// than from a recent prompt.
+    prefix_hinted: bool,
     /// The last shared-prefix text and its tokens (tokenized once).
     hint: Option<(String, Vec<LlamaToken>)>,
     batch: LlamaBatch<'static>,
@@ -187,8 +192,22 @@ impl Steps<'_> {
         }
     }
 
-    /// Frees a slot and its cache cells.
+    /// Frees a slot and its cache cells. Without a hinted prefix, sequence 0 keeps the leaving
+    /// sequence's prompt, so that the next prompt that starts the same way (the same system
+    /// prompt, the same instruction) reuses it, as llama-server's prompt cache reuses a slot's.
     fn release(&mut self, slot: usize) -> Option<Sequence> {
+        if !self.prefix_hinted {
+            let kept = self.slots[slot]
+                .as_ref()
+                .map(|s| s.prompt[..s.evaluated].to_vec())
+                .filter(|kept| kept.len() >= MIN_REUSE);
+            if let Some(kept) = kept {
+                if self.adopt_prefix(slot, &kept).is_err() {
+                    // Nothing is lost but the reuse: start sequence 0 afresh.
+                    let _ = self.load_prefix(&[]);
+                }
+            }
+        }
         let _ = self
             .context
             .clear_kv_cache_seq(Some(sequence_id(slot) as u32), None, None);
@@ -293,6 +312,7 @@ impl Steps<'_> {
                 .max_by_key(|&(_, length)| length);
             if let Some((slot, length)) = live.filter(|&(_, l)| l >= shared + MIN_REUSE) {
                 self.adopt_prefix(slot, &prompt[..length])?;
+                self.prefix_hinted = false;
                 shared = length;
             }
         }
@@ -306,6 +326,7 @@ impl Steps<'_> {
                 // Other sequences keep their copies of the old prefix's cells: in a unified
                 // cache clearing sequence 0 only removes its own claim on them.
                 self.load_prefix(&prompt[..wanted])?;
+                self.prefix_hinted = true;
                 shared = wanted;
             }
         }
