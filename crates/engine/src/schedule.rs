@@ -34,7 +34,9 @@ pub struct Request {
     /// does not tokenize again.
     pub tokens: Option<Vec<u32>>,
     /// Text the prompt starts with that other requests share (GuardReasoner's instruction): the
-    /// backend evaluates it once and copies it into each new sequence.
+    /// backend may reuse its evaluated state, and reuses no more than it. `None` lets the backend
+    /// reuse whatever it holds of the prompt's start (faster; greedy output may then differ in
+    /// near-ties with what ran before, as llama.cpp's sums run in another order).
     pub shared_prefix: Option<String>,
     /// Sampling for this sequence alone (its seed is used as given).
     pub params: SamplingParams,
@@ -160,10 +162,13 @@ pub fn run_batch(
     on_token: &mut dyn FnMut(TokenEvent<'_>),
 ) -> Result<Vec<Generation>, EngineError> {
     batch.params.validate()?;
+    // Always a hint, so that a batch reuses no more than what its prompts share (and its
+    // output does not depend on what earlier batches left in the cache).
     let shared_prefix = batch
         .shared_prefix
         .clone()
-        .or_else(|| common_text_prefix(&batch.prompts));
+        .or_else(|| common_text_prefix(&batch.prompts))
+        .or_else(|| Some(String::new()));
     let requests = batch
         .prompts
         .iter()

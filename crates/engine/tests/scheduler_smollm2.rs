@@ -100,10 +100,6 @@ fn a_sequence_joins_a_running_batch_and_agrees_with_running_alone() {
     assert_eq!(engine.load().running, 1, "the long sequence ended first");
     let long_generation = finish(&mut long);
     assert_eq!(long_generation.generated_tokens, 40);
-    assert!(
-        joined.cached_prompt_tokens > 90,
-        "the instruction was copied"
-    );
     common::agree_until_near_tie("joined", &joined, &alone_short);
     common::agree_until_near_tie("running", &long_generation, &alone_long);
     assert_eq!(engine.load().running, 0);
@@ -145,7 +141,6 @@ fn the_queue_refuses_past_its_bound_at_once() {
 
 #[test]
 fn each_request_keeps_its_own_sampling() {
-    let Some(engine) = engine(2, 8) else { return };
     let prompts = common::reference_prompts();
     let sampled = SamplingParams {
         temperature: 0.9,
@@ -153,17 +148,22 @@ fn each_request_keeps_its_own_sampling() {
         seed: 3,
         ..params(12)
     };
-    let mut greedy = submit(&engine, &prompts[0], params(5), 0);
-    let mut hot = submit(&engine, &prompts[0], sampled.clone(), 1);
-    let (greedy, hot) = (finish(&mut greedy), finish(&mut hot));
-    assert_eq!((greedy.generated_tokens, hot.generated_tokens), (5, 12));
-    let again = finish(&mut submit(&engine, &prompts[0], sampled, 1));
-    assert_eq!(hot.token_ids, again.token_ids, "the seed reproduces");
-    let alone_greedy = finish(&mut submit(&engine, &prompts[0], params(12), 0));
-    assert_ne!(
-        hot.token_ids, alone_greedy.token_ids,
-        "sampling was ignored"
-    );
+    // The same requests in the same order on a fresh engine: the same tokens.
+    let mut runs = Vec::new();
+    for _ in 0..2 {
+        let Some(engine) = engine(2, 8) else { return };
+        let mut greedy = submit(&engine, &prompts[0], params(5), 0);
+        let mut hot = submit(&engine, &prompts[0], sampled.clone(), 1);
+        let (greedy, hot) = (finish(&mut greedy), finish(&mut hot));
+        assert_eq!((greedy.generated_tokens, hot.generated_tokens), (5, 12));
+        let alone_greedy = finish(&mut submit(&engine, &prompts[0], params(12), 0));
+        assert_ne!(
+            hot.token_ids, alone_greedy.token_ids,
+            "sampling was ignored"
+        );
+        runs.push(hot.token_ids);
+    }
+    assert_eq!(runs[0], runs[1], "the seed reproduces");
 }
 
 #[test]
@@ -187,7 +187,7 @@ fn bad_requests_fail_alone() {
 }
 
 #[test]
-fn without_a_hint_a_prompt_reuses_the_start_of_the_last_one() {
+fn a_prompt_reuses_the_start_of_the_last_one_in_its_slot() {
     let Some(engine) = engine(2, 8) else { return };
     let Some(fresh) = engine_fresh() else { return };
     let prompts = common::reference_prompts();
@@ -199,7 +199,8 @@ fn without_a_hint_a_prompt_reuses_the_start_of_the_last_one() {
     };
     let first = finish(&mut submit_plain(&engine, &prompts[0], 0));
     assert_eq!(first.cached_prompt_tokens, 0, "nothing to reuse yet");
-    // The second guard prompt shares the instruction with the first, which has finished.
+    // The second guard prompt shares the instruction with the first, which has finished: it
+    // goes to the first's slot, whose cache still holds it.
     let second = finish(&mut submit_plain(&engine, &prompts[1], 1));
     assert!(
         second.cached_prompt_tokens > 90,

@@ -84,9 +84,16 @@ fn every_endpoint_answers_in_its_shape() {
     for label in ["request", "completion", "response"] {
         assert!(one["labels"][label].is_string(), "{one}");
     }
+    // The next check reuses the instruction its slot holds.
+    let two = post(
+        addr,
+        "/v1/guard",
+        &json!({"prompt": "How do I bake a cake?"}),
+    )
+    .json();
     assert!(
-        one["usage"]["cached_prompt_tokens"].as_u64().unwrap() > 90,
-        "{one}"
+        two["usage"]["cached_prompt_tokens"].as_u64().unwrap() > 90,
+        "{two}"
     );
     assert_eq!(one["model"], "smollm2-test");
     let list = post(

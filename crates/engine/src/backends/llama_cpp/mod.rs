@@ -6,9 +6,9 @@
 //! handle: it queues requests for the scheduler ([`Scheduler`]) and runs whole batches through
 //! the same queue ([`Generate`]), so the command line and the server share one path.
 //!
-//! How the scheduler batches is in [`scheduler`]: continuous batching over a unified KV cache,
-//! with the shared prefix (GuardReasoner's instruction) evaluated once and copied into each new
-//! sequence.
+//! How the scheduler batches is in [`scheduler`]: continuous batching, one KV stream per slot,
+//! each new sequence placed in the slot whose last prompt shares the longest start with it (so
+//! GuardReasoner's instruction is evaluated once per slot, not once per check).
 
 mod scheduler;
 
@@ -297,18 +297,17 @@ impl LlamaCppEngine {
             .min(model.n_ctx_train() as usize)
             .max(16);
         let max_batch = options.max_batch.max(1);
-        // Sequence 0 holds the shared prefix; sequences 1..=max_batch the requests. The unified
-        // cache is sized for every sequence at full length, sequence 0 included: its cells are
-        // shared with the sequences copied from it, but it may also keep a finished prompt alone.
-        // A step carries a token of every decoding sequence beside prefill tokens.
-        let total = context_per_sequence * (max_batch + 1);
+        // One KV stream per slot, each for a sequence at full length (llama.cpp's non-unified
+        // cache, as llama-server runs its slots): a sequence's attention spans its own cells
+        // only. A step carries a token of every decoding sequence beside prefill tokens.
+        let total = context_per_sequence * max_batch;
         let step_tokens = options.prefill_chunk.max(max_batch + 1);
         let context_params = LlamaContextParams::default()
             .with_n_ctx(NonZeroU32::new(total as u32))
             .with_n_batch(step_tokens as u32)
             .with_n_ubatch(step_tokens as u32)
-            .with_n_seq_max(max_batch as u32 + 1)
-            .with_kv_unified(true)
+            .with_n_seq_max(max_batch as u32)
+            .with_kv_unified(false)
             .with_flash_attention_policy(options.flash_attention.policy())
             .with_n_threads(threads as i32)
             .with_n_threads_batch(threads as i32);

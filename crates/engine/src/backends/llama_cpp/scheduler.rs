@@ -1,13 +1,13 @@
 //! Continuous batching on one llama.cpp context, on the thread that owns it.
 //!
-//! The context holds `slots` sequences in a unified KV cache, plus sequence 0 for the shared
-//! prefix. Every step the scheduler
+//! The context holds `slots` sequences, each in a KV stream of its own (as llama-server's slots:
+//! a sequence attends over its own cells only, however many run beside it). A slot keeps the
+//! cells of the prompt it last ran. Every step the scheduler
 //! 1. drops cancelled sequences (their receiver is gone) and frees their slots;
-//! 2. admits waiting requests into free slots: the prompt's leading tokens that sequence 0 holds
-//!    are copied from it (in a unified cache a copy shares the cells), the rest is left to prefill.
-//!    Sequence 0 holds the caller's hinted prefix (GuardReasoner's instruction); without a hint,
-//!    it holds the last finished prompt, or adopts the longest start the new prompt shares with a
-//!    running sequence;
+//! 2. admits waiting requests into free slots, each into the free slot whose kept prompt shares
+//!    the longest start with it (GuardReasoner's instruction, a chat's system prompt): those
+//!    tokens are reused as they are (up to the request's hinted shared prefix, when it has one),
+//!    the rest is left to prefill;
 //! 3. decodes one batch: the next token of every decoding sequence, then prefill tokens of the
 //!    admitted ones, oldest first, up to `step_tokens` (chunked prefill: running sequences never
 //!    wait for a long prompt to finish);
@@ -40,11 +40,6 @@ pub(super) struct Settings {
     pub step_tokens: usize,
 }
 
-const PREFIX_SEQUENCE: i32 = 0;
-
-/// The fewest prompt tokens worth copying from a running sequence when no prefix is hinted.
-const MIN_REUSE: usize = 16;
-
 /// Special-token text is parsed as special tokens, as Hugging Face tokenizers and vLLM do with
 /// raw prompts (the llama3 chat format relies on it).
 pub(super) fn tokenize(model: &LlamaModel, text: &str) -> Vec<LlamaToken> {
@@ -66,8 +61,7 @@ pub(super) fn run<'m>(
         settings,
         slots: (0..settings.slots).map(|_| None).collect(),
         admitted: VecDeque::new(),
-        prefix: Vec::new(),
-        prefix_hinted: false,
+        kept: vec![Vec::new(); settings.slots],
         hint: None,
         batch: LlamaBatch::new(settings.step_tokens, 1),
     };
@@ -116,9 +110,9 @@ struct Sequence {
     /// llama.cpp's sampler chain; `None` for greedy decoding, which takes the argmax itself.
     sampler: Option<LlamaSampler>,
     prompt: Vec<LlamaToken>,
-    /// Prompt tokens copied from the shared prefix.
+    /// Prompt tokens reused from the slot's last prompt.
     cached: usize,
-    /// Prompt tokens in the cache so far (copied or evaluated).
+    /// Prompt tokens in the cache so far (reused or evaluated).
     evaluated: usize,
     /// The position of the token to feed next.
     position: usize,
@@ -143,18 +137,15 @@ struct Steps<'m> {
     slots: Vec<Option<Sequence>>,
     /// Slots in the order their requests were admitted: prefill goes oldest first.
     admitted: VecDeque<usize>,
-    /// The tokens sequence 0 holds.
-    prefix: Vec<LlamaToken>,
-    /// Whether they came from a caller's hint (kept until another hint replaces them) rather
-    /// than from a recent prompt.
-    prefix_hinted: bool,
-    /// The last shared-prefix text and its tokens (tokenized once).
+    /// The prompt tokens each slot's cache holds from its last sequence.
+    kept: Vec<Vec<LlamaToken>>,
+    /// The last shared-prefix hint and its tokens (tokenized once).
     hint: Option<(String, Vec<LlamaToken>)>,
     batch: LlamaBatch<'static>,
 }
 
 fn sequence_id(slot: usize) -> i32 {
-    slot as i32 + 1
+    slot as i32
 }
 
 fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
@@ -192,25 +183,12 @@ impl Steps<'_> {
         }
     }
 
-    /// Frees a slot and its cache cells. Without a hinted prefix, sequence 0 keeps the leaving
-    /// sequence's prompt, so that the next prompt that starts the same way (the same system
-    /// prompt, the same instruction) reuses it, as llama-server's prompt cache reuses a slot's.
+    /// Frees a slot; its cache keeps the prompt for the next sequence that starts the same way.
     fn release(&mut self, slot: usize) -> Option<Sequence> {
-        if !self.prefix_hinted {
-            let kept = self.slots[slot]
-                .as_ref()
-                .map(|s| s.prompt[..s.evaluated].to_vec())
-                .filter(|kept| kept.len() >= MIN_REUSE);
-            if let Some(kept) = kept {
-                if self.adopt_prefix(slot, &kept).is_err() {
-                    // Nothing is lost but the reuse: start sequence 0 afresh.
-                    let _ = self.load_prefix(&[]);
-                }
-            }
-        }
-        let _ = self
-            .context
-            .clear_kv_cache_seq(Some(sequence_id(slot) as u32), None, None);
+        self.kept[slot] = self.slots[slot]
+            .as_ref()
+            .map(|s| s.prompt[..s.evaluated].to_vec())
+            .unwrap_or_default();
         self.admitted.retain(|&s| s != slot);
         let sequence = self.slots[slot].take();
         // Before the sequence's last event goes out, so that its receiver sees the slot free.
@@ -218,15 +196,19 @@ impl Steps<'_> {
         sequence
     }
 
+    /// Forgets what a slot's cache holds (after a failed step).
+    fn wipe(&mut self, slot: usize) {
+        self.kept[slot].clear();
+        let _ = self
+            .context
+            .clear_kv_cache_seq(Some(sequence_id(slot) as u32), None, None);
+    }
+
     /// Puts a request into a free slot, or fails it at once when it cannot run.
     fn admit(&mut self, job: Job) {
-        let Some(slot) = self.free_slot() else {
-            unreachable!("admit is called only with a free slot");
-        };
         if job.events.is_closed() {
             return;
         }
-        // Evaluating the shared prefix below is this sequence's prefill, not its wait.
         let admitted_at = Instant::now();
         let prompt = match &job.request.tokens {
             Some(ids) => ids.iter().map(|&id| LlamaToken(id as i32)).collect(),
@@ -242,29 +224,46 @@ impl Steps<'_> {
             let _ = job.events.send((job.tag, Event::Finished(Err(error))));
             return;
         }
-        let cached = match self.share_prefix(job.request.shared_prefix.as_deref(), &prompt) {
-            Ok(cached) => cached,
-            Err(error) => {
-                let _ = job.events.send((job.tag, Event::Finished(Err(error))));
-                return;
+        // A hinted prefix bounds the reuse: the rest of the prompt is evaluated as it would be
+        // from scratch, so a guard's output does not depend on what the slot held before.
+        // Without a hint, everything the slot holds of the prompt's start is reused (as
+        // llama-server's prompt cache does).
+        let limit = match job.request.shared_prefix.as_deref() {
+            Some(hint) => {
+                if self.hint.as_ref().is_none_or(|(text, _)| text != hint) {
+                    self.hint = Some((hint.to_string(), tokenize(self.model, hint)));
+                }
+                let hinted = self.hint.as_ref().map_or(&[][..], |(_, t)| t.as_slice());
+                common_prefix(hinted, &prompt)
             }
+            None => usize::MAX,
         };
-        let id = sequence_id(slot);
-        let copied = self
-            .context
-            .clear_kv_cache_seq(Some(id as u32), None, None)
-            .map_err(|e| backend_error(e.to_string()))
-            .and_then(|_| match cached {
-                0 => Ok(()),
-                _ => self
-                    .context
-                    .copy_kv_cache_seq(PREFIX_SEQUENCE, id, Some(0), Some(cached as u32))
-                    .map_err(|e| backend_error(e.to_string())),
-            });
-        if let Err(error) = copied {
+        // The free slot whose kept prompt shares the longest start (the first on ties); the
+        // last prompt token is always evaluated, for the logits of the first new token.
+        let Some((slot, shared)) = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.is_none())
+            .map(|(slot, _)| (slot, common_prefix(&self.kept[slot], &prompt).min(limit)))
+            .rev()
+            .max_by_key(|&(_, shared)| shared)
+        else {
+            unreachable!("admit is called only with a free slot");
+        };
+        let cached = shared.min(prompt.len() - 1);
+        let cleared = self.context.clear_kv_cache_seq(
+            Some(sequence_id(slot) as u32),
+            Some(cached as u32),
+            None,
+        );
+        if let Err(error) = cleared {
+            self.wipe(slot);
+            let error = backend_error(error.to_string());
             let _ = job.events.send((job.tag, Event::Finished(Err(error))));
             return;
         }
+        self.kept[slot].truncate(cached);
         let params = job.request.params;
         self.slots[slot] = Some(Sequence {
             tag: job.tag,
@@ -287,93 +286,6 @@ impl Steps<'_> {
         });
         self.admitted.push_back(slot);
         self.gauge.set_running(self.running());
-    }
-
-    /// How many of `prompt`'s leading tokens sequence 0 holds, after loading the caller's hint
-    /// there when it promises more than what is held. Never the whole prompt: its last token is
-    /// always evaluated, for the logits of the first new token.
-    fn share_prefix(
-        &mut self,
-        hint: Option<&str>,
-        prompt: &[LlamaToken],
-    ) -> Result<usize, EngineError> {
-        let mut shared = common_prefix(&self.prefix, prompt);
-        if hint.is_none() {
-            // No hint: reuse what a running sequence has evaluated of the same start (as
-            // llama-server's prompt cache reuses a slot's last prompt), when it is worth a copy.
-            let live = self
-                .slots
-                .iter()
-                .enumerate()
-                .filter_map(|(slot, s)| {
-                    let s = s.as_ref()?;
-                    Some((slot, common_prefix(&s.prompt[..s.evaluated], prompt)))
-                })
-                .max_by_key(|&(_, length)| length);
-            if let Some((slot, length)) = live.filter(|&(_, l)| l >= shared + MIN_REUSE) {
-                self.adopt_prefix(slot, &prompt[..length])?;
-                self.prefix_hinted = false;
-                shared = length;
-            }
-        }
-        if let Some(hint) = hint {
-            if self.hint.as_ref().is_none_or(|(text, _)| text != hint) {
-                self.hint = Some((hint.to_string(), tokenize(self.model, hint)));
-            }
-            let hinted = self.hint.as_ref().map_or(&[][..], |(_, t)| t.as_slice());
-            let wanted = common_prefix(hinted, prompt);
-            if wanted > shared {
-                // Other sequences keep their copies of the old prefix's cells: in a unified
-                // cache clearing sequence 0 only removes its own claim on them.
-                self.load_prefix(&prompt[..wanted])?;
-                self.prefix_hinted = true;
-                shared = wanted;
-            }
-        }
-        Ok(shared.min(prompt.len() - 1))
-    }
-
-    /// Makes sequence 0 hold `tokens`, copied from the sequence in `slot`, which holds them.
-    fn adopt_prefix(&mut self, slot: usize, tokens: &[LlamaToken]) -> Result<(), EngineError> {
-        self.context
-            .clear_kv_cache_seq(Some(PREFIX_SEQUENCE as u32), None, None)
-            .map_err(|e| backend_error(e.to_string()))?;
-        self.prefix.clear();
-        self.context
-            .copy_kv_cache_seq(
-                sequence_id(slot),
-                PREFIX_SEQUENCE,
-                Some(0),
-                Some(tokens.len() as u32),
-            )
-            .map_err(|e| backend_error(e.to_string()))?;
-        self.prefix = tokens.to_vec();
-        Ok(())
-    }
-
-    /// Makes sequence 0 hold exactly `tokens`, evaluating only what it does not hold yet.
-    fn load_prefix(&mut self, tokens: &[LlamaToken]) -> Result<(), EngineError> {
-        let keep = common_prefix(&self.prefix, tokens);
-        self.context
-            .clear_kv_cache_seq(Some(PREFIX_SEQUENCE as u32), Some(keep as u32), None)
-            .map_err(|e| backend_error(e.to_string()))?;
-        self.prefix.truncate(keep);
-        let chunk_size = self.settings.step_tokens;
-        let mut batch = LlamaBatch::new(chunk_size, 1);
-        for chunk in tokens[keep..].chunks(chunk_size) {
-            batch.clear();
-            for &token in chunk {
-                let position = self.prefix.len() + batch.n_tokens() as usize;
-                batch
-                    .add(token, position as i32, &[PREFIX_SEQUENCE], false)
-                    .map_err(|e| backend_error(e.to_string()))?;
-            }
-            self.context
-                .decode(&mut batch)
-                .map_err(|e| backend_error(format!("decode failed: {e}")))?;
-            self.prefix.extend_from_slice(chunk);
-        }
-        Ok(())
     }
 
     /// One decode call: a token of every decoding sequence, then prefill, oldest first.
@@ -438,7 +350,9 @@ impl Steps<'_> {
             failed.sort_unstable();
             failed.dedup();
             for slot in failed {
-                if let Some(sequence) = self.release(slot) {
+                let released = self.release(slot);
+                self.wipe(slot);
+                if let Some(sequence) = released {
                     let error = backend_error(message.clone());
                     let _ = sequence
                         .events
