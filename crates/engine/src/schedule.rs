@@ -337,6 +337,56 @@ impl Job {
     }
 }
 
+/// The sending side of a scheduler's queue: the bound checked, then the group sent to the
+/// scheduler's thread, all or none. Every scheduler queues through one of these.
+#[derive(Debug)]
+pub struct JobQueue {
+    gauge: Arc<QueueGauge>,
+    sender: Mutex<Option<mpsc::Sender<Vec<Job>>>>,
+}
+
+impl JobQueue {
+    /// A queue of at most `capacity` waiting requests in front of `slots`; the scheduler's
+    /// thread takes the receiver and a clone of the gauge.
+    pub fn new(capacity: usize, slots: usize) -> (Self, mpsc::Receiver<Vec<Job>>) {
+        let (sender, receiver) = mpsc::channel();
+        let queue = Self {
+            gauge: Arc::new(QueueGauge::new(capacity.max(1), slots)),
+            sender: Mutex::new(Some(sender)),
+        };
+        (queue, receiver)
+    }
+
+    /// The gauge the scheduler's thread updates.
+    pub fn gauge(&self) -> &Arc<QueueGauge> {
+        &self.gauge
+    }
+
+    /// Queues `requests` together, or refuses them all.
+    pub fn submit_all(
+        &self,
+        requests: Vec<(usize, Request)>,
+        events: Events,
+    ) -> Result<(), Rejected> {
+        let count = requests.len();
+        self.gauge.enter(count)?;
+        let jobs = Job::group(requests, events);
+        let sender = self.sender.lock().unwrap_or_else(|p| p.into_inner());
+        match sender.as_ref().map(|sender| sender.send(jobs)) {
+            Some(Ok(())) => Ok(()),
+            _ => {
+                self.gauge.leave(count);
+                Err(Rejected::Stopped)
+            }
+        }
+    }
+
+    /// Closes the queue: the scheduler's thread ends once its running sequences finish.
+    pub fn close(&self) {
+        self.sender.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+}
+
 /// A [`Scheduler`] over any [`Generate`] backend that runs one sequence at a time (candle, a
 /// remote server): a thread of its own takes queued requests in order. A cancelled request is
 /// skipped if it has not started; once started it runs to its end (the backend cannot stop
@@ -344,8 +394,7 @@ impl Job {
 pub struct Serial {
     info: ModelInfo,
     chat_template: Option<ChatTemplate>,
-    gauge: Arc<QueueGauge>,
-    jobs: Mutex<Option<mpsc::Sender<Vec<Job>>>>,
+    queue: JobQueue,
     worker: Mutex<Option<thread::JoinHandle<()>>>,
 }
 
@@ -357,10 +406,9 @@ impl Serial {
             ..engine.info().clone()
         };
         let chat_template = engine.chat_template().cloned();
-        let gauge = Arc::new(QueueGauge::new(queue_capacity, 1));
-        let (jobs, receiver) = mpsc::channel::<Vec<Job>>();
+        let (queue, receiver) = JobQueue::new(queue_capacity, 1);
         let worker = {
-            let gauge = gauge.clone();
+            let gauge = queue.gauge().clone();
             thread::Builder::new()
                 .name("serial-scheduler".into())
                 .spawn(move || serial_worker(engine, &gauge, receiver))
@@ -372,8 +420,7 @@ impl Serial {
         Ok(Self {
             info,
             chat_template,
-            gauge,
-            jobs: Mutex::new(Some(jobs)),
+            queue,
             worker: Mutex::new(Some(worker)),
         })
     }
@@ -437,21 +484,11 @@ impl Scheduler for Serial {
     }
 
     fn submit_all(&self, requests: Vec<(usize, Request)>, events: Events) -> Result<(), Rejected> {
-        let count = requests.len();
-        self.gauge.enter(count)?;
-        let jobs = Job::group(requests, events);
-        let sender = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
-        match sender.as_ref().map(|sender| sender.send(jobs)) {
-            Some(Ok(())) => Ok(()),
-            _ => {
-                self.gauge.leave(count);
-                Err(Rejected::Stopped)
-            }
-        }
+        self.queue.submit_all(requests, events)
     }
 
     fn load(&self) -> Load {
-        self.gauge.load()
+        self.queue.gauge().load()
     }
 
     fn continuous(&self) -> bool {
@@ -461,7 +498,7 @@ impl Scheduler for Serial {
 
 impl Drop for Serial {
     fn drop(&mut self) {
-        self.jobs.lock().unwrap_or_else(|p| p.into_inner()).take();
+        self.queue.close();
         if let Some(worker) = self.worker.lock().unwrap_or_else(|p| p.into_inner()).take() {
             let _ = worker.join();
         }

@@ -28,7 +28,7 @@ use crate::device::{cuda_not_built, DeviceSpec, CUDA_BUILT};
 use crate::error::EngineError;
 use crate::generate::{Batch, Generate, Generation, ModelInfo, TokenEvent};
 use crate::schedule::{
-    run_batch, Events, Job, Load, QueueGauge, Rejected, Request, Scheduler, DEFAULT_QUEUE_CAPACITY,
+    run_batch, Events, JobQueue, Load, Rejected, Request, Scheduler, DEFAULT_QUEUE_CAPACITY,
 };
 
 const BACKEND: &str = "llama.cpp";
@@ -100,8 +100,7 @@ pub struct LlamaCppEngine {
     info: ModelInfo,
     chat_template: Option<ChatTemplate>,
     model: Arc<LlamaModel>,
-    gauge: Arc<QueueGauge>,
-    jobs: Option<mpsc::Sender<Vec<Job>>>,
+    queue: JobQueue,
     worker: Option<thread::JoinHandle<()>>,
 }
 
@@ -311,16 +310,15 @@ impl LlamaCppEngine {
             .with_flash_attention_policy(options.flash_attention.policy())
             .with_n_threads(threads as i32)
             .with_n_threads_batch(threads as i32);
-        let gauge = Arc::new(QueueGauge::new(options.queue_capacity.max(1), max_batch));
+        let (queue, job_receiver) = JobQueue::new(options.queue_capacity, max_batch);
         let settings = scheduler::Settings {
             context_per_sequence,
             slots: max_batch,
             step_tokens,
         };
-        let (jobs, job_receiver) = mpsc::channel();
         let (ready, ready_receiver) = mpsc::channel();
         let worker = {
-            let (model, gauge) = (model.clone(), gauge.clone());
+            let (model, gauge) = (model.clone(), queue.gauge().clone());
             thread::Builder::new()
                 .name("llama.cpp".into())
                 .spawn(move || {
@@ -352,8 +350,7 @@ impl LlamaCppEngine {
             },
             chat_template,
             model,
-            gauge,
-            jobs: Some(jobs),
+            queue,
             worker: Some(worker),
         })
     }
@@ -389,7 +386,7 @@ impl Drop for LlamaCppEngine {
     fn drop(&mut self) {
         // Closing the queue ends the scheduler once its running sequences finish; wait for it
         // to free the context.
-        self.jobs.take();
+        self.queue.close();
         if let Some(worker) = self.worker.take() {
             let _ = worker.join();
         }
@@ -410,23 +407,11 @@ impl Scheduler for LlamaCppEngine {
     }
 
     fn submit_all(&self, requests: Vec<(usize, Request)>, events: Events) -> Result<(), Rejected> {
-        let count = requests.len();
-        self.gauge.enter(count)?;
-        match self
-            .jobs
-            .as_ref()
-            .map(|jobs| jobs.send(Job::group(requests, events)))
-        {
-            Some(Ok(())) => Ok(()),
-            _ => {
-                self.gauge.leave(count);
-                Err(Rejected::Stopped)
-            }
-        }
+        self.queue.submit_all(requests, events)
     }
 
     fn load(&self) -> Load {
-        self.gauge.load()
+        self.queue.gauge().load()
     }
 
     fn continuous(&self) -> bool {
