@@ -135,15 +135,7 @@ pub fn validate(
     params.validate()?;
     let tokens = scheduler.tokenize(&prompt)?;
     if let Some(tokens) = &tokens {
-        let context = scheduler.info().context_length;
-        // Room for at least one new token.
-        if tokens.is_empty() || tokens.len() + 1 > context {
-            return Err(EngineError::PromptTooLong {
-                index,
-                tokens: tokens.len(),
-                context,
-            });
-        }
+        fits(index, tokens.len(), scheduler.info().context_length)?;
     }
     Ok(Request {
         prompt,
@@ -151,6 +143,19 @@ pub fn validate(
         shared_prefix,
         params,
     })
+}
+
+/// Whether a prompt of `tokens` tokens fits a context of `context` with room for at least one
+/// new token; `index` names the prompt in the error.
+pub fn fits(index: usize, tokens: usize, context: usize) -> Result<(), EngineError> {
+    if tokens == 0 || tokens + 1 > context {
+        return Err(EngineError::PromptTooLong {
+            index,
+            tokens,
+            context,
+        });
+    }
+    Ok(())
 }
 
 /// Runs a whole batch through a scheduler, as [`Generate::generate`] does: every prompt its own

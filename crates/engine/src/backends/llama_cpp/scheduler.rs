@@ -25,9 +25,8 @@ use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 
 use super::backend_error;
-use crate::error::EngineError;
 use crate::generate::{Generation, SamplingParams, StopReason, Timings, Utf8Stream};
-use crate::schedule::{Event, Events, Job, QueueGauge};
+use crate::schedule::{fits, Event, Events, Job, QueueGauge};
 
 /// The scheduler's sizes, fixed when the context is made.
 #[derive(Debug, Clone, Copy)]
@@ -114,8 +113,6 @@ struct Sequence {
     cached: usize,
     /// Prompt tokens in the cache so far (reused or evaluated).
     evaluated: usize,
-    /// The position of the token to feed next.
-    position: usize,
     /// The token to feed next, once prefill is done.
     next: Option<LlamaToken>,
     utf8: Utf8Stream,
@@ -128,12 +125,20 @@ struct Sequence {
     first_token_at: Option<Instant>,
 }
 
+impl Sequence {
+    /// The position of the token to feed next (`next`): after the prompt, one per token generated
+    /// before it.
+    fn position(&self) -> usize {
+        self.prompt.len() + self.token_ids.len().saturating_sub(1)
+    }
+}
+
 struct Steps<'m> {
     model: &'m LlamaModel,
     gauge: &'m QueueGauge,
     context: LlamaContext<'m>,
     settings: Settings,
-    /// Slot `i` is llama.cpp sequence `i + 1`.
+    /// Slot `i` is llama.cpp sequence `i`.
     slots: Vec<Option<Sequence>>,
     /// Slots in the order their requests were admitted: prefill goes oldest first.
     admitted: VecDeque<usize>,
@@ -214,13 +219,7 @@ impl Steps<'_> {
             Some(ids) => ids.iter().map(|&id| LlamaToken(id as i32)).collect(),
             None => tokenize(self.model, &job.request.prompt),
         };
-        let context = self.settings.context_per_sequence;
-        if prompt.is_empty() || prompt.len() + 1 > context {
-            let error = EngineError::PromptTooLong {
-                index: job.tag,
-                tokens: prompt.len(),
-                context,
-            };
+        if let Err(error) = fits(job.tag, prompt.len(), self.settings.context_per_sequence) {
             let _ = job.events.send((job.tag, Event::Finished(Err(error))));
             return;
         }
@@ -274,7 +273,6 @@ impl Steps<'_> {
             prompt,
             cached,
             evaluated: cached,
-            position: cached,
             next: None,
             utf8: Utf8Stream::default(),
             text: String::new(),
@@ -299,7 +297,7 @@ impl Steps<'_> {
             if let Some(token) = sequence.next {
                 added = added.and(self.batch.add(
                     token,
-                    sequence.position as i32,
+                    sequence.position() as i32,
                     &[sequence_id(slot)],
                     true,
                 ));
@@ -364,9 +362,6 @@ impl Steps<'_> {
         for (slot, count) in prefilled {
             if let Some(sequence) = &mut self.slots[slot] {
                 sequence.evaluated += count;
-                if sequence.evaluated == sequence.prompt.len() {
-                    sequence.position = sequence.prompt.len();
-                }
             }
         }
         for (slot, logits_index) in sampling {
@@ -391,9 +386,6 @@ impl Steps<'_> {
             // without building its candidate array over the whole vocabulary every step.
             None => LlamaToken(crate::sampling::argmax(logits) as i32),
         };
-        if sequence.next.is_some() {
-            sequence.position += 1;
-        }
         sequence.first_token_at.get_or_insert_with(Instant::now);
         if vocab.is_eog(token) && !sequence.params.ignore_eos {
             sequence.stop = Some(StopReason::EndOfText);
@@ -412,7 +404,7 @@ impl Steps<'_> {
         sequence.next = Some(token);
         if sequence.token_ids.len() >= sequence.params.max_new_tokens {
             sequence.stop = Some(StopReason::MaxTokens);
-        } else if sequence.position + 1 >= context_per_sequence {
+        } else if sequence.position() + 1 >= context_per_sequence {
             sequence.stop = Some(StopReason::ContextFull);
         }
         sequence.stop.is_some()
