@@ -156,23 +156,28 @@ impl ApiError {
         }
     }
 
+    /// A scheduler's refusal: overload with the endpoint's status, or a stopped scheduler.
+    pub fn from_rejected(rejected: &Rejected, overload_status: StatusCode) -> Self {
+        match rejected {
+            Rejected::QueueFull { capacity } => Self::overloaded(overload_status, *capacity),
+            Rejected::Stopped => Self::unavailable("the scheduler has stopped"),
+        }
+    }
+
     /// A refused submission: overload with the endpoint's status, or a request it cannot take.
     pub fn from_submit(error: &SubmitError, overload_status: StatusCode, field: &str) -> Self {
         match error {
-            SubmitError::Rejected(Rejected::QueueFull { capacity }) => {
-                Self::overloaded(overload_status, *capacity)
-            }
-            SubmitError::Rejected(Rejected::Stopped) => {
-                Self::unavailable("the scheduler has stopped")
-            }
+            SubmitError::Rejected(rejected) => Self::from_rejected(rejected, overload_status),
             SubmitError::Invalid(GuardError::Engine(engine)) => Self::from_engine(engine, field),
             SubmitError::Invalid(other) => Self::unprocessable(other.to_string()),
         }
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+impl ApiError {
+    /// The error as OpenAI writes it: `{"error": {"message", "type", "param", "code"}}` (also a
+    /// stream's `error` event, and a failed item of a list).
+    pub fn body(&self) -> serde_json::Value {
         let body = Body {
             error: Inner {
                 message: &self.message,
@@ -181,7 +186,13 @@ impl IntoResponse for ApiError {
                 code: self.code,
             },
         };
-        let mut response = (self.status, Json(body)).into_response();
+        serde_json::to_value(body).unwrap_or_default()
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, Json(self.body())).into_response();
         if let Some(after) = self.retry_after {
             let seconds = after.as_secs().max(1).to_string();
             if let Ok(value) = HeaderValue::from_str(&seconds) {

@@ -15,10 +15,10 @@ pub struct ModelArgs {
     /// name.
     #[arg(long, default_value = DEFAULT_MODEL)]
     pub model: String,
-    /// Which backend runs the model: `auto` picks llama.cpp for GGUF files and candle for model
-    /// directories and Hugging Face repos.
-    #[arg(long, value_enum, default_value_t = Backend::Auto)]
-    pub backend: Backend,
+    /// Which backend runs the model: `auto` (llama.cpp for GGUF files, candle for model
+    /// directories and Hugging Face repos), `llama-cpp`, `candle` or `openai`.
+    #[arg(long, default_value = "auto", value_parser = |name: &str| name.parse::<load::Backend>())]
+    pub backend: load::Backend,
     /// Base URL of an OpenAI-compatible server (for --backend openai), e.g. http://localhost:8000.
     #[arg(long, env = "GUARDREASONER_OPENAI_URL")]
     pub openai_url: Option<String>,
@@ -58,14 +58,6 @@ pub enum FlashAttentionArg {
     On,
     /// Plain attention.
     Off,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum Backend {
-    Auto,
-    LlamaCpp,
-    Candle,
-    Openai,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -132,12 +124,7 @@ impl ModelArgs {
     pub fn load_options(&self) -> LoadOptions {
         LoadOptions {
             model: self.model.clone(),
-            backend: match self.backend {
-                Backend::Auto => load::Backend::Auto,
-                Backend::LlamaCpp => load::Backend::LlamaCpp,
-                Backend::Candle => load::Backend::Candle,
-                Backend::Openai => load::Backend::Openai,
-            },
+            backend: self.backend,
             openai_url: self.openai_url.clone(),
             openai_key: self.openai_key.clone(),
             context: self.context,

@@ -104,18 +104,25 @@ impl From<CheckResult> for Reply {
 pub fn item_json(verdict: Result<CheckResult, GuardError>) -> serde_json::Value {
     match verdict {
         Ok(result) => serde_json::to_value(Reply::from(result)).unwrap_or_default(),
-        Err(error) => serde_json::json!({
-            "error": {
-                "message": error.to_string(),
-                "type": match error {
-                    GuardError::Unparseable { .. } => "unparseable_output",
-                    GuardError::Engine(_) => "server_error",
-                },
-                "param": null,
-                "code": null,
-            }
-        }),
+        Err(error) => ApiError {
+            kind: match error {
+                GuardError::Unparseable { .. } => "unparseable_output",
+                GuardError::Engine(_) => "server_error",
+            },
+            ..ApiError::internal(error.to_string())
+        }
+        .body(),
     }
+}
+
+/// One conversation's answer, with the response's id and the model's name.
+fn labelled(verdict: Result<CheckResult, GuardError>, id: &str, model: &str) -> serde_json::Value {
+    let mut reply = item_json(verdict);
+    if let serde_json::Value::Object(map) = &mut reply {
+        map.insert("id".into(), id.into());
+        map.insert("model".into(), model.into());
+    }
+    reply
 }
 
 /// `POST /v1/guard`.
@@ -173,12 +180,7 @@ async fn handle(state: AppState, body: serde_json::Value) -> Result<Response, Ap
                 "prompt",
             )
             .await?;
-            let mut reply = item_json(verdicts.remove(0));
-            if let serde_json::Value::Object(map) = &mut reply {
-                map.insert("id".into(), id.into());
-                map.insert("model".into(), model.into());
-            }
-            Ok(Json(reply).into_response())
+            Ok(Json(labelled(verdicts.remove(0), &id, &model)).into_response())
         }
         _ => Err(ApiError::bad_request(
             "the body is a conversation ({\"prompt\": ..., \"response\": ...}) or a list of them",
@@ -228,11 +230,7 @@ fn stream_events(
             Ok(Some((_, Event::Finished(finished)))) => {
                 s.done = true;
                 let verdict = checks::judge(&s.state, &s.guard, &s.conversation, finished);
-                let mut reply = item_json(verdict);
-                if let serde_json::Value::Object(map) = &mut reply {
-                    map.insert("id".into(), s.id.clone().into());
-                    map.insert("model".into(), s.model.clone().into());
-                }
+                let reply = labelled(verdict, &s.id, &s.model);
                 SseEvent::default().event("verdict").data(reply.to_string())
             }
             Ok(None) => {
@@ -250,8 +248,7 @@ fn stream_events(
 
 /// An `error` event in OpenAI's error shape.
 pub fn error_event(error: &ApiError) -> SseEvent {
-    SseEvent::default().event("error").data(
-        serde_json::json!({"error": {"message": error.message, "type": error.kind, "param": error.param, "code": error.code}})
-            .to_string(),
-    )
+    SseEvent::default()
+        .event("error")
+        .data(error.body().to_string())
 }

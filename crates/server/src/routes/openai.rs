@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::stream::{self, Stream};
 use guardreasoner_engine::chat_template::Message;
-use guardreasoner_engine::schedule::{events, validate, Event, EventReceiver, Rejected};
+use guardreasoner_engine::schedule::{events, validate, Event, EventReceiver};
 use guardreasoner_engine::{Generation, SamplingParams, StopReason};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -374,12 +374,9 @@ fn start(
     let request = validate(scheduler.as_ref(), 0, prompt, None, params)
         .map_err(|e| ApiError::from_engine(&e, "prompt"))?;
     let (sender, receiver) = events();
-    scheduler.submit(request, 0, sender).map_err(|e| match e {
-        Rejected::QueueFull { capacity } => {
-            ApiError::overloaded(StatusCode::TOO_MANY_REQUESTS, capacity)
-        }
-        Rejected::Stopped => ApiError::unavailable("the scheduler has stopped"),
-    })?;
+    scheduler
+        .submit(request, 0, sender)
+        .map_err(|e| ApiError::from_rejected(&e, StatusCode::TOO_MANY_REQUESTS))?;
     let prefix = match shape {
         Shape::Chat => "chatcmpl",
         Shape::Text => "cmpl",
