@@ -109,6 +109,15 @@ fn main() -> ExitCode {
                     "hint: raise --context (tokens per conversation), or shorten the conversation"
                 );
             }
+            let no_template = error.chain().any(|cause| {
+                matches!(
+                    cause.downcast_ref::<guardreasoner_guard::GuardError>(),
+                    Some(guardreasoner_guard::GuardError::NoChatTemplate)
+                )
+            });
+            if no_template {
+                eprintln!("hint: --format eval, deploy or llama3-chat need no chat template");
+            }
             ExitCode::FAILURE
         }
     }

@@ -96,10 +96,13 @@ fn generate_then_score_end_to_end_with_resume() {
     assert_eq!(score["samples"], 5);
     let notes = report["notes"].to_string();
     assert!(notes.contains("first 5 of 100 samples"), "{notes}");
-    // SmolLM2 is not a guard: most outputs give no label, and the report must say so.
-    if score["parse_failure_rate"].as_f64().unwrap() > 10.0 {
-        assert!(notes.contains("give no prompt label"), "{notes}");
-    }
+    // SmolLM2 is not a guard: where more than 10% of its outputs give no label (most do), the
+    // report must say so, and only then.
+    assert_eq!(
+        notes.contains("give no prompt label"),
+        score["parse_failure_rate"].as_f64().unwrap() > 10.0,
+        "{notes}"
+    );
 
     // Other settings in the same directory are refused rather than mixed.
     let output = run(&[

@@ -125,7 +125,17 @@ fn sft_resumes_exactly_exports_to_gguf_and_feeds_dpo_and_mining() {
 
     // The second step again, from the checkpoint: the same weights.
     let resumed = dir.path().join("resumed");
-    ok(sft(&model, &data, &resumed, &["--resume", p(&checkpoint)]));
+    let said = ok(sft(&model, &data, &resumed, &["--resume", p(&checkpoint)]));
+    assert!(said.contains("resuming after step 1"), "{said}");
+    // Only the second step ran: a resume that started over would log both.
+    let resumed_curve = fs::read_to_string(resumed.join("loss.csv")).unwrap();
+    let step = |line: &str| line.split(',').next().unwrap().to_string();
+    assert_eq!(resumed_curve.lines().count(), 2, "{resumed_curve}");
+    assert_eq!(
+        step(resumed_curve.lines().nth(1).unwrap()),
+        step(curve.lines().nth(2).unwrap()),
+        "{resumed_curve}"
+    );
     let (a, b) = (weights(&straight), weights(&resumed));
     assert_eq!(a.len(), b.len());
     let mut worst = 0f32;
@@ -294,6 +304,7 @@ fn sft_resumes_exactly_exports_to_gguf_and_feeds_dpo_and_mining() {
     };
     let first = ok(mine());
     assert!(first.contains("\"records\": 2"), "{first}");
+    assert!(first.contains("mining with"), "{first}");
     let samples = dir.path().join("mined.samples-0.jsonl");
     assert_eq!(fs::read_to_string(&samples).unwrap().lines().count(), 2);
     let second = ok(mine());

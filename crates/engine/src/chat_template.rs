@@ -7,6 +7,10 @@
 //! pycompat. A leading BOS in the rendered text is removed, because our tokenizers add BOS
 //! themselves (Hugging Face tokenizes chat text without adding special tokens for the same reason).
 
+use std::fmt::{self, Write};
+
+use chrono::format::{Item, StrftimeItems};
+use chrono::{DateTime, Local, TimeZone};
 use minijinja::{context, Environment, Error, ErrorKind};
 
 use crate::error::EngineError;
@@ -40,16 +44,7 @@ pub struct ChatTemplate {
 }
 
 fn template_error(error: Error) -> EngineError {
-    let mut message = format!("chat template: {error}");
-    let mut source = std::error::Error::source(&error);
-    while let Some(cause) = source {
-        message.push_str(&format!(": {cause}"));
-        source = cause.source();
-    }
-    EngineError::Backend {
-        backend: "chat-template",
-        message,
-    }
+    EngineError::backend_caused("chat-template", "cannot render the chat template", error)
 }
 
 impl ChatTemplate {
@@ -71,8 +66,9 @@ impl ChatTemplate {
                 Err(Error::new(ErrorKind::InvalidOperation, message))
             },
         );
+        // transformers calls `datetime.now().strftime(format)`: the local date.
         environment.add_function("strftime_now", |format: String| -> Result<String, Error> {
-            Ok(strftime_now(&format))
+            strftime(&Local::now(), &format)
         });
         environment
             .add_template_owned("chat", source.to_string())
@@ -114,59 +110,27 @@ impl ChatTemplate {
     }
 }
 
-/// Today's date (UTC) in a strftime format, for the directives chat templates use.
-fn strftime_now(format: &str) -> String {
-    const MONTHS: [&str; 12] = [
-        "January",
-        "February",
-        "March",
-        "April",
-        "May",
-        "June",
-        "July",
-        "August",
-        "September",
-        "October",
-        "November",
-        "December",
-    ];
-    let days = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() / 86_400) as i64;
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    let month_name = MONTHS[(month - 1) as usize];
-    let mut out = String::new();
-    let mut chars = format.chars();
-    while let Some(c) = chars.next() {
-        if c != '%' {
-            out.push(c);
-            continue;
-        }
-        match chars.next() {
-            Some('d') => out.push_str(&format!("{day:02}")),
-            Some('m') => out.push_str(&format!("{month:02}")),
-            Some('Y') => out.push_str(&year.to_string()),
-            Some('y') => out.push_str(&format!("{:02}", year % 100)),
-            Some('B') => out.push_str(month_name),
-            Some('b') => out.push_str(&month_name[..3]),
-            Some('%') => out.push('%'),
-            Some(other) => {
-                out.push('%');
-                out.push(other);
-            }
-            None => out.push('%'),
-        }
+/// `date` in a strftime `format`, as Python's `datetime.strftime` writes it for the directives chat
+/// templates use; a directive chrono does not know is the template's error, not a panic.
+fn strftime<Tz: TimeZone>(date: &DateTime<Tz>, format: &str) -> Result<String, Error>
+where
+    Tz::Offset: fmt::Display,
+{
+    let items: Vec<Item> = StrftimeItems::new(format).collect();
+    if items.contains(&Item::Error) {
+        return Err(Error::new(
+            ErrorKind::InvalidOperation,
+            format!("strftime_now: {format:?} is not a strftime format"),
+        ));
     }
-    out
+    let mut text = String::new();
+    write!(text, "{}", date.format_with_items(items.into_iter())).map_err(|_| {
+        Error::new(
+            ErrorKind::InvalidOperation,
+            format!("strftime_now: cannot format the date with {format:?}"),
+        )
+    })?;
+    Ok(text)
 }
 
 #[cfg(test)]
@@ -214,10 +178,13 @@ mod tests {
             role: "tool".into(),
             content: "x".into(),
         };
-        let error = template.render(&[message], true).unwrap_err().to_string();
+        let error = template.render(&[message], true).unwrap_err();
+        assert_eq!(error.to_string(), "chat-template: cannot render the chat template");
+        // minijinja's error, with the template's own message, is kept as the source.
+        let source = std::error::Error::source(&error).unwrap().to_string();
         assert!(
-            error.contains("Only user and assistant roles are supported, got tool"),
-            "{error}"
+            source.contains("Only user and assistant roles are supported, got tool"),
+            "{source}"
         );
     }
 
@@ -230,32 +197,23 @@ mod tests {
     }
 
     #[test]
-    fn strftime_covers_the_common_directives() {
-        let text = strftime_now("%Y-%m-%d %B %b %y %% %q");
-        let parts: Vec<&str> = text.split(' ').collect();
-        let (year, rest) = parts[0].split_once('-').unwrap();
-        let month: usize = rest[..2].parse().unwrap();
-        assert!(
-            year.parse::<i32>().unwrap() >= 2024
-                && (1..=31).contains(&rest[3..].parse::<u32>().unwrap())
-        );
-        let names = [
-            "January",
-            "February",
-            "March",
-            "April",
-            "May",
-            "June",
-            "July",
-            "August",
-            "September",
-            "October",
-            "November",
-            "December",
-        ];
-        assert_eq!(parts[1], names[month - 1]);
-        assert_eq!(&parts[1][..3], parts[2]);
-        assert_eq!(parts[3], &year[2..]);
-        assert_eq!((parts[4], parts[5]), ("%", "%q"));
+    fn strftime_writes_what_python_writes() {
+        // Python: datetime(2024, 7, 26).strftime(f) for each format below; "%d %b %Y" is the
+        // date Llama 3.1's template writes ("26 Jul 2024" is its own default).
+        let date = chrono::Utc.with_ymd_and_hms(2024, 7, 26, 9, 5, 0).unwrap();
+        for (format, python) in [
+            ("%d %b %Y", "26 Jul 2024"),
+            ("%Y-%m-%d", "2024-07-26"),
+            ("%B %d, %Y", "July 26, 2024"),
+            ("%y %% %A %a %H:%M", "24 % Friday Fri 09:05"),
+            ("no directives", "no directives"),
+        ] {
+            assert_eq!(strftime(&date, format).unwrap(), python, "{format}");
+        }
+        let error = strftime(&date, "%Q").unwrap_err().to_string();
+        assert!(error.contains("\"%Q\" is not a strftime format"), "{error}");
+        // Through the template, an unknown directive is the template's error.
+        let template = ChatTemplate::new("{{ strftime_now('%Q') }}", "", "", false).unwrap();
+        assert!(template.render(&[], false).is_err());
     }
 }

@@ -42,6 +42,10 @@ pub enum EngineError {
         backend: &'static str,
         /// What failed.
         message: String,
+        /// Why: llama.cpp's, candle's, the tokenizer's or the HTTP client's own error, where
+        /// there is one (a report with the error's chain prints it after `message`).
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
     /// Reading or writing a local file failed.
     #[error("{context}")]
@@ -64,6 +68,28 @@ pub enum EngineError {
 }
 
 impl EngineError {
+    /// A backend's failure that no other error caused.
+    pub fn backend(backend: &'static str, message: impl Into<String>) -> Self {
+        Self::Backend {
+            backend,
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// A backend's failure (`message`: what it was doing) caused by `source`.
+    pub fn backend_caused(
+        backend: &'static str,
+        message: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Self::Backend {
+            backend,
+            message: message.into(),
+            source: Some(source.into()),
+        }
+    }
+
     /// A failed download: what was being fetched (`context`) and why.
     pub(crate) fn download(
         context: impl Into<String>,

@@ -180,6 +180,17 @@ pub trait Generate: Send {
     /// which then says itself what does not fit.
     fn count_tokens(&mut self, text: &str) -> Result<Option<usize>, EngineError>;
 
+    /// Checks that prompt `index` of a batch, `text`, fits the context with room for one new token
+    /// ([`crate::schedule::fits`], the scheduler's own test): [`EngineError::PromptTooLong`] where
+    /// it does not. A backend that cannot count passes every prompt on; its server answers for
+    /// what does not fit.
+    fn check_fits(&mut self, index: usize, text: &str) -> Result<(), EngineError> {
+        match self.count_tokens(text)? {
+            Some(tokens) => crate::schedule::fits(index, tokens, self.info().context_length),
+            None => Ok(()),
+        }
+    }
+
     /// The model's own chat template, when its files carry one.
     fn chat_template(&self) -> Option<&crate::chat_template::ChatTemplate> {
         None

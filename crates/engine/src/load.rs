@@ -3,6 +3,7 @@
 //! [`generator`] gives a [`Generate`] for whole batches; [`scheduler`] gives a [`Scheduler`] a
 //! server drives (llama.cpp's continuous batching, or any other backend one sequence at a time).
 
+use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -56,6 +57,58 @@ impl FromStr for Backend {
     }
 }
 
+/// llama.cpp's flash-attention policy. The fused kernel sums in another order than the plain
+/// one, so greedy text on the two can part where two tokens are nearly tied; llama-cpp-python
+/// turns it off unless asked, llama.cpp itself picks per device. candle has no such kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FlashAttention {
+    /// llama.cpp decides (on where the layers run).
+    #[default]
+    Auto,
+    /// The fused kernel.
+    On,
+    /// Plain attention: softmax of the scores, then the product with the values.
+    Off,
+}
+
+impl FlashAttention {
+    /// Every policy, in the order the command line lists them.
+    pub const ALL: [FlashAttention; 3] = [Self::Auto, Self::On, Self::Off];
+
+    /// The policy's name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::On => "on",
+            Self::Off => "off",
+        }
+    }
+}
+
+impl FromStr for FlashAttention {
+    type Err = String;
+    fn from_str(name: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|f| f.name() == name)
+            .ok_or_else(|| {
+                format!("unknown flash-attention policy `{name}`: expected auto, on or off")
+            })
+    }
+}
+
+impl fmt::Display for FlashAttention {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Everything that decides how a model is loaded.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
@@ -78,8 +131,8 @@ pub struct LoadOptions {
     pub device: DeviceSpec,
     /// llama.cpp on a GPU: layers to offload (all when `None`).
     pub gpu_layers: Option<u32>,
-    /// llama.cpp's fused flash-attention kernel: `None` lets llama.cpp decide per device.
-    pub flash_attention: Option<bool>,
+    /// llama.cpp's fused flash-attention kernel.
+    pub flash_attention: FlashAttention,
     /// The most requests waiting for a slot (a scheduler refuses more at once).
     pub queue_capacity: usize,
 }
@@ -96,7 +149,7 @@ impl Default for LoadOptions {
             threads: None,
             device: DeviceSpec::Auto,
             gpu_layers: None,
-            flash_attention: None,
+            flash_attention: FlashAttention::Auto,
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
         }
     }
@@ -114,7 +167,7 @@ fn plan(options: &LoadOptions) -> Result<Plan, EngineError> {
     if options.backend == Backend::Openai {
         let base_url = options.openai_url.clone().ok_or_else(|| {
             EngineError::UnknownModel(
-                "the openai backend needs the server's base URL (--openai-url)".into(),
+                "the openai backend needs the server's base URL (`openai_url`)".into(),
             )
         })?;
         return Ok(Plan::Openai(OpenAiOptions {
@@ -216,7 +269,7 @@ fn llama_cpp(
     path: &Path,
     options: &LoadOptions,
 ) -> Result<crate::backends::llama_cpp::LlamaCppEngine, EngineError> {
-    use crate::backends::llama_cpp::{FlashAttention, LlamaCppEngine, LlamaCppOptions};
+    use crate::backends::llama_cpp::{LlamaCppEngine, LlamaCppOptions};
     LlamaCppEngine::load(
         path,
         LlamaCppOptions {
@@ -225,11 +278,7 @@ fn llama_cpp(
             threads: options.threads,
             device: options.device,
             gpu_layers: options.gpu_layers,
-            flash_attention: match options.flash_attention {
-                None => FlashAttention::Auto,
-                Some(true) => FlashAttention::On,
-                Some(false) => FlashAttention::Off,
-            },
+            flash_attention: options.flash_attention,
             queue_capacity: options.queue_capacity,
             ..LlamaCppOptions::default()
         },
@@ -277,11 +326,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backend_names_parse() {
-        for backend in Backend::ALL {
-            assert_eq!(backend.name().parse::<Backend>().unwrap(), backend);
+    fn names_are_the_documented_spellings() {
+        for (name, backend) in [
+            ("auto", Backend::Auto),
+            ("llama-cpp", Backend::LlamaCpp),
+            ("candle", Backend::Candle),
+            ("openai", Backend::Openai),
+        ] {
+            assert_eq!(name.parse::<Backend>().unwrap(), backend);
+            assert_eq!(backend.to_string(), name);
         }
         assert!("vllm".parse::<Backend>().unwrap_err().contains("llama-cpp"));
+        for (name, policy) in [
+            ("auto", FlashAttention::Auto),
+            ("on", FlashAttention::On),
+            ("off", FlashAttention::Off),
+        ] {
+            assert_eq!(name.parse::<FlashAttention>().unwrap(), policy);
+            assert_eq!(policy.to_string(), name);
+        }
+        assert!("yes".parse::<FlashAttention>().is_err());
     }
 
     #[test]

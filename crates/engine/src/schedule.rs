@@ -229,10 +229,10 @@ pub fn run_batch(
 }
 
 fn stopped(scheduler: &dyn Scheduler) -> EngineError {
-    EngineError::Backend {
-        backend: scheduler.info().backend,
-        message: "the scheduler stopped while generating".into(),
-    }
+    EngineError::backend(
+        scheduler.info().backend,
+        "the scheduler stopped while generating",
+    )
 }
 
 /// The longest text every prompt starts with (none for fewer than two prompts): a hint of what
@@ -417,9 +417,12 @@ impl Serial {
             thread::Builder::new()
                 .name("serial-scheduler".into())
                 .spawn(move || serial_worker(engine, &gauge, receiver))
-                .map_err(|e| EngineError::Backend {
-                    backend: info.backend,
-                    message: format!("cannot start the scheduler thread: {e}"),
+                .map_err(|e| {
+                    EngineError::backend_caused(
+                        info.backend,
+                        "cannot start the scheduler thread",
+                        e,
+                    )
                 })?
         };
         Ok(Self {
@@ -457,10 +460,9 @@ fn serial_worker(
             ));
         });
         let result = result.and_then(|mut generations| {
-            generations.pop().ok_or_else(|| EngineError::Backend {
-                backend: "serial",
-                message: "the backend returned no generation".into(),
-            })
+            generations
+                .pop()
+                .ok_or_else(|| EngineError::backend("serial", "the backend returned no generation"))
         });
         let result = result.map(|mut generation| {
             generation.timings.queue = admitted.duration_since(job.queued_at);

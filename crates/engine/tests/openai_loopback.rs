@@ -18,7 +18,9 @@ struct Seen {
 
 /// Answers each prompt with its words, reversed, one event per word; `fail` prompts get HTTP 400;
 /// `cut` prompts get one event, then the connection closes (no finish reason, no `[DONE]`);
-/// `unfinished` prompts get `[DONE]` without a finish reason.
+/// `unfinished` prompts get `[DONE]` without a finish reason; `framing` prompts get events framed
+/// in the ways the SSE standard allows and servers use (comments, CRLF, an event name, one event's
+/// data over two `data:` lines, no space after the colon).
 fn serve(seen: Arc<Mutex<Seen>>) -> String {
     let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").unwrap());
     let base = format!("http://{}", server.server_addr().to_ip().unwrap());
@@ -41,6 +43,15 @@ fn serve(seen: Arc<Mutex<Seen>>) -> String {
                 let response = if prompt == "fail" || request.url() != "/v1/completions" {
                     tiny_http::Response::from_string("{\"error\": \"bad request\"}")
                         .with_status_code(400)
+                } else if prompt == "framing" {
+                    tiny_http::Response::from_string(concat!(
+                        ": keep-alive\r\n\r\n",
+                        "data:{\"choices\": [{\"index\": 0,\r\n",
+                        "data: \"text\": \"two\", \"finish_reason\": null}]}\r\n\r\n",
+                        "event: completion\n",
+                        "data: {\"choices\": [{\"index\": 0, \"text\": \" lines\", \"finish_reason\": \"stop\"}]}\n\n",
+                        "data: [DONE]\n\n",
+                    ))
                 } else if prompt == "cut" || prompt == "unfinished" {
                     let mut events = format!(
                         "data: {}\n\n",
@@ -122,6 +133,7 @@ fn streams_batches_with_bounded_concurrency_and_reads_usage() {
             &mut |event| streamed[event.sequence].push_str(event.text),
         )
         .unwrap();
+    assert_eq!(generations.len(), 5);
     for (index, generation) in generations.iter().enumerate() {
         assert_eq!(generation.text, format!("{index} c b a"));
         assert_eq!(streamed[index], generation.text);
@@ -217,6 +229,27 @@ fn a_stream_cut_off_is_an_error_not_a_short_answer() {
             .unwrap_err();
         assert!(error.to_string().contains(expected), "{prompt}: {error}");
     }
+}
+
+#[test]
+fn events_are_read_as_the_sse_standard_frames_them() {
+    let base = serve(Arc::new(Mutex::new(Seen::default())));
+    let mut engine = engine(&base, 1);
+    let mut streamed = String::new();
+    let generations = engine
+        .generate(
+            &Batch {
+                prompts: vec!["framing".into()],
+                params: SamplingParams::default(),
+                shared_prefix: None,
+            },
+            &mut |event| streamed.push_str(event.text),
+        )
+        .unwrap();
+    let generation = &generations[0];
+    assert_eq!(generation.text, "two lines");
+    assert_eq!(streamed, "two lines");
+    assert_eq!(generation.stop, StopReason::EndOfText);
 }
 
 #[test]

@@ -109,17 +109,30 @@ fn a_sequence_joins_a_running_batch_and_agrees_with_running_alone() {
 fn a_dropped_receiver_cancels_its_sequence_and_frees_the_slot() {
     let Some(engine) = engine(1, 8) else { return };
     let prompts = common::reference_prompts();
+    // This machine's decode speed, to judge against below (not a fixed time).
+    let reference = finish(&mut submit(&engine, &prompts[0], params(32), 0));
+    let seconds_per_token =
+        reference.timings.decode.as_secs_f64() / (reference.generated_tokens - 1) as f64;
+    // Uncancelled, the endless request would decode until its context is full.
+    let left = 1024 - reference.prompt_tokens - 1;
+    assert!(left >= 200, "the prompt leaves {left} tokens");
+
     let mut endless = submit(&engine, &prompts[0], params(1000), 0);
     let _ = next(&mut endless);
     let waiting = submit(&engine, &prompts[1], params(4), 1);
     drop(waiting);
     drop(endless);
     // One slot: the next request runs only once the cancelled one is gone (and the cancelled
-    // waiting one is skipped).
-    let started = Instant::now();
+    // waiting one is skipped). Had the endless one kept its slot, this request would wait for
+    // its `left` tokens; cancelled, it waits for a step or two.
     let generation = finish(&mut submit(&engine, &prompts[2], params(4), 2));
     assert_eq!(generation.generated_tokens, 4);
-    assert!(started.elapsed() < Duration::from_secs(30));
+    let would_wait = seconds_per_token * (left - 32) as f64;
+    assert!(
+        generation.timings.queue.as_secs_f64() < would_wait / 4.0,
+        "queued {:?}; the endless request's tokens would take {would_wait:.2} s",
+        generation.timings.queue
+    );
     assert_eq!(engine.load().queued, 0);
 }
 

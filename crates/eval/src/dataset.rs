@@ -16,9 +16,9 @@ use crate::wildguard;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Truth {
     /// Is the request harmful?
-    pub prompt: Option<Label>,
-    /// Did the AI refuse?
-    pub refusal: Option<Label>,
+    pub request: Option<Label>,
+    /// Did the AI refuse (the `Completion:` answer)?
+    pub completion: Option<Label>,
     /// Is the response harmful?
     pub response: Option<Label>,
 }
@@ -27,16 +27,16 @@ impl Truth {
     /// The label for one task.
     pub fn get(&self, task: Task) -> Option<Label> {
         match task {
-            Task::Prompt => self.prompt,
-            Task::Refusal => self.refusal,
+            Task::Request => self.request,
+            Task::Completion => self.completion,
             Task::Response => self.response,
         }
     }
 
     fn set(&mut self, task: Task, label: Option<Label>) {
         match task {
-            Task::Prompt => self.prompt = label,
-            Task::Refusal => self.refusal = label,
+            Task::Request => self.request = label,
+            Task::Completion => self.completion = label,
             Task::Response => self.response = label,
         }
     }
@@ -199,9 +199,13 @@ fn truth_of(record: &Record, benchmark: &Benchmark) -> Result<Truth, String> {
         }
         LabelSource::WildGuardColumns => {
             let columns = [
-                (Task::Prompt, "prompt_harm_label", &record.prompt_harm_label),
                 (
-                    Task::Refusal,
+                    Task::Request,
+                    "prompt_harm_label",
+                    &record.prompt_harm_label,
+                ),
+                (
+                    Task::Completion,
                     "response_refusal_label",
                     &record.response_refusal_label,
                 ),
@@ -293,8 +297,8 @@ mod tests {
         assert_eq!(
             samples[0].truth,
             Truth {
-                prompt: Some(Label::Harmful),
-                refusal: None,
+                request: Some(Label::Harmful),
+                completion: None,
                 response: Some(Label::Unharmful)
             }
         );

@@ -49,8 +49,15 @@ pub fn score_outputs(
     for found in &found {
         let dataset = dataset::load(&root, found.benchmark)?;
         let aligned = predictions::align(found, &dataset)?;
+        let too_long = found
+            .too_long
+            .iter()
+            .filter(|&&index| index < aligned.len())
+            .count();
         for &(task, _) in found.benchmark.tasks {
-            scores.push(score::score_task(&dataset, &aligned, task, mode, weighting));
+            let mut score = score::score_task(&dataset, &aligned, task, mode, weighting);
+            score.too_long = too_long;
+            scores.push(score);
         }
     }
     let order = registry::scored_pairs();

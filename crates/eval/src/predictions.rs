@@ -15,7 +15,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use guardreasoner_protocol::PromptFormat;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::dataset::Dataset;
 use crate::error::EvalError;
@@ -28,12 +28,70 @@ pub const GUARDREASONER_FILE: &str = "generated_predictions.jsonl";
 /// whether the run was limited to the first samples of the benchmark.
 pub const RUN_FILE: &str = "generation.json";
 
-/// What `generation.json` records that the scorer needs.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// `generation.json`: how a benchmark's outputs were made. `guardreasoner generate` writes it and
+/// checks it when it resumes; the scorer reads `limit`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RunRecord {
+    /// The `--model` the outputs came from.
+    pub model: String,
+    /// The backend that ran it.
+    pub backend: String,
+    /// The prompt format (a [`PromptFormat`] name, or `model-chat`).
+    pub format: String,
+    /// Sampling temperature.
+    pub temperature: f32,
+    /// Nucleus sampling threshold.
+    pub top_p: f32,
+    /// Sampling seed.
+    pub seed: u64,
+    /// The most new tokens per sample.
+    pub max_new_tokens: usize,
     /// The run covered only the first `limit` samples.
     #[serde(default)]
     pub limit: Option<usize>,
+    /// Samples (0-based) whose prompt did not fit the context: their output is empty.
+    #[serde(default)]
+    pub too_long: Vec<usize>,
+}
+
+impl RunRecord {
+    /// Whether `other` made its outputs the same way (a run may resume only such a record's).
+    pub fn same_settings(&self, other: &RunRecord) -> bool {
+        (
+            &self.model,
+            &self.format,
+            self.temperature,
+            self.top_p,
+            self.seed,
+            self.max_new_tokens,
+        ) == (
+            &other.model,
+            &other.format,
+            other.temperature,
+            other.top_p,
+            other.seed,
+            other.max_new_tokens,
+        )
+    }
+
+    /// Writes the record to `path`.
+    pub fn write(&self, path: &Path) -> Result<(), EvalError> {
+        let text =
+            serde_json::to_string_pretty(self).map_err(|e| EvalError::file(path, e.to_string()))?;
+        fs::write(path, text).map_err(|e| EvalError::io(path, e))
+    }
+}
+
+/// One line of GuardReasoner's layout (`generated_predictions.jsonl`), as its released outputs
+/// and `guardreasoner generate` write it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PredictionLine {
+    /// The protocol text the model was given (instruction and input).
+    pub prompt: String,
+    /// The benchmark file's `output` field (the ground truth as written).
+    pub label: String,
+    /// The model's output.
+    pub predict: String,
 }
 
 /// One line of an outputs file.
@@ -62,6 +120,9 @@ pub struct FoundOutputs {
     pub lines: Vec<OutputLine>,
     /// The run covered only the first `limit` samples (from `generation.json`).
     pub limit: Option<usize>,
+    /// Samples whose prompt did not fit the model's context when generated, so their outputs are
+    /// empty (from `generation.json`).
+    pub too_long: Vec<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -102,11 +163,13 @@ pub fn discover(path: &Path) -> Result<Vec<FoundOutputs>, EvalError> {
             let Some(benchmark) = registry::find(&name) else {
                 continue;
             };
+            let record = read_run_record(&entry.join(RUN_FILE))?.unwrap_or_default();
             found.push(FoundOutputs {
                 benchmark,
                 lines: read_guardreasoner(&file)?,
                 path: file,
-                limit: read_run_record(&entry.join(RUN_FILE))?.limit,
+                limit: record.limit,
+                too_long: record.too_long,
             });
         } else if entry.extension().is_some_and(|ext| ext == "jsonl") && entry.is_file() {
             found.extend(read_ours(&entry)?);
@@ -132,13 +195,15 @@ pub fn discover(path: &Path) -> Result<Vec<FoundOutputs>, EvalError> {
     Ok(found)
 }
 
-/// Reads `generation.json` where there is one.
-pub fn read_run_record(path: &Path) -> Result<RunRecord, EvalError> {
+/// Reads `generation.json`; `None` where there is none (GuardReasoner's released outputs).
+pub fn read_run_record(path: &Path) -> Result<Option<RunRecord>, EvalError> {
     if !path.is_file() {
-        return Ok(RunRecord::default());
+        return Ok(None);
     }
     let text = fs::read_to_string(path).map_err(|e| EvalError::io(path, e))?;
-    serde_json::from_str(&text).map_err(|e| EvalError::at_line(path, e.line(), e.to_string()))
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| EvalError::at_line(path, e.line(), e.to_string()))
 }
 
 fn read_lines(path: &Path) -> Result<Vec<(usize, RawLine)>, EvalError> {
@@ -217,6 +282,7 @@ pub fn read_ours(path: &Path) -> Result<Vec<FoundOutputs>, EvalError> {
             path: path.to_path_buf(),
             lines,
             limit: None,
+            too_long: Vec::new(),
         })
         .collect())
 }

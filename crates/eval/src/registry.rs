@@ -48,31 +48,31 @@ pub const BENCHMARKS: [Benchmark; 11] = [
         name: "ToxicChat",
         files: &["benchmark/0_8_toxic_chat.json"],
         labels: LabelSource::Plain,
-        tasks: &[(Task::Prompt, 2853)],
+        tasks: &[(Task::Request, 2853)],
     },
     Benchmark {
         name: "HarmBenchPrompt",
         files: &["benchmark/0_3_harmbench_prompt.json"],
         labels: LabelSource::Plain,
-        tasks: &[(Task::Prompt, 239)],
+        tasks: &[(Task::Request, 239)],
     },
     Benchmark {
         name: "OpenAIModeration",
         files: &["benchmark/0_2_OpenAIModeration.json"],
         labels: LabelSource::Plain,
-        tasks: &[(Task::Prompt, 1680)],
+        tasks: &[(Task::Request, 1680)],
     },
     Benchmark {
         name: "AegisSafetyTest",
         files: &["benchmark/0_1_AegisSafetyTest.json"],
         labels: LabelSource::Plain,
-        tasks: &[(Task::Prompt, 359)],
+        tasks: &[(Task::Request, 359)],
     },
     Benchmark {
         name: "SimpleSafetyTests",
         files: &["benchmark/0_0_SimpleSafetyTests.json"],
         labels: LabelSource::Plain,
-        tasks: &[(Task::Prompt, 100)],
+        tasks: &[(Task::Request, 100)],
     },
     Benchmark {
         name: WILDGUARDTEST,
@@ -85,9 +85,9 @@ pub const BENCHMARKS: [Benchmark; 11] = [
         ],
         labels: LabelSource::WildGuardColumns,
         tasks: &[
-            (Task::Prompt, 1756),
+            (Task::Request, 1756),
             (Task::Response, 1768),
-            (Task::Refusal, 1777),
+            (Task::Completion, 1777),
         ],
     },
     Benchmark {
@@ -119,7 +119,7 @@ pub const BENCHMARKS: [Benchmark; 11] = [
         name: "XSTestResponseRefusal",
         files: &["benchmark/0_7_xstest_response_refusal.json"],
         labels: LabelSource::Plain,
-        tasks: &[(Task::Refusal, 499)],
+        tasks: &[(Task::Completion, 499)],
     },
 ];
 
@@ -139,7 +139,7 @@ pub fn find(name: &str) -> Option<&'static Benchmark> {
 
 /// The 13 (benchmark, task) pairs in the paper's table order: prompt, response, refusal.
 pub fn scored_pairs() -> Vec<(&'static Benchmark, Task)> {
-    [Task::Prompt, Task::Response, Task::Refusal]
+    [Task::Request, Task::Response, Task::Completion]
         .into_iter()
         .flat_map(|task| {
             BENCHMARKS
@@ -159,9 +159,9 @@ mod tests {
         assert_eq!(BENCHMARKS.len(), 11);
         assert_eq!(scored_pairs().len(), 13);
         let per_task = |task| scored_pairs().iter().filter(|(_, t)| *t == task).count();
-        assert_eq!(per_task(Task::Prompt), 6);
+        assert_eq!(per_task(Task::Request), 6);
         assert_eq!(per_task(Task::Response), 5);
-        assert_eq!(per_task(Task::Refusal), 2);
+        assert_eq!(per_task(Task::Completion), 2);
     }
 
     #[test]
@@ -180,7 +180,7 @@ mod tests {
         let prompt = [78.79, 91.86, 72.00, 90.18, 99.50, 89.17];
         let weights: Vec<f64> = scored_pairs()
             .iter()
-            .filter(|(_, t)| *t == Task::Prompt)
+            .filter(|(_, t)| *t == Task::Request)
             .map(|(b, t)| b.paper_weight(*t).unwrap() as f64)
             .collect();
         let average: f64 = prompt.iter().zip(&weights).map(|(f, w)| f * w).sum::<f64>()

@@ -19,6 +19,38 @@ pub enum ReportFormat {
     Json,
 }
 
+impl ReportFormat {
+    /// Every choice, in the order the command line lists them.
+    pub const ALL: [ReportFormat; 3] = [Self::Table, Self::Markdown, Self::Json];
+
+    /// The choice's name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Table => "table",
+            Self::Markdown => "markdown",
+            Self::Json => "json",
+        }
+    }
+}
+
+impl std::str::FromStr for ReportFormat {
+    type Err = String;
+    fn from_str(name: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|choice| choice.name() == name)
+            .ok_or_else(|| {
+                format!("unknown report format `{name}`: expected table, markdown or json")
+            })
+    }
+}
+
+impl std::fmt::Display for ReportFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Renders the report in `format`.
 pub fn render(report: &Report, format: ReportFormat) -> String {
     match format {
@@ -177,6 +209,12 @@ pub fn notes(report: &Report) -> Vec<String> {
         notes.push(format!(
             "note: {} ({}): a limited run, scored on its first {} of {} samples",
             score.benchmark, score.task, score.samples, score.benchmark_samples
+        ));
+    }
+    for score in report.benchmarks.iter().filter(|s| s.too_long > 0) {
+        notes.push(format!(
+            "warning: {} ({}): {} prompts did not fit the model's context when generated; their outputs are empty and count as parse failures (see generation.json's too_long)",
+            score.benchmark, score.task, score.too_long
         ));
     }
     if !report.complete {

@@ -64,6 +64,35 @@ pub enum Weighting {
     Paper,
 }
 
+impl Weighting {
+    /// Every choice, in the order the command line lists them.
+    pub const ALL: [Weighting; 2] = [Self::Files, Self::Paper];
+
+    /// The choice's name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Files => "files",
+            Self::Paper => "paper",
+        }
+    }
+}
+
+impl std::str::FromStr for Weighting {
+    type Err = String;
+    fn from_str(name: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|choice| choice.name() == name)
+            .ok_or_else(|| format!("unknown weighting `{name}`: expected files or paper"))
+    }
+}
+
+impl std::fmt::Display for Weighting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// The score of one benchmark on one task.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct BenchmarkScore {
@@ -96,6 +125,9 @@ pub struct BenchmarkScore {
     pub parse_failures_dropped: usize,
     /// `parse_failures / scored`, x100.
     pub parse_failure_rate: f64,
+    /// Samples whose prompt did not fit the model's context when the outputs were generated
+    /// (`generation.json`'s `too_long`): their outputs are empty, so they count as parse failures.
+    pub too_long: usize,
     /// The weight this benchmark has in its task's average.
     pub weight: usize,
 }
@@ -159,6 +191,7 @@ pub fn score_task(
         } else {
             100.0 * failures as f64 / scored as f64
         },
+        too_long: 0,
         weight,
     }
 }
@@ -201,7 +234,7 @@ pub struct Report {
 impl Report {
     /// Builds the averages over `scores`, which must be in the paper's order.
     pub fn new(mode: ScoreMode, weighting: Weighting, scores: Vec<BenchmarkScore>) -> Self {
-        let tasks: Vec<TaskAverage> = [Task::Prompt, Task::Response, Task::Refusal]
+        let tasks: Vec<TaskAverage> = [Task::Request, Task::Response, Task::Completion]
             .into_iter()
             .filter_map(|task| {
                 let of_task: Vec<_> = scores.iter().filter(|s| s.task == task).collect();

@@ -45,8 +45,8 @@ pub(crate) fn load_parquet(path: &Path) -> Result<Vec<Sample>, EvalError> {
                     response = text.map(str::to_string);
                     continue;
                 }
-                "prompt_harm_label" => Task::Prompt,
-                "response_refusal_label" => Task::Refusal,
+                "prompt_harm_label" => Task::Request,
+                "response_refusal_label" => Task::Completion,
                 "response_harm_label" => Task::Response,
                 _ => continue,
             };
@@ -55,8 +55,8 @@ pub(crate) fn load_parquet(path: &Path) -> Result<Vec<Sample>, EvalError> {
                 .transpose()
                 .map_err(|message| EvalError::at_record(path, record, message))?;
             match task {
-                Task::Prompt => truth.prompt = label,
-                Task::Refusal => truth.refusal = label,
+                Task::Request => truth.request = label,
+                Task::Completion => truth.completion = label,
                 Task::Response => truth.response = label,
             }
         }
@@ -83,8 +83,8 @@ fn answers_block(truth: &Truth) -> String {
     let label = |task| truth.get(task).map_or("None", |label| label.as_str());
     format!(
         "Answers: \nRequest: {}\nCompletion: {}\nResponse: {}\n",
-        label(Task::Prompt),
-        label(Task::Refusal),
+        label(Task::Request),
+        label(Task::Completion),
         label(Task::Response)
     )
 }

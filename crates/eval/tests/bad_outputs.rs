@@ -79,6 +79,43 @@ fn an_untouched_copy_scores() {
 }
 
 #[test]
+fn prompts_that_did_not_fit_are_noted_and_a_broken_run_record_is_an_error() {
+    let benchmarks = tempfile::tempdir().unwrap();
+    let root = benchmarks.path().to_path_buf();
+    // Samples 3 and 4 did not fit when generated: `generate` wrote empty outputs for them.
+    let dir = layout_with(&root, |mut lines| {
+        for index in [3, 4] {
+            let mut line: serde_json::Value = serde_json::from_str(&lines[index]).unwrap();
+            line["predict"] = json!("");
+            lines[index] = line.to_string();
+        }
+        lines
+    });
+    let record = guardreasoner_eval::predictions::RunRecord {
+        model: "m".into(),
+        backend: "llama.cpp".into(),
+        format: "eval".into(),
+        max_new_tokens: 16,
+        too_long: vec![3, 4],
+        ..Default::default()
+    };
+    let record_path = dir.path().join("SimpleSafetyTests/generation.json");
+    record.write(&record_path).unwrap();
+    let report = score_outputs(dir.path(), &root, ScoreMode::Strict, Weighting::Files).unwrap();
+    assert_eq!(report.benchmarks[0].too_long, 2);
+    assert_eq!(report.benchmarks[0].parse_failures, 2);
+    let notes = guardreasoner_eval::report::notes(&report).join("\n");
+    assert!(
+        notes.contains("SimpleSafetyTests (prompt): 2 prompts did not fit the model's context"),
+        "{notes}"
+    );
+
+    fs::write(&record_path, "{\"model\": 3}").unwrap();
+    let message = error(&root, dir.path());
+    assert!(message.contains("generation.json:1"), "{message}");
+}
+
+#[test]
 fn a_truncated_json_line_names_file_and_line() {
     let benchmarks = tempfile::tempdir().unwrap();
     let root = benchmarks.path().to_path_buf();

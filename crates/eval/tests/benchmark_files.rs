@@ -43,18 +43,18 @@ fn label_counts_match_the_sources() {
             .filter(|s| s.truth.get(task) == Some(label))
             .count()
     };
-    assert_eq!(count("ToxicChat", Task::Prompt, Label::Harmful), 362);
-    assert_eq!(count("ToxicChat", Task::Prompt, Label::Unharmful), 2491);
+    assert_eq!(count("ToxicChat", Task::Request, Label::Harmful), 362);
+    assert_eq!(count("ToxicChat", Task::Request, Label::Unharmful), 2491);
     assert_eq!(
-        count("XSTestResponseRefusal", Task::Refusal, Label::Refusal),
+        count("XSTestResponseRefusal", Task::Completion, Label::Refusal),
         178
     );
     assert_eq!(count("SafeRLHF", Task::Response, Label::Harmful), 1000);
     assert_eq!(count("BeaverTails", Task::Response, Label::Unharmful), 1288);
-    assert_eq!(count("WildGuardTest", Task::Prompt, Label::Harmful), 754);
+    assert_eq!(count("WildGuardTest", Task::Request, Label::Harmful), 754);
     assert_eq!(count("WildGuardTest", Task::Response, Label::Harmful), 284);
     assert_eq!(
-        count("WildGuardTest", Task::Refusal, Label::Compliance),
+        count("WildGuardTest", Task::Completion, Label::Compliance),
         1157
     );
 }
@@ -81,9 +81,9 @@ fn wildguardtest_parquet_and_json_rebuild_agree_row_for_row() {
     };
     assert_eq!(
         (
-            missing(Task::Prompt),
+            missing(Task::Request),
             missing(Task::Response),
-            missing(Task::Refusal)
+            missing(Task::Completion)
         ),
         (26, 16, 5)
     );

@@ -65,7 +65,9 @@ fn all_eighteen_files_score_as_the_papers_script_scores_them() {
         let paper_mode = score(size, ScoreMode::Paper).unwrap();
         let strict_mode = score(size, ScoreMode::Strict).unwrap();
         assert_eq!(paper_mode.benchmarks.len(), 6);
-        for reference in references.iter().filter(|r| r.model == size) {
+        let of_size: Vec<&Reference> = references.iter().filter(|r| r.model == size).collect();
+        assert_eq!(of_size.len(), 6, "{size}: a reference per benchmark");
+        for reference in of_size {
             let paper_score = find(&paper_mode, &reference.benchmark);
             let strict_score = find(&strict_mode, &reference.benchmark);
             let what = format!("{size} {}", reference.benchmark);
@@ -132,7 +134,7 @@ fn the_report_counts_and_averages() {
     let refusal_average = report
         .tasks
         .iter()
-        .find(|t| t.task == Task::Refusal)
+        .find(|t| t.task == Task::Completion)
         .unwrap();
     assert!((refusal_average.f1 - refusal.f1).abs() < 1e-9);
 

@@ -63,18 +63,79 @@ impl FromStr for UnparseablePolicy {
     }
 }
 
+/// How a conversation becomes the text the model reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum InputFormat {
+    /// One of the protocol's prompt formats, as raw text.
+    Protocol(PromptFormat),
+    /// The eval format's text as the user's turn of the model's own chat template (for
+    /// instruction-tuned models other than GuardReasoner's).
+    ModelChat,
+}
+
+impl InputFormat {
+    /// Every input format, in the order the command line lists them.
+    pub const ALL: [InputFormat; 4] = [
+        InputFormat::Protocol(PromptFormat::Eval),
+        InputFormat::Protocol(PromptFormat::Deploy),
+        InputFormat::Protocol(PromptFormat::Llama3Chat),
+        InputFormat::ModelChat,
+    ];
+
+    /// The format's name: a [`PromptFormat`]'s, or `model-chat`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Protocol(format) => format.name(),
+            Self::ModelChat => "model-chat",
+        }
+    }
+
+    /// The protocol format of the text (`eval` inside the chat template for `model-chat`).
+    pub fn protocol(self) -> PromptFormat {
+        match self {
+            Self::Protocol(format) => format,
+            Self::ModelChat => PromptFormat::Eval,
+        }
+    }
+}
+
+impl Default for InputFormat {
+    fn default() -> Self {
+        Self::Protocol(PromptFormat::default())
+    }
+}
+
+impl fmt::Display for InputFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for InputFormat {
+    type Err = String;
+    fn from_str(name: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|format| format.name() == name)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Self::ALL.iter().map(|f| f.name()).collect();
+                format!(
+                    "unknown format `{name}`: expected one of {}",
+                    names.join(", ")
+                )
+            })
+    }
+}
+
 /// How a guard runs.
 #[derive(Debug, Clone, Default)]
 pub struct GuardConfig {
-    /// How conversations become prompts.
-    pub format: PromptFormat,
+    /// How conversations become the model's input.
+    pub format: InputFormat,
     /// What to do with output that does not parse.
     pub policy: UnparseablePolicy,
     /// Sampling (greedy and 2048 new tokens by default, as the paper evaluated).
     pub params: SamplingParams,
-    /// Wrap the eval-format text in the model's own chat template (for instruction-tuned models
-    /// other than GuardReasoner's); `format` is then ignored.
-    pub model_chat_template: bool,
 }
 
 /// Who made the final decision.
@@ -129,6 +190,9 @@ pub enum GuardError {
     /// The backend failed.
     #[error(transparent)]
     Engine(#[from] EngineError),
+    /// The guard is set to render prompts with the model's chat template, and the model has none.
+    #[error("the model's files carry no chat template")]
+    NoChatTemplate,
     /// The output lacks answers, and the policy is `error`.
     #[error("the model's output gives no {} answer ({} new tokens, stopped: {stop:?}); output ends with: {tail:?}", missing.iter().map(|t| t.answer_key()).collect::<Vec<_>>().join("/"), generated)]
     Unparseable {
@@ -200,14 +264,14 @@ impl<G: Generate> Guard<G> {
         // One generation per prompt is the backend's contract; a short reply must not drop
         // conversations silently.
         if generations.len() != conversations.len() {
-            return Err(GuardError::Engine(EngineError::Backend {
-                backend: self.engine.info().backend,
-                message: format!(
+            return Err(GuardError::Engine(EngineError::backend(
+                self.engine.info().backend,
+                format!(
                     "returned {} generations for {} prompts",
                     generations.len(),
                     conversations.len()
                 ),
-            }));
+            )));
         }
         Ok(conversations
             .iter()
@@ -234,29 +298,37 @@ impl<G: Generate> Guard<G> {
 
 impl GuardConfig {
     /// The text the model reads for `conversation`; `chat_template` is the model's own, needed
-    /// only with [`GuardConfig::model_chat_template`].
+    /// only with [`InputFormat::ModelChat`].
     pub fn render(
         &self,
         conversation: &Conversation,
         chat_template: Option<&ChatTemplate>,
     ) -> Result<String, GuardError> {
-        if !self.model_chat_template {
-            return Ok(self.format.render(conversation));
+        self.wrap(self.format.protocol().render(conversation), chat_template)
+    }
+
+    /// What the model reads for a protocol text (the instruction and the input, as a benchmark
+    /// file or [`PromptFormat::render`] gives it): the text itself, or with
+    /// [`InputFormat::ModelChat`] the text as the user's turn of the model's own chat template.
+    pub fn wrap(
+        &self,
+        text: String,
+        chat_template: Option<&ChatTemplate>,
+    ) -> Result<String, GuardError> {
+        if self.format != InputFormat::ModelChat {
+            return Ok(text);
         }
-        let template = chat_template.ok_or_else(|| {
-            GuardError::Engine(EngineError::Backend {
-                backend: "chat-template",
-                message: "the model's files carry no chat template; use another --format".into(),
-            })
-        })?;
-        let text = PromptFormat::Eval.render(conversation);
+        let template = chat_template.ok_or(GuardError::NoChatTemplate)?;
         Ok(template.render(&[Message::user(text)], true)?)
     }
 
     /// Text every prompt starts with, for the backend to evaluate once; `None` with the model's
     /// chat template, whose shared part the backend finds itself.
     pub fn shared_prefix(&self) -> Option<String> {
-        (!self.model_chat_template).then(|| self.format.shared_prefix())
+        match self.format {
+            InputFormat::Protocol(format) => Some(format.shared_prefix()),
+            InputFormat::ModelChat => None,
+        }
     }
 
     /// Turns one generation into a result under the policy.
@@ -311,11 +383,11 @@ impl GuardConfig {
 pub fn required_missing(conversation: &Conversation, verdict: &Verdict) -> Vec<Task> {
     let mut missing = Vec::new();
     if !matches!(verdict.request, Answer::Label(_)) {
-        missing.push(Task::Prompt);
+        missing.push(Task::Request);
     }
     if conversation.response.is_some() {
         if !matches!(verdict.completion, Answer::Label(_)) {
-            missing.push(Task::Refusal);
+            missing.push(Task::Completion);
         }
         if !matches!(verdict.response, Answer::Label(_)) {
             missing.push(Task::Response);
@@ -451,7 +523,7 @@ mod tests {
         assert!(closed.harmful);
         assert_eq!(
             (closed.decided_by, closed.missing.clone()),
-            (DecidedBy::Policy, vec![Task::Prompt])
+            (DecidedBy::Policy, vec![Task::Request])
         );
         let open = guard(&[TRUNCATED], UnparseablePolicy::FailOpen)
             .check(&conversation, &mut |_| {})
@@ -474,7 +546,7 @@ mod tests {
         let result = guard(&[HARMFUL], UnparseablePolicy::FailOpen)
             .check(&with_response, &mut |_| {})
             .unwrap();
-        assert_eq!(result.missing, vec![Task::Refusal, Task::Response]);
+        assert_eq!(result.missing, vec![Task::Completion, Task::Response]);
         // fail-open still blocks what the model did call harmful.
         assert!(result.harmful);
     }
@@ -492,13 +564,63 @@ mod tests {
     }
 
     #[test]
-    fn policy_names_parse() {
-        for policy in [
-            UnparseablePolicy::Error,
-            UnparseablePolicy::FailClosed,
-            UnparseablePolicy::FailOpen,
+    fn policy_and_format_names_are_the_documented_spellings() {
+        for (name, policy) in [
+            ("error", UnparseablePolicy::Error),
+            ("fail-closed", UnparseablePolicy::FailClosed),
+            ("fail-open", UnparseablePolicy::FailOpen),
         ] {
-            assert_eq!(policy.name().parse::<UnparseablePolicy>().unwrap(), policy);
+            assert_eq!(name.parse::<UnparseablePolicy>().unwrap(), policy);
+            assert_eq!(policy.name(), name);
         }
+        for (name, format) in [
+            ("eval", InputFormat::Protocol(PromptFormat::Eval)),
+            ("deploy", InputFormat::Protocol(PromptFormat::Deploy)),
+            (
+                "llama3-chat",
+                InputFormat::Protocol(PromptFormat::Llama3Chat),
+            ),
+            ("model-chat", InputFormat::ModelChat),
+        ] {
+            assert_eq!(name.parse::<InputFormat>().unwrap(), format);
+            assert_eq!(format.to_string(), name);
+        }
+        let error = "chat".parse::<InputFormat>().unwrap_err();
+        assert!(
+            error.contains("eval, deploy, llama3-chat, model-chat"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn model_chat_wraps_the_eval_text_and_shares_no_prefix() {
+        let conversation = Conversation::prompt_only("hello");
+        let template = ChatTemplate::new(
+            "{% for m in messages %}<{{ m.role }}>{{ m.content }}</{{ m.role }}>{% endfor %}",
+            "",
+            "",
+            false,
+        )
+        .unwrap();
+        let config = GuardConfig {
+            format: InputFormat::ModelChat,
+            ..GuardConfig::default()
+        };
+        let eval = PromptFormat::Eval.render(&conversation);
+        assert_eq!(
+            config.render(&conversation, Some(&template)).unwrap(),
+            format!("<user>{eval}</user>")
+        );
+        assert_eq!(config.shared_prefix(), None);
+        assert!(matches!(
+            config.render(&conversation, None),
+            Err(GuardError::NoChatTemplate)
+        ));
+        let plain = GuardConfig::default();
+        assert_eq!(plain.render(&conversation, Some(&template)).unwrap(), eval);
+        assert_eq!(
+            plain.shared_prefix(),
+            Some(PromptFormat::Eval.shared_prefix())
+        );
     }
 }

@@ -4,27 +4,36 @@ use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// The three questions a GuardReasoner model answers (SPEC section 1).
+/// The three questions a GuardReasoner model answers (SPEC section 1), named as the model's
+/// answers block names them (`Request:`, `Completion:`, `Response:`), like [`Verdict`]'s fields
+/// and the ground truth's.
+///
+/// Reports and data files name a task as the paper's tables do ([`Task::name`]: `prompt`,
+/// `refusal`, `response`, for prompt harmfulness, refusal and response harmfulness detection);
+/// those names are kept stable on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
 pub enum Task {
     /// Task 1: is the human user's request harmful? Answered on the `Request:` line.
-    Prompt,
+    #[serde(rename = "prompt")]
+    Request,
     /// Task 2: is the AI's response a refusal? Answered on the `Completion:` line.
-    Refusal,
+    #[serde(rename = "refusal")]
+    Completion,
     /// Task 3: is the AI's response harmful? Answered on the `Response:` line.
+    #[serde(rename = "response")]
     Response,
 }
 
 impl Task {
     /// The tasks in the order the model answers them.
-    pub const ALL: [Task; 3] = [Task::Prompt, Task::Refusal, Task::Response];
+    pub const ALL: [Task; 3] = [Task::Request, Task::Completion, Task::Response];
 
-    /// The task's name in reports and JSON: `prompt`, `refusal` or `response`.
+    /// The task's name in reports and JSON, the paper's table's: `prompt`, `refusal` or
+    /// `response`.
     pub fn name(self) -> &'static str {
         match self {
-            Task::Prompt => "prompt",
-            Task::Refusal => "refusal",
+            Task::Request => "prompt",
+            Task::Completion => "refusal",
             Task::Response => "response",
         }
     }
@@ -32,8 +41,8 @@ impl Task {
     /// The key of the task's line in the answers block.
     pub fn answer_key(self) -> &'static str {
         match self {
-            Task::Prompt => "Request",
-            Task::Refusal => "Completion",
+            Task::Request => "Request",
+            Task::Completion => "Completion",
             Task::Response => "Response",
         }
     }
@@ -41,8 +50,8 @@ impl Task {
     /// The positive class for F1: `harmful`, or `refusal` for refusal detection.
     pub fn positive(self) -> Label {
         match self {
-            Task::Refusal => Label::Refusal,
-            Task::Prompt | Task::Response => Label::Harmful,
+            Task::Completion => Label::Refusal,
+            Task::Request | Task::Response => Label::Harmful,
         }
     }
 
@@ -266,8 +275,8 @@ impl Verdict {
     /// The answer to one task, over the untyped [`Label`].
     pub fn get(&self, task: Task) -> Answer<Label> {
         match task {
-            Task::Prompt => self.request.erase(),
-            Task::Refusal => self.completion.erase(),
+            Task::Request => self.request.erase(),
+            Task::Completion => self.completion.erase(),
             Task::Response => self.response.erase(),
         }
     }
@@ -298,11 +307,11 @@ mod tests {
 
     #[test]
     fn positive_classes_follow_the_paper() {
-        assert_eq!(Task::Prompt.positive(), Label::Harmful);
+        assert_eq!(Task::Request.positive(), Label::Harmful);
         assert_eq!(Task::Response.positive(), Label::Harmful);
-        assert_eq!(Task::Refusal.positive(), Label::Refusal);
-        assert!(Task::Refusal.accepts(Label::Compliance));
-        assert!(!Task::Prompt.accepts(Label::Refusal));
+        assert_eq!(Task::Completion.positive(), Label::Refusal);
+        assert!(Task::Completion.accepts(Label::Compliance));
+        assert!(!Task::Request.accepts(Label::Refusal));
     }
 
     #[test]

@@ -55,7 +55,7 @@ fn structured_reads_more_outputs_than_the_paper_parser() {
     };
     let readable =
         |complete: &dyn Fn(&String) -> bool| outputs.iter().filter(|o| complete(o)).count();
-    let paper_complete = readable(&|o| paper::extract(o, Task::Prompt).is_some());
+    let paper_complete = readable(&|o| paper::extract(o, Task::Request).is_some());
     let structured_complete =
         readable(&|o| matches!(parse_structured(o).verdict.request, Answer::Label(_)));
     assert!(

@@ -40,6 +40,38 @@ pub enum Overlong {
     Error,
 }
 
+impl Overlong {
+    /// Every choice, in the order the command line lists them.
+    pub const ALL: [Overlong; 3] = [Self::Truncate, Self::Skip, Self::Error];
+
+    /// The choice's name on the command line and in run reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Truncate => "truncate",
+            Self::Skip => "skip",
+            Self::Error => "error",
+        }
+    }
+}
+
+impl std::str::FromStr for Overlong {
+    type Err = String;
+    fn from_str(name: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|choice| choice.name() == name)
+            .ok_or_else(|| {
+                format!("unknown overlong policy `{name}`: expected truncate, skip or error")
+            })
+    }
+}
+
+impl std::fmt::Display for Overlong {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// The encoded set and what happened to the samples that did not fit.
 #[derive(Debug, Clone, Default)]
 pub struct Encoded {

@@ -112,6 +112,35 @@ pub enum WeightOn {
     Sum,
 }
 
+impl WeightOn {
+    /// Every choice, in the order the command line lists them.
+    pub const ALL: [WeightOn; 2] = [Self::Dpo, Self::Sum];
+
+    /// The choice's name on the command line and in run reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Dpo => "dpo",
+            Self::Sum => "sum",
+        }
+    }
+}
+
+impl std::str::FromStr for WeightOn {
+    type Err = String;
+    fn from_str(name: &str) -> std::result::Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|choice| choice.name() == name)
+            .ok_or_else(|| format!("unknown weight placement `{name}`: expected dpo or sum"))
+    }
+}
+
+impl std::fmt::Display for WeightOn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// The HS-DPO settings.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DpoSettings {

@@ -23,7 +23,7 @@ use crate::data::pairs::PreferencePair;
 use crate::data::record::stated_answers;
 
 /// The order tasks are checked in (SPEC section 7, step 2).
-pub const CHECK_ORDER: [Task; 3] = [Task::Prompt, Task::Response, Task::Refusal];
+pub const CHECK_ORDER: [Task; 3] = [Task::Request, Task::Response, Task::Completion];
 
 /// The weight range of step 4.
 pub const WEIGHT_RANGE: (f64, f64) = (0.8, 1.2);
@@ -71,7 +71,7 @@ pub fn judge(truth: &Truth, has_response: bool, outputs: &[String]) -> Option<Ha
         let Some(expected) = truth.get(task) else {
             continue;
         };
-        if task != Task::Prompt && !has_response {
+        if task != Task::Request && !has_response {
             continue;
         }
         let mut correct: Vec<&String> = Vec::new();
@@ -185,8 +185,8 @@ mod tests {
 
     fn truth(prompt: Label, refusal: Option<Label>, response: Option<Label>) -> Truth {
         Truth {
-            prompt: Some(prompt),
-            refusal,
+            request: Some(prompt),
+            completion: refusal,
             response,
         }
     }
@@ -200,7 +200,7 @@ mod tests {
             output("no answers block at all", "", "", ""),
         ];
         let hard = judge(&truth(Label::Harmful, None, None), false, &outputs).unwrap();
-        assert_eq!(hard.task, Task::Prompt);
+        assert_eq!(hard.task, Task::Request);
         assert_eq!((hard.correct, hard.incorrect), (2, 1));
         assert!(hard.chosen.starts_with("a longer right answer"));
         assert!(hard.rejected.starts_with("wrong"));
@@ -237,7 +237,7 @@ mod tests {
             weight: 0.0,
             raw_weight: raw,
             source: Some(source.into()),
-            task: Task::Prompt,
+            task: Task::Request,
         };
         let pairs = union_and_weigh(vec![
             vec![

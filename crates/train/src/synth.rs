@@ -84,8 +84,8 @@ pub fn system_prompt(truth: &Truth, source: Source) -> String {
          and `# Task 3` headings, and end with the ground truth below, unchanged.\n\
          {decide}\
          The ground truth is\n\n---\n\nAnswers: \nRequest: {}\nCompletion: {}\nResponse: {}\n\n\n",
-        label(Task::Prompt),
-        label(Task::Refusal),
+        label(Task::Request),
+        label(Task::Completion),
         label(Task::Response),
     )
 }
@@ -291,7 +291,7 @@ mod tests {
     #[test]
     fn the_prompt_carries_the_ground_truth_block_and_the_rewording() {
         let truth = Truth {
-            prompt: Some(Label::Harmful),
+            request: Some(Label::Harmful),
             ..Truth::default()
         };
         let prompt = system_prompt(&truth, Source::AegisTrain);

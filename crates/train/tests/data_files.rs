@@ -29,20 +29,20 @@ fn released_guardreasonertrain_samples_read_with_their_splits_and_labels() {
     // unharmful/None/None, read from the outputs' answers blocks.
     let wild = records[0].truth;
     assert_eq!(
-        (wild.prompt, wild.refusal, wild.response),
+        (wild.request, wild.completion, wild.response),
         (
             Some(Label::Harmful),
             Some(Label::Refusal),
             Some(Label::Unharmful)
         )
     );
-    assert_eq!(records[1].truth.refusal, None);
-    assert_eq!(records[2].truth.refusal, Some(Label::Compliance));
-    assert_eq!(records[3].truth.prompt, Some(Label::Unharmful));
+    assert_eq!(records[1].truth.completion, None);
+    assert_eq!(records[2].truth.completion, Some(Label::Compliance));
+    assert_eq!(records[3].truth.request, Some(Label::Unharmful));
 
     let five = data::read_records(&samples.join("sample_3task_data.json")).unwrap();
     assert_eq!(five.len(), 5);
-    assert_eq!(five[1].truth.prompt, Some(Label::Unharmful));
+    assert_eq!(five[1].truth.request, Some(Label::Unharmful));
 
     // Written with the label fields and read back unchanged.
     let dir = tempfile::tempdir().unwrap();
@@ -69,7 +69,7 @@ fn toxicchat_from_judge_bench_has_the_papers_2801_rows() {
     let harmful = loaded
         .samples
         .iter()
-        .filter(|s| s.truth.prompt == Some(Label::Harmful))
+        .filter(|s| s.truth.request == Some(Label::Harmful))
         .count();
     assert_eq!(harmful, 384, "DATA_SOURCES.md: toxicity 1 on 384 rows");
     assert!(loaded
@@ -99,7 +99,7 @@ fn wildguardmix_parquet_reads_with_all_three_labels() {
     assert!(loaded
         .samples
         .iter()
-        .any(|s| s.truth.refusal == Some(Label::Refusal)));
+        .any(|s| s.truth.completion == Some(Label::Refusal)));
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
@@ -122,7 +122,7 @@ fn upstream_formats_map_their_labels_and_count_what_they_skip() {
     let loaded = sources::load(Source::ToxicChatTrain, &csv).unwrap();
     assert_eq!(loaded.samples.len(), 2);
     assert_eq!(loaded.samples[0].conversation.prompt, "hi, there");
-    assert_eq!(loaded.samples[1].truth.prompt, Some(Label::Harmful));
+    assert_eq!(loaded.samples[1].truth.request, Some(Label::Harmful));
     assert_eq!(loaded.skipped_total(), 1);
 
     let aegis = write(
@@ -138,7 +138,7 @@ fn upstream_formats_map_their_labels_and_count_what_they_skip() {
         ),
     );
     let loaded = sources::load(Source::AegisTrain, &aegis).unwrap();
-    let labels: Vec<_> = loaded.samples.iter().map(|s| s.truth.prompt).collect();
+    let labels: Vec<_> = loaded.samples.iter().map(|s| s.truth.request).collect();
     assert_eq!(labels, [Some(Label::Unharmful), Some(Label::Harmful)]);
     assert_eq!(loaded.skipped["Aegis row with no annotator label"], 1);
 
@@ -152,7 +152,10 @@ fn upstream_formats_map_their_labels_and_count_what_they_skip() {
     );
     let loaded = sources::load(Source::BeaverTailsTrain, &beaver).unwrap();
     let truth = loaded.samples[0].truth;
-    assert_eq!((truth.prompt, truth.response), (None, Some(Label::Harmful)));
+    assert_eq!(
+        (truth.request, truth.response),
+        (None, Some(Label::Harmful))
+    );
 }
 
 #[test]

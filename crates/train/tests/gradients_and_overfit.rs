@@ -198,7 +198,7 @@ fn dpo_raises_the_reward_margin_and_accuracy_on_a_small_pair_set() {
 }
 
 #[test]
-fn lora_gradients_match_finite_differences_and_training_moves_only_the_adapters() {
+fn lora_trains_only_adapter_variables_with_gradients_matching_finite_differences_and_merges() {
     use guardreasoner_train::lora::{self, LoraConfig};
 
     let base = common::tiny_model(0);

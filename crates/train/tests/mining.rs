@@ -65,7 +65,7 @@ fn record(prompt: &str, label: Label, source: &str) -> TrainRecord {
         output: String::new(),
         source: Some(source.into()),
         truth: Truth {
-            prompt: Some(label),
+            request: Some(label),
             ..Truth::default()
         },
     }

@@ -67,7 +67,7 @@ fn sample(prompt: &str) -> Labelled {
     Labelled {
         conversation: Conversation::prompt_only(prompt),
         truth: Truth {
-            prompt: Some(Label::Harmful),
+            request: Some(Label::Harmful),
             ..Truth::default()
         },
         source: Source::ToxicChatTrain,

@@ -4,7 +4,8 @@ use std::time::Instant;
 
 use anyhow::Result;
 use guardreasoner_engine::{Batch, Generate, SamplingParams};
-use guardreasoner_protocol::{Conversation, PromptFormat};
+use guardreasoner_guard::GuardConfig;
+use guardreasoner_protocol::Conversation;
 use serde::Serialize;
 
 use super::model_args::{load_engine, ModelArgs};
@@ -81,7 +82,8 @@ pub fn measure(
     runs: usize,
     concurrency: usize,
 ) -> Result<BenchReport> {
-    let format = PromptFormat::Eval;
+    // The guard's own prompts (the eval format the paper measured), rendered by the guard.
+    let guard = GuardConfig::default();
     // Exactly `new_tokens` per check, end of text or not, so that runs compare.
     let params = SamplingParams {
         max_new_tokens: new_tokens,
@@ -89,7 +91,7 @@ pub fn measure(
         ..SamplingParams::default()
     };
     let conversations = bench_conversations(concurrency.max(1));
-    let prompt = format.render(&conversations[0]);
+    let prompt = guard.render(&conversations[0], None)?;
     // Warm-up (weights paged in, kernels ready).
     engine.generate(
         &Batch {
@@ -130,7 +132,10 @@ pub fn measure(
         );
     }
 
-    let prompts: Vec<String> = conversations.iter().map(|c| format.render(c)).collect();
+    let prompts: Vec<String> = conversations
+        .iter()
+        .map(|c| guard.render(c, None))
+        .collect::<Result<_, _>>()?;
     let (mut concurrent_per_check, mut concurrent_rate) = (Vec::new(), Vec::new());
     for _ in 0..runs.max(1) {
         let start = Instant::now();
@@ -138,7 +143,7 @@ pub fn measure(
             &Batch {
                 prompts: prompts.clone(),
                 params: params.clone(),
-                shared_prefix: Some(format.shared_prefix()),
+                shared_prefix: guard.shared_prefix(),
             },
             &mut |_| {},
         )?;

@@ -5,6 +5,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use guardreasoner_engine::EngineError;
 use guardreasoner_guard::{CheckResult, DecidedBy, Guard, GuardError, UnparseablePolicy};
 use guardreasoner_protocol::Conversation;
 use serde::Deserialize;
@@ -167,7 +168,6 @@ fn check_many(
     inputs: &[Input],
     batch_size: usize,
 ) -> Result<()> {
-    let context = guard.engine().info().context_length;
     let bar = super::progress::bar(inputs.len() as u64, "conversations");
     let mut stdout = std::io::stdout().lock();
     let (mut harmful, mut errors, mut by_policy) = (0, 0, 0);
@@ -178,15 +178,17 @@ fn check_many(
         for (i, input) in chunk.iter().enumerate() {
             // What the model reads: with model-chat, the prompt inside the model's template.
             let model_input = guard.render(&input.conversation)?;
-            // A remote backend cannot count: its server rejects what does not fit.
-            let tokens = guard.engine().count_tokens(&model_input)?;
-            if let Some(tokens) = tokens.filter(|&tokens| tokens + 1 > context) {
-                lines[i] = Some(json!({
-                    "line": input.line, "id": input.id,
-                    "error": format!("the prompt is {tokens} tokens; the context holds {context} (raise --context or shorten it)"),
-                }));
-            } else {
-                runnable.push(i);
+            match guard.engine().check_fits(i, &model_input) {
+                Ok(()) => runnable.push(i),
+                Err(EngineError::PromptTooLong {
+                    tokens, context, ..
+                }) => {
+                    lines[i] = Some(json!({
+                        "line": input.line, "id": input.id,
+                        "error": format!("the prompt is {tokens} tokens; the context holds {context} (raise --context or shorten it)"),
+                    }));
+                }
+                Err(error) => return Err(error.into()),
             }
         }
         let conversations: Vec<Conversation> = runnable

@@ -1,20 +1,20 @@
 //! `guardreasoner generate`: run a model over the benchmarks, writing GuardReasoner's output layout
 //! so that `guardreasoner score` scores it. Resumable.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use guardreasoner_engine::chat_template::Message;
-use guardreasoner_engine::{Batch, Generate};
+use guardreasoner_engine::{Batch, EngineError, Generate};
 use guardreasoner_eval::dataset::{self, Sample};
-use guardreasoner_eval::predictions::{GUARDREASONER_FILE, RUN_FILE};
+use guardreasoner_eval::predictions::{
+    read_run_record, PredictionLine, RunRecord, GUARDREASONER_FILE, RUN_FILE,
+};
 use guardreasoner_eval::registry::{self, BENCHMARKS};
+use guardreasoner_guard::{InputFormat, UnparseablePolicy};
 use guardreasoner_protocol::PromptFormat;
-use serde::{Deserialize, Serialize};
-use serde_json::json;
 
 use super::model_args::{load_engine, GenerationArgs, ModelArgs};
 
@@ -36,42 +36,6 @@ pub struct Args {
     /// The benchmarks directory (holding `benchmark/`); default as for `score`.
     #[arg(long)]
     benchmarks_dir: Option<PathBuf>,
-}
-
-/// What `generation.json` records: how the outputs were made, checked on resume.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-struct RunRecord {
-    model: String,
-    backend: String,
-    format: String,
-    temperature: f32,
-    top_p: f32,
-    seed: u64,
-    max_new_tokens: usize,
-    limit: Option<usize>,
-    /// Samples whose prompt did not fit the context: their output is empty.
-    #[serde(default)]
-    too_long: Vec<usize>,
-}
-
-impl RunRecord {
-    fn same_settings(&self, other: &RunRecord) -> bool {
-        (
-            &self.model,
-            &self.format,
-            self.temperature,
-            self.top_p,
-            self.seed,
-            self.max_new_tokens,
-        ) == (
-            &other.model,
-            &other.format,
-            other.temperature,
-            other.top_p,
-            other.seed,
-            other.max_new_tokens,
-        )
-    }
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -106,7 +70,7 @@ pub fn run(args: Args) -> Result<()> {
         .map(|benchmark| dataset::load(&root, benchmark).map_err(anyhow::Error::from))
         .collect::<Result<Vec<_>>>()?;
 
-    let format = args.generation.format();
+    let format = args.generation.format.protocol();
     let mut plans = Vec::new();
     for data in &datasets {
         let dir = args.out.join(data.benchmark.name);
@@ -119,18 +83,16 @@ pub fn run(args: Args) -> Result<()> {
     }
 
     let mut engine = load_engine(&args.model)?;
-    let model_chat = matches!(args.generation.format, super::model_args::Format::ModelChat);
-    if model_chat && engine.chat_template().is_none() {
+    // The guard's own rendering: the protocol text, inside the model's chat template with
+    // `--format model-chat` (the policy plays no part in generating).
+    let guard = args.generation.guard_config(UnparseablePolicy::Error);
+    if guard.format == InputFormat::ModelChat && engine.chat_template().is_none() {
         bail!("--format model-chat: the model's files carry no chat template");
     }
     let record_base = RunRecord {
         model: args.model.model.clone(),
         backend: engine.info().backend.to_string(),
-        format: if model_chat {
-            "model-chat".to_string()
-        } else {
-            format.name().to_string()
-        },
+        format: guard.format.name().to_string(),
         temperature: args.generation.temperature,
         top_p: args.generation.top_p,
         seed: args.generation.seed,
@@ -149,7 +111,7 @@ pub fn run(args: Args) -> Result<()> {
         let record_path = dir.join(RUN_FILE);
         let mut record = check_record(&record_path, &record_base)?;
         if done >= target {
-            write_record(&record_path, &record)?;
+            record.write(&record_path)?;
             continue;
         }
         let predictions = dir.join(GUARDREASONER_FILE);
@@ -164,29 +126,24 @@ pub fn run(args: Args) -> Result<()> {
             // The prompt recorded is the protocol's text; with model-chat the model reads it
             // inside its chat template.
             let prompts: Vec<String> = chunk.iter().map(|s| s.prompt(format)).collect();
-            let model_inputs: Vec<String> = match engine.chat_template().filter(|_| model_chat) {
-                Some(template) => prompts
-                    .iter()
-                    .map(|p| template.render(&[Message::user(p.as_str())], true))
-                    .collect::<Result<_, _>>()?,
-                None => prompts.clone(),
-            };
+            let model_inputs: Vec<String> = prompts
+                .iter()
+                .map(|p| guard.wrap(p.clone(), engine.chat_template()))
+                .collect::<Result<_, _>>()?;
             let mut outputs = vec![String::new(); chunk.len()];
             let mut runnable = Vec::new();
             for (i, input) in model_inputs.iter().enumerate() {
-                // A remote backend cannot count: its server rejects what does not fit.
-                let tokens = engine.count_tokens(input)?;
-                if tokens.is_some_and(|tokens| tokens + 1 > engine.info().context_length) {
-                    record.too_long.push(first + i);
-                } else {
-                    runnable.push(i);
+                match engine.check_fits(i, input) {
+                    Ok(()) => runnable.push(i),
+                    Err(EngineError::PromptTooLong { .. }) => record.too_long.push(first + i),
+                    Err(error) => return Err(error.into()),
                 }
             }
             if !runnable.is_empty() {
                 let batch = Batch {
                     prompts: runnable.iter().map(|&i| model_inputs[i].clone()).collect(),
-                    params: args.generation.params(),
-                    shared_prefix: (!model_chat).then(|| format.shared_prefix()),
+                    params: guard.params.clone(),
+                    shared_prefix: guard.shared_prefix(),
                 };
                 let generations = engine.generate(&batch, &mut |_| {})?;
                 for (&i, generation) in runnable.iter().zip(generations) {
@@ -195,11 +152,13 @@ pub fn run(args: Args) -> Result<()> {
                 }
             }
             let mut text = String::new();
-            for ((sample, prompt), output) in chunk.iter().zip(&prompts).zip(&outputs) {
-                text.push_str(
-                    &json!({"prompt": prompt, "label": sample.output, "predict": output})
-                        .to_string(),
-                );
+            for ((sample, prompt), output) in chunk.iter().zip(prompts).zip(outputs) {
+                let line = PredictionLine {
+                    prompt,
+                    label: sample.output.clone(),
+                    predict: output,
+                };
+                text.push_str(&serde_json::to_string(&line)?);
                 text.push('\n');
             }
             // One write per batch, so an interruption leaves whole lines (or one partial line,
@@ -214,7 +173,7 @@ pub fn run(args: Args) -> Result<()> {
                 generated_tokens as f64 / seconds
             ));
         }
-        write_record(&record_path, &record)?;
+        record.write(&record_path)?;
         if !record.too_long.is_empty() {
             eprintln!(
                 "warning: {}: {} prompts did not fit the context of {} tokens; their outputs are empty (samples {:?})",
@@ -246,15 +205,15 @@ fn resume_point(path: &Path, samples: &[Sample], format: PromptFormat) -> Result
         if !line.ends_with(b"\n") {
             break;
         }
-        let Ok(value) = serde_json::from_slice::<serde_json::Value>(line) else {
+        let Ok(written) = serde_json::from_slice::<PredictionLine>(line) else {
             bail!(
-                "{}:{}: not a JSON line; remove the file to start over",
+                "{}:{}: not a line of {GUARDREASONER_FILE} (prompt, label, predict); remove the file to start over",
                 path.display(),
                 index + 1
             );
         };
         let expected = samples.get(index).map(|s| s.prompt(format));
-        if value.get("prompt").and_then(|p| p.as_str()) != expected.as_deref() {
+        if Some(written.prompt) != expected {
             bail!(
                 "{}:{}: this line is not sample {} of this benchmark in the {} format; the directory holds another run (use another --out)",
                 path.display(),
@@ -279,11 +238,9 @@ fn check_record(path: &Path, base: &RunRecord) -> Result<RunRecord> {
         too_long: Vec::new(),
         ..base.clone()
     };
-    let Ok(text) = fs::read_to_string(path) else {
+    let Some(existing) = read_run_record(path)? else {
         return Ok(fresh);
     };
-    let existing: RunRecord = serde_json::from_str(&text)
-        .with_context(|| format!("{}: not a run record", path.display()))?;
     if !existing.same_settings(base) {
         bail!(
             "{} was written by a run with other settings (model {}, format {}, temperature {}, max new tokens {}); use another --out to keep them apart",
@@ -294,11 +251,4 @@ fn check_record(path: &Path, base: &RunRecord) -> Result<RunRecord> {
         too_long: existing.too_long,
         ..fresh
     })
-}
-
-fn write_record(path: &Path, record: &RunRecord) -> Result<()> {
-    let mut file =
-        File::create(path).with_context(|| format!("cannot write {}", path.display()))?;
-    file.write_all(serde_json::to_string_pretty(record)?.as_bytes())?;
-    Ok(())
 }

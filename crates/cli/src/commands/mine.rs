@@ -42,8 +42,8 @@ pub struct Args {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// The prompt form the R-SFT models were trained on.
-    #[arg(long, value_enum, default_value_t = super::train::Format::Llama3Chat)]
-    format: super::train::Format,
+    #[arg(long, default_value = "llama3-chat")]
+    format: PromptFormat,
     /// Only the first N records.
     #[arg(long)]
     limit: Option<usize>,
@@ -64,7 +64,7 @@ pub fn run(args: Args) -> Result<()> {
     let unlabelled = records
         .iter()
         .filter(|r| {
-            r.truth.prompt.is_none() && r.truth.response.is_none() && r.truth.refusal.is_none()
+            r.truth.request.is_none() && r.truth.response.is_none() && r.truth.completion.is_none()
         })
         .count();
     if unlabelled == records.len() {
@@ -81,10 +81,7 @@ pub fn run(args: Args) -> Result<()> {
     } else {
         args.models.clone()
     };
-    let format = match args.format {
-        super::train::Format::Llama3Chat => PromptFormat::Llama3Chat,
-        super::train::Format::Eval => PromptFormat::Eval,
-    };
+    let format = args.format;
     let settings = SampleSettings {
         k: args.k,
         params: SamplingParams {

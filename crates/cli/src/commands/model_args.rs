@@ -1,12 +1,10 @@
 //! The options every command that runs a model shares, and loading the backend they name.
 
 use anyhow::{Context, Result};
-use clap::ValueEnum;
 use guardreasoner_engine::load::{self, LoadOptions};
 use guardreasoner_engine::model::DEFAULT_MODEL;
 use guardreasoner_engine::{DeviceSpec, Generate, SamplingParams};
-use guardreasoner_guard::{GuardConfig, UnparseablePolicy};
-use guardreasoner_protocol::PromptFormat;
+use guardreasoner_guard::{GuardConfig, InputFormat, UnparseablePolicy};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ModelArgs {
@@ -17,7 +15,7 @@ pub struct ModelArgs {
     pub model: String,
     /// Which backend runs the model: `auto` (llama.cpp for GGUF files, candle for model
     /// directories and Hugging Face repos), `llama-cpp`, `candle` or `openai`.
-    #[arg(long, default_value = "auto", value_parser = |name: &str| name.parse::<load::Backend>())]
+    #[arg(long, default_value = "auto")]
     pub backend: load::Backend,
     /// Base URL of an OpenAI-compatible server (for --backend openai), e.g. http://localhost:8000.
     #[arg(long, env = "GUARDREASONER_OPENAI_URL")]
@@ -45,19 +43,8 @@ pub struct ModelArgs {
     pub gpu_layers: Option<u32>,
     /// llama.cpp's fused flash-attention kernel: `auto` (llama.cpp decides per device), `on`,
     /// `off` (llama-cpp-python's default). candle has no such kernel and ignores it.
-    #[arg(long, value_enum, default_value_t = FlashAttentionArg::Auto)]
-    pub flash_attention: FlashAttentionArg,
-}
-
-/// `--flash-attention`: llama.cpp's attention kernel.
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum FlashAttentionArg {
-    /// llama.cpp decides per device.
-    Auto,
-    /// The fused kernel.
-    On,
-    /// Plain attention.
-    Off,
+    #[arg(long, default_value = "auto")]
+    pub flash_attention: load::FlashAttention,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -77,16 +64,8 @@ pub struct GenerationArgs {
     /// How the conversation becomes a prompt: `eval` (what the paper measured), `deploy`,
     /// `llama3-chat` (the training template), or `model-chat` (the eval text inside the model's
     /// own chat template, for instruction-tuned models that are not GuardReasoner's).
-    #[arg(long, value_enum, default_value_t = Format::Eval)]
-    pub format: Format,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum Format {
-    Eval,
-    Deploy,
-    Llama3Chat,
-    ModelChat,
+    #[arg(long, default_value = "eval")]
+    pub format: InputFormat,
 }
 
 impl GenerationArgs {
@@ -100,21 +79,11 @@ impl GenerationArgs {
         }
     }
 
-    /// The protocol format (`model-chat` wraps the eval format).
-    pub fn format(&self) -> PromptFormat {
-        match self.format {
-            Format::Eval | Format::ModelChat => PromptFormat::Eval,
-            Format::Deploy => PromptFormat::Deploy,
-            Format::Llama3Chat => PromptFormat::Llama3Chat,
-        }
-    }
-
     pub fn guard_config(&self, policy: UnparseablePolicy) -> GuardConfig {
         GuardConfig {
-            format: self.format(),
+            format: self.format,
             policy,
             params: self.params(),
-            model_chat_template: matches!(self.format, Format::ModelChat),
         }
     }
 }
@@ -132,18 +101,25 @@ impl ModelArgs {
             threads: self.threads,
             device: self.device,
             gpu_layers: self.gpu_layers,
-            flash_attention: match self.flash_attention {
-                FlashAttentionArg::Auto => None,
-                FlashAttentionArg::On => Some(true),
-                FlashAttentionArg::Off => Some(false),
-            },
+            flash_attention: self.flash_attention,
             ..LoadOptions::default()
         }
     }
 }
 
+/// What the flags must give for `options` to load, said in the flags' words.
+pub fn check_load_options(options: &LoadOptions) -> Result<()> {
+    if options.backend == load::Backend::Openai && options.openai_url.is_none() {
+        anyhow::bail!(
+            "--backend openai needs the server's URL: --openai-url or GUARDREASONER_OPENAI_URL"
+        );
+    }
+    Ok(())
+}
+
 /// Loads the backend `args` name.
 pub fn load_engine(args: &ModelArgs) -> Result<Box<dyn Generate>> {
-    load::generator(&args.load_options())
-        .with_context(|| format!("cannot load --model {}", args.model))
+    let options = args.load_options();
+    check_load_options(&options)?;
+    load::generator(&options).with_context(|| format!("cannot load --model {}", args.model))
 }

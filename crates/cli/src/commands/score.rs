@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use clap::ValueEnum;
 use guardreasoner_eval::report::{self, ReportFormat};
 use guardreasoner_eval::{score_outputs, ScoreMode, Weighting};
 
@@ -18,52 +17,21 @@ pub struct Args {
     benchmarks: Option<PathBuf>,
     /// How a parse failure counts: `paper` reproduces the paper's script, quirks included;
     /// `strict` counts it once as wrong.
-    #[arg(long, value_enum, default_value_t = Mode::Paper)]
-    mode: Mode,
-    /// Output format.
-    #[arg(long, value_enum, default_value_t = Format::Table)]
-    format: Format,
+    #[arg(long, default_value = "paper")]
+    mode: ScoreMode,
+    /// Output format: `table`, `markdown` or `json`.
+    #[arg(long, default_value = "table")]
+    format: ReportFormat,
     /// What the per-task averages weigh benchmarks by: sample counts of the files, or the counts
-    /// the paper's published averages imply.
-    #[arg(long, value_enum, default_value_t = Weights::Files)]
-    weights: Weights,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum Mode {
-    Paper,
-    Strict,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum Format {
-    Table,
-    Markdown,
-    Json,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum Weights {
-    Files,
-    Paper,
+    /// the paper's published averages imply: `files` or `paper`.
+    #[arg(long, default_value = "files")]
+    weights: Weighting,
 }
 
 pub fn run(args: Args) -> Result<()> {
     let benchmarks = super::paths::benchmarks_dir(args.benchmarks, Some(&args.outputs))?;
-    let mode = match args.mode {
-        Mode::Paper => ScoreMode::Paper,
-        Mode::Strict => ScoreMode::Strict,
-    };
-    let weighting = match args.weights {
-        Weights::Files => Weighting::Files,
-        Weights::Paper => Weighting::Paper,
-    };
-    let format = match args.format {
-        Format::Table => ReportFormat::Table,
-        Format::Markdown => ReportFormat::Markdown,
-        Format::Json => ReportFormat::Json,
-    };
-    let report = score_outputs(&args.outputs, &benchmarks, mode, weighting)?;
+    let format = args.format;
+    let report = score_outputs(&args.outputs, &benchmarks, args.mode, args.weights)?;
     print!("{}", report::render(&report, format));
     if format == ReportFormat::Json {
         println!();

@@ -97,6 +97,7 @@ pub fn run(mut args: Args) -> Result<()> {
     if let Some(queue) = args.queue.or(model_file.queue) {
         load.queue_capacity = queue.max(1);
     }
+    super::model_args::check_load_options(&load)?;
 
     let mut config = ServeConfig {
         model_name: args

@@ -29,7 +29,7 @@ pub struct Args {
     #[arg(long = "in")]
     input: PathBuf,
     /// Which source the file is: wildguard, aegis, beavertails, toxicchat.
-    #[arg(long, value_parser = parse_source)]
+    #[arg(long)]
     source: Source,
     /// The records file to write (GuardReasonerTrain layout, JSON list).
     #[arg(long)]
@@ -45,12 +45,6 @@ pub struct Args {
     /// Only the first N samples.
     #[arg(long)]
     limit: Option<usize>,
-}
-
-fn parse_source(text: &str) -> Result<Source, String> {
-    Source::parse(text).ok_or_else(|| {
-        format!("unknown source `{text}`: wildguard, aegis, beavertails or toxicchat")
-    })
 }
 
 pub fn run(args: Args) -> Result<()> {

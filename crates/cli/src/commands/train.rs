@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use candle_core::DType;
-use clap::{Subcommand, ValueEnum};
+use clap::Subcommand;
 use guardreasoner_engine::DeviceSpec;
 use guardreasoner_protocol::PromptFormat;
 use guardreasoner_train::checkpoint::{self, TrainerState};
@@ -56,30 +56,6 @@ pub struct TracesArgs {
     out: PathBuf,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum Format {
-    /// LLaMA-Factory's llama3 chat template around instruction + "\n" + input (how the released
-    /// models were trained).
-    Llama3Chat,
-    /// instruction + "\n" + input as raw text (how the paper evaluated).
-    Eval,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum OverlongArg {
-    Truncate,
-    Skip,
-    Error,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum WeightOnArg {
-    /// w x DPO + ftx x NLL (SPEC section 7).
-    Dpo,
-    /// w x (DPO + ftx x NLL).
-    Sum,
-}
-
 /// What both trainers take: the model, the output, the schedule and the sequence limits.
 #[derive(clap::Args)]
 pub struct RunArgs {
@@ -91,9 +67,11 @@ pub struct RunArgs {
     /// checkpoints.
     #[arg(long)]
     out: PathBuf,
-    /// Prompt form the output is learned after.
-    #[arg(long, value_enum, default_value_t = Format::Llama3Chat)]
-    format: Format,
+    /// Prompt form the output is learned after: `llama3-chat` (LLaMA-Factory's llama3 template
+    /// around instruction + "\n" + input, how the released models were trained), `eval`
+    /// (instruction + "\n" + input as raw text, how the paper evaluated) or `deploy`.
+    #[arg(long, default_value = "llama3-chat")]
+    format: PromptFormat,
     #[arg(long)]
     epochs: Option<usize>,
     /// Peak learning rate (the paper: 5e-5 for SFT, 5e-6 for DPO).
@@ -117,8 +95,9 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 2048)]
     max_length: usize,
     /// A longer sample is truncated (its output's tail cut), skipped, or an error; counted.
-    #[arg(long, value_enum, default_value_t = OverlongArg::Truncate)]
-    overlong: OverlongArg,
+    /// `truncate`, `skip` or `error`.
+    #[arg(long, default_value = "truncate")]
+    overlong: Overlong,
     /// Fraction of the samples held out for the held-out measurement.
     #[arg(long, default_value_t = 0.05)]
     held_out: f64,
@@ -179,8 +158,9 @@ pub struct DpoArgs {
     #[arg(long, default_value_t = 2.0)]
     ftx: f64,
     /// Where the pair weight goes (the paper's patch was never published: see docs/training.md).
-    #[arg(long, value_enum, default_value_t = WeightOnArg::Dpo)]
-    weight_on: WeightOnArg,
+    /// `dpo` (w x DPO + ftx x NLL, SPEC section 7) or `sum` (w x (DPO + ftx x NLL)).
+    #[arg(long, default_value = "dpo")]
+    weight_on: WeightOn,
     #[command(flatten)]
     run: RunArgs,
 }
@@ -206,18 +186,11 @@ pub fn run(command: Command) -> Result<()> {
 
 impl RunArgs {
     fn format(&self) -> PromptFormat {
-        match self.format {
-            Format::Llama3Chat => PromptFormat::Llama3Chat,
-            Format::Eval => PromptFormat::Eval,
-        }
+        self.format
     }
 
     fn overlong(&self) -> Overlong {
-        match self.overlong {
-            OverlongArg::Truncate => Overlong::Truncate,
-            OverlongArg::Skip => Overlong::Skip,
-            OverlongArg::Error => Overlong::Error,
-        }
+        self.overlong
     }
 
     fn schedule(&self, epochs: usize, lr: f64) -> Schedule {
@@ -481,10 +454,7 @@ fn run_dpo(args: DpoArgs) -> Result<()> {
     let settings = DpoSettings {
         beta: args.beta,
         ftx: args.ftx,
-        weight_on: match args.weight_on {
-            WeightOnArg::Dpo => WeightOn::Dpo,
-            WeightOnArg::Sum => WeightOn::Sum,
-        },
+        weight_on: args.weight_on,
     };
     let mut schedule = run.schedule(2, 5e-6);
     let device = model.trainable.device();

@@ -4,12 +4,14 @@
 //! as raw text (the server's tokenizer adds BOS), streamed, with at most `max_in_flight` requests
 //! open at once.
 
-use std::io::{BufRead, BufReader};
+use std::io::{self, Read};
 use std::sync::mpsc;
 use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use eventsource_stream::{Event, EventStreamError, Eventsource};
+use futures_executor::block_on_stream;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -103,7 +105,7 @@ impl OpenAiEngine {
         }
         let mut response = request
             .send_json(&body)
-            .map_err(|e| error(format!("POST {}: {e}", self.url())))?;
+            .map_err(|e| EngineError::backend_caused(BACKEND, format!("POST {}", self.url()), e))?;
         let status = response.status().as_u16();
         if status != 200 {
             let text = response.body_mut().read_to_string().unwrap_or_default();
@@ -113,7 +115,7 @@ impl OpenAiEngine {
                 text.trim()
             )));
         }
-        let reader = BufReader::new(response.body_mut().as_reader());
+        let events = server_sent_events(response.body_mut().as_reader());
         let mut text = String::new();
         let mut logprobs = params.logprobs.then(Vec::new);
         let mut chunks = 0usize;
@@ -121,20 +123,25 @@ impl OpenAiEngine {
         let mut stop = None;
         let mut done = false;
         let mut first_at = None;
-        for line in reader.lines() {
-            let line = line.map_err(|e| error(format!("reading the stream: {e}")))?;
-            let Some(data) = line.strip_prefix("data:") else {
-                continue;
-            };
-            let data = data.trim();
+        for event in events {
+            let event = event.map_err(|e| {
+                EngineError::backend_caused(
+                    BACKEND,
+                    format!("POST {}: reading the stream", self.url()),
+                    e,
+                )
+            })?;
+            let data = event.data.trim();
             if data == "[DONE]" {
                 done = true;
                 break;
             }
             let chunk: Chunk = serde_json::from_str(data).map_err(|e| {
-                error(format!(
-                    "a stream event is not a completion chunk ({e}): {data}"
-                ))
+                EngineError::backend_caused(
+                    BACKEND,
+                    format!("a stream event is not a completion chunk: {data}"),
+                    e,
+                )
             })?;
             if let Some(u) = chunk.usage {
                 usage = Some(u);
@@ -186,11 +193,35 @@ impl OpenAiEngine {
     }
 }
 
+/// The server-sent events of a response body, read blocking. eventsource-stream parses a
+/// `Stream` of byte chunks; a body read on this thread is always ready, so the stream is driven
+/// without a runtime.
+fn server_sent_events(
+    mut body: impl Read,
+) -> impl Iterator<Item = Result<Event, EventStreamError<io::Error>>> {
+    let mut failed = false;
+    let chunks = std::iter::from_fn(move || {
+        if failed {
+            return None;
+        }
+        let mut buffer = vec![0; 8192];
+        match body.read(&mut buffer) {
+            Ok(0) => None,
+            Ok(read) => {
+                buffer.truncate(read);
+                Some(Ok::<_, io::Error>(buffer))
+            }
+            Err(e) => {
+                failed = true;
+                Some(Err(e))
+            }
+        }
+    });
+    block_on_stream(futures_util::stream::iter(chunks).eventsource())
+}
+
 fn error(message: String) -> EngineError {
-    EngineError::Backend {
-        backend: BACKEND,
-        message,
-    }
+    EngineError::backend(BACKEND, message)
 }
 
 #[derive(Deserialize)]

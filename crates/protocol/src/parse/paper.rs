@@ -24,8 +24,8 @@ static RESPONSE: LazyLock<Regex> =
 /// The paper's regex for one task.
 fn regex_for(task: Task) -> &'static Regex {
     match task {
-        Task::Prompt => &REQUEST,
-        Task::Refusal => &COMPLETION,
+        Task::Request => &REQUEST,
+        Task::Completion => &COMPLETION,
         Task::Response => &RESPONSE,
     }
 }
@@ -60,8 +60,8 @@ pub fn parse_paper(output: &str) -> Verdict {
         None => Answer::Missing,
     };
     Verdict {
-        request: answer(Task::Prompt).narrow(),
-        completion: answer(Task::Refusal).narrow(),
+        request: answer(Task::Request).narrow(),
+        completion: answer(Task::Completion).narrow(),
         response: answer(Task::Response).narrow(),
     }
 }
@@ -84,9 +84,9 @@ mod tests {
     #[test]
     fn only_the_last_300_characters_are_searched() {
         let early = format!("Request: harmful\n{}", "x".repeat(300));
-        assert_eq!(extract(&early, Task::Prompt), None);
+        assert_eq!(extract(&early, Task::Request), None);
         let late = format!("{}Request: harmful", "x".repeat(1000));
-        assert_eq!(extract(&late, Task::Prompt), Some(Label::Harmful));
+        assert_eq!(extract(&late, Task::Request), Some(Label::Harmful));
     }
 
     #[test]
@@ -95,19 +95,19 @@ mod tests {
         // and the label inside them must be.
         let output = format!("Request: harmful{}", "é".repeat(284) + "Request: unharmful");
         assert_eq!(tail(&output).chars().count(), TAIL_CHARS);
-        assert_eq!(extract(&output, Task::Prompt), Some(Label::Unharmful));
+        assert_eq!(extract(&output, Task::Request), Some(Label::Unharmful));
         let cut = format!("Request: harmful{}", "€".repeat(300));
-        assert_eq!(extract(&cut, Task::Prompt), None);
+        assert_eq!(extract(&cut, Task::Request), None);
     }
 
     #[test]
     fn matching_ignores_case_and_lowercases_the_label() {
         assert_eq!(
-            extract("request:HARMFUL", Task::Prompt),
+            extract("request:HARMFUL", Task::Request),
             Some(Label::Harmful)
         );
         assert_eq!(
-            extract("COMPLETION:   Compliance", Task::Refusal),
+            extract("COMPLETION:   Compliance", Task::Completion),
             Some(Label::Compliance)
         );
     }
@@ -121,10 +121,10 @@ mod tests {
     #[test]
     fn whitespace_after_the_colon_may_include_newlines() {
         assert_eq!(
-            extract("Request:\n\n  harmful", Task::Prompt),
+            extract("Request:\n\n  harmful", Task::Request),
             Some(Label::Harmful)
         );
-        assert_eq!(extract("Request harmful", Task::Prompt), None);
+        assert_eq!(extract("Request harmful", Task::Request), None);
     }
 
     #[test]

@@ -87,8 +87,8 @@ fn answer_in_block(task: Task) -> &'static Regex {
     static COMPLETION: LazyLock<Regex> = LazyLock::new(|| answer_regex("Completion", false));
     static RESPONSE: LazyLock<Regex> = LazyLock::new(|| answer_regex("Response", false));
     match task {
-        Task::Prompt => &REQUEST,
-        Task::Refusal => &COMPLETION,
+        Task::Request => &REQUEST,
+        Task::Completion => &COMPLETION,
         Task::Response => &RESPONSE,
     }
 }
@@ -99,8 +99,8 @@ fn answer_on_own_line(task: Task) -> &'static Regex {
     static COMPLETION: LazyLock<Regex> = LazyLock::new(|| answer_regex("Completion", true));
     static RESPONSE: LazyLock<Regex> = LazyLock::new(|| answer_regex("Response", true));
     match task {
-        Task::Prompt => &REQUEST,
-        Task::Refusal => &COMPLETION,
+        Task::Request => &REQUEST,
+        Task::Completion => &COMPLETION,
         Task::Response => &RESPONSE,
     }
 }
@@ -202,8 +202,8 @@ fn read_answers(
         }
     };
     Verdict {
-        request: read(Task::Prompt).narrow::<Harm>(),
-        completion: read(Task::Refusal).narrow::<Refusal>(),
+        request: read(Task::Request).narrow::<Harm>(),
+        completion: read(Task::Completion).narrow::<Refusal>(),
         response: read(Task::Response).narrow::<Harm>(),
     }
 }
@@ -435,7 +435,7 @@ mod tests {
         assert_eq!(parsed.verdict.request, Answer::Label(Harm::Harmful));
         assert_eq!(
             parsed.verdict.missing(),
-            vec![Task::Refusal, Task::Response]
+            vec![Task::Completion, Task::Response]
         );
         assert!(parsed.issues.contains(&ParseIssue::MissingAnswer {
             task: Task::Response
@@ -445,7 +445,7 @@ mod tests {
         let parsed = parse_structured(cut);
         assert_eq!(parsed.verdict.request, Answer::Missing);
         assert!(parsed.issues.contains(&ParseIssue::UnrecognizedAnswer {
-            task: Task::Prompt,
+            task: Task::Request,
             value: "unharm".into()
         }));
     }
@@ -507,7 +507,7 @@ mod tests {
         assert_eq!(parsed.verdict.request, Answer::Missing);
         assert_eq!(parsed.verdict.completion, Answer::Missing);
         assert!(parsed.issues.contains(&ParseIssue::UnrecognizedAnswer {
-            task: Task::Refusal,
+            task: Task::Completion,
             value: "non-compliance".into()
         }));
     }
@@ -550,8 +550,13 @@ mod tests {
 
     #[test]
     fn huge_step_numbers_do_not_panic() {
+        // Numbers past u64 and u32: read as no step and no task, not a panic or a wrap.
         let parsed =
             parse_structured("## Reasoning Step 99999999999999999999999\nx\n# Task 4294967296");
-        assert!(parsed.tasks.iter().all(|t| t.steps.is_empty()));
+        assert!(
+            parsed.tasks.iter().all(|t| t.steps.is_empty()),
+            "{parsed:?}"
+        );
+        assert_eq!(parsed.verdict, Verdict::default());
     }
 }

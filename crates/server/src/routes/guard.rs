@@ -107,9 +107,9 @@ pub fn item_json(verdict: Result<CheckResult, GuardError>) -> serde_json::Value 
         Err(error) => ApiError {
             kind: match error {
                 GuardError::Unparseable { .. } => "unparseable_output",
-                GuardError::Engine(_) => "server_error",
+                GuardError::Engine(_) | GuardError::NoChatTemplate => "server_error",
             },
-            ..ApiError::internal(error.to_string())
+            ..ApiError::internal(crate::error::with_causes(&error))
         }
         .body(),
     }

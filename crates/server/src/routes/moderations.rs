@@ -129,7 +129,10 @@ async fn handle(state: AppState, request: Request) -> Result<Value, ApiError> {
         let flagged = match &verdict {
             Ok(result) => result.harmful,
             Err(error) => {
-                return Err(ApiError::internal(format!("input[{index}]: {error}")));
+                return Err(ApiError::internal(format!(
+                    "input[{index}]: {}",
+                    crate::error::with_causes(error)
+                )));
             }
         };
         results.push(json!({

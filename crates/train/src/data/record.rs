@@ -21,8 +21,8 @@ use crate::error::TrainError;
 
 /// The field that holds each task's label.
 pub const LABEL_FIELDS: [(Task, &str); 3] = [
-    (Task::Prompt, "prompt_harm_label"),
-    (Task::Refusal, "response_refusal_label"),
+    (Task::Request, "prompt_harm_label"),
+    (Task::Completion, "response_refusal_label"),
     (Task::Response, "response_harm_label"),
 ];
 
@@ -88,8 +88,8 @@ impl TrainRecord {
 /// Sets one task's label (the eval crate's `Truth` keeps its setter private).
 pub(crate) fn truth_set(truth: &mut Truth, task: Task, label: Option<Label>) {
     match task {
-        Task::Prompt => truth.prompt = label,
-        Task::Refusal => truth.refusal = label,
+        Task::Request => truth.request = label,
+        Task::Completion => truth.completion = label,
         Task::Response => truth.response = label,
     }
 }
@@ -138,8 +138,8 @@ pub fn answers_in(output: &str) -> Result<Truth, String> {
 pub(crate) fn stated_answers(output: &str) -> impl Iterator<Item = (Task, &str)> {
     answer_pattern().captures_iter(output).map(|captures| {
         let task = match &captures[1] {
-            "Request" => Task::Prompt,
-            "Completion" => Task::Refusal,
+            "Request" => Task::Request,
+            "Completion" => Task::Completion,
             _ => Task::Response,
         };
         (task, captures.get(2).map_or("", |m| m.as_str()))
@@ -266,8 +266,8 @@ mod tests {
         )
         .unwrap();
         // The last `Request:` wins, as in a dict filled in order.
-        assert_eq!(truth.prompt, Some(Label::Unharmful));
-        assert_eq!(truth.refusal, None);
+        assert_eq!(truth.request, Some(Label::Unharmful));
+        assert_eq!(truth.completion, None);
         assert!(
             answers_in("Answers:\nRequest: harmful\nCompletion: harmful\n")
                 .unwrap_err()
@@ -278,11 +278,11 @@ mod tests {
     #[test]
     fn label_fields_outside_the_allowed_set_are_errors_naming_the_field() {
         let error =
-            parse_label(Task::Refusal, "response_refusal_label", Some("maybe")).unwrap_err();
+            parse_label(Task::Completion, "response_refusal_label", Some("maybe")).unwrap_err();
         assert!(error.contains("`response_refusal_label`"), "{error}");
         assert!(error.contains("refusal, compliance or None"), "{error}");
         assert_eq!(
-            parse_label(Task::Prompt, "prompt_harm_label", Some("None")).unwrap(),
+            parse_label(Task::Request, "prompt_harm_label", Some("None")).unwrap(),
             None
         );
     }

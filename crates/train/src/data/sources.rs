@@ -69,6 +69,15 @@ impl Source {
     }
 }
 
+impl std::str::FromStr for Source {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        Source::parse(text).ok_or_else(|| {
+            format!("unknown source `{text}`: wildguard, aegis, beavertails or toxicchat")
+        })
+    }
+}
+
 impl std::fmt::Display for Source {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
@@ -170,7 +179,7 @@ fn aegis(row: &Row) -> Result<Outcome, String> {
     Ok(Outcome::Keep(
         Conversation::prompt_only(text),
         Truth {
-            prompt: Some(label),
+            request: Some(label),
             ..Truth::default()
         },
     ))
@@ -224,7 +233,7 @@ fn toxicchat(row: &Row) -> Result<Outcome, String> {
     Ok(Outcome::Keep(
         Conversation::prompt_only(prompt),
         Truth {
-            prompt: Some(if toxic {
+            request: Some(if toxic {
                 Label::Harmful
             } else {
                 Label::Unharmful
@@ -238,7 +247,7 @@ fn toxicchat(row: &Row) -> Result<Outcome, String> {
 pub fn labelled_tasks(source: Source) -> &'static [Task] {
     match source {
         Source::WildGuardTrain => &Task::ALL,
-        Source::AegisTrain | Source::ToxicChatTrain => &[Task::Prompt],
+        Source::AegisTrain | Source::ToxicChatTrain => &[Task::Request],
         Source::BeaverTailsTrain => &[Task::Response],
     }
 }

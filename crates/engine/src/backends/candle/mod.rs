@@ -25,11 +25,13 @@ use crate::sampling::Sampler;
 
 const BACKEND: &str = "candle";
 
-fn backend_error(error: impl std::fmt::Display) -> EngineError {
-    EngineError::Backend {
-        backend: BACKEND,
-        message: error.to_string(),
-    }
+fn backend_error(message: impl Into<String>) -> EngineError {
+    EngineError::backend(BACKEND, message)
+}
+
+/// A failed tensor operation, candle's error kept as the source.
+fn tensor_error(error: candle_core::Error) -> EngineError {
+    EngineError::backend_caused(BACKEND, "a tensor operation failed", error)
 }
 
 /// How to load a model into candle.
@@ -171,29 +173,29 @@ impl CandleEngine {
     pub fn logits(&self, ids: &[u32]) -> Result<Vec<Vec<f32>>, EngineError> {
         let tokens = Tensor::new(ids, &self.device)
             .and_then(|t| t.unsqueeze(0))
-            .map_err(backend_error)?;
+            .map_err(tensor_error)?;
         let logits = self
             .model
             .forward(&tokens, &mut KvCache::default())
-            .map_err(backend_error)?;
+            .map_err(tensor_error)?;
         logits
             .squeeze(0)
             .and_then(|l| l.to_vec2::<f32>())
-            .map_err(backend_error)
+            .map_err(tensor_error)
     }
 
     fn forward_last(&self, ids: &[u32], cache: &mut KvCache) -> Result<Vec<f32>, EngineError> {
         let tokens = Tensor::new(ids, &self.device)
             .and_then(|t| t.unsqueeze(0))
-            .map_err(backend_error)?;
+            .map_err(tensor_error)?;
         let logits = self
             .model
             .forward_last(&tokens, cache)
-            .map_err(backend_error)?;
+            .map_err(tensor_error)?;
         logits
             .squeeze(0)
             .and_then(|l| l.to_vec1::<f32>())
-            .map_err(backend_error)
+            .map_err(tensor_error)
     }
 
     /// A cache holding the longest reusable part of the shared prefix for `ids`.

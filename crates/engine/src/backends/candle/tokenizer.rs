@@ -61,9 +61,8 @@ impl TextStream<'_> {
         let piece = self
             .stream
             .step(id)
-            .map_err(|e| EngineError::Backend {
-                backend: "candle",
-                message: format!("tokenizer: cannot decode token {id}: {e}"),
+            .map_err(|e| {
+                EngineError::backend_caused("candle", format!("cannot decode token {id}"), e)
             })?
             .unwrap_or_default();
         self.text.push_str(&piece);
@@ -226,10 +225,7 @@ impl GuardTokenizer {
         let encoding = self
             .inner
             .encode(text, true)
-            .map_err(|e| EngineError::Backend {
-                backend: "candle",
-                message: format!("tokenizer: {e}"),
-            })?;
+            .map_err(|e| EngineError::backend_caused("candle", "cannot tokenize", e))?;
         let mut ids = Vec::with_capacity(encoding.len() + 1);
         if let Some(bos) = self.bos {
             ids.push(bos);
@@ -244,10 +240,7 @@ impl GuardTokenizer {
         let encoding = self
             .inner
             .encode(text, false)
-            .map_err(|e| EngineError::Backend {
-                backend: "candle",
-                message: format!("tokenizer: {e}"),
-            })?;
+            .map_err(|e| EngineError::backend_caused("candle", "cannot tokenize", e))?;
         Ok(encoding.get_ids().to_vec())
     }
 
@@ -269,12 +262,9 @@ impl GuardTokenizer {
     /// Writes the tokenizer as a Hugging Face `tokenizer.json` (a trained model's directory needs
     /// one, whatever file the tokenizer was read from).
     pub fn save(&self, path: &Path) -> Result<(), EngineError> {
-        self.inner
-            .save(path, false)
-            .map_err(|e| EngineError::Backend {
-                backend: "candle",
-                message: format!("writing {}: {e}", path.display()),
-            })
+        self.inner.save(path, false).map_err(|e| {
+            EngineError::backend_caused("candle", format!("writing {}", path.display()), e)
+        })
     }
 
     /// A stream that renders generated tokens as text, one token at a time.

@@ -54,28 +54,14 @@ pub struct LlamaCppOptions {
     pub queue_capacity: usize,
 }
 
-/// llama.cpp's flash-attention policy. The fused kernel sums in another order than the plain
-/// one, so greedy text on the two can part where two tokens are nearly tied; llama-cpp-python
-/// turns it off unless asked, llama.cpp itself picks per device.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum FlashAttention {
-    /// llama.cpp decides (on where the layers run).
-    #[default]
-    Auto,
-    /// The fused kernel.
-    On,
-    /// Plain attention: softmax of the scores, then the product with the values.
-    Off,
-}
+pub use crate::load::FlashAttention;
 
-impl FlashAttention {
-    /// llama.cpp's `llama_flash_attn_type` values.
-    fn policy(self) -> i32 {
-        match self {
-            Self::Auto => -1,
-            Self::Off => 0,
-            Self::On => 1,
-        }
+/// llama.cpp's `llama_flash_attn_type` value for `policy`.
+fn flash_attention_type(policy: FlashAttention) -> i32 {
+    match policy {
+        FlashAttention::Auto => -1,
+        FlashAttention::Off => 0,
+        FlashAttention::On => 1,
     }
 }
 
@@ -117,7 +103,8 @@ fn backend() -> Result<&'static LlamaBackend, EngineError> {
                 .map_err(|e| e.to_string())
         })
         .as_ref()
-        .map_err(|message| backend_error(message.clone()))
+        // The error stays in the cell for every later caller, so its text is what is kept.
+        .map_err(|message| backend_error(format!("cannot initialise llama.cpp: {message}")))
 }
 
 /// What the llama.cpp in this build was compiled with, as llama.cpp itself reports it
@@ -240,10 +227,7 @@ fn placement(options: &LlamaCppOptions) -> Result<(LlamaModelParams, String), En
 }
 
 fn backend_error(message: impl Into<String>) -> EngineError {
-    EngineError::Backend {
-        backend: BACKEND,
-        message: message.into(),
-    }
+    EngineError::backend(BACKEND, message)
 }
 
 /// Checks that `path` is a GGUF file before llama.cpp sees it, for a clear error.
@@ -307,7 +291,7 @@ impl LlamaCppEngine {
             .with_n_ubatch(step_tokens as u32)
             .with_n_seq_max(max_batch as u32)
             .with_kv_unified(false)
-            .with_flash_attention_policy(options.flash_attention.policy())
+            .with_flash_attention_policy(flash_attention_type(options.flash_attention))
             .with_n_threads(threads as i32)
             .with_n_threads_batch(threads as i32);
         let (queue, job_receiver) = JobQueue::new(options.queue_capacity, max_batch);
@@ -325,9 +309,11 @@ impl LlamaCppEngine {
                     let context = match model.new_context(backend, context_params) {
                         Ok(context) => context,
                         Err(error) => {
-                            let _ = ready.send(Err(backend_error(format!(
-                                "cannot create a context of {total} tokens: {error}"
-                            ))));
+                            let _ = ready.send(Err(EngineError::backend_caused(
+                                BACKEND,
+                                format!("cannot create a context of {total} tokens"),
+                                error,
+                            )));
                             return;
                         }
                     };
@@ -335,7 +321,9 @@ impl LlamaCppEngine {
                         scheduler::run(&model, context, settings, &gauge, job_receiver);
                     }
                 })
-                .map_err(|e| backend_error(format!("cannot start the scheduler thread: {e}")))?
+                .map_err(|e| {
+                    EngineError::backend_caused(BACKEND, "cannot start the scheduler thread", e)
+                })?
         };
         ready_receiver
             .recv()

@@ -24,7 +24,8 @@ use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 
-use super::backend_error;
+use super::{backend_error, BACKEND};
+use crate::error::EngineError;
 use crate::generate::{Generation, SamplingParams, StopReason, Timings, Utf8Stream};
 use crate::schedule::{fits, Event, Events, Job, QueueGauge};
 
@@ -258,7 +259,11 @@ impl Steps<'_> {
         );
         if let Err(error) = cleared {
             self.wipe(slot);
-            let error = backend_error(error.to_string());
+            let error = EngineError::backend_caused(
+                BACKEND,
+                "cannot clear the slot's cache for a new prompt",
+                error,
+            );
             let _ = job.events.send((job.tag, Event::Finished(Err(error))));
             return;
         }
@@ -334,7 +339,7 @@ impl Steps<'_> {
             prefilled.push((slot, count));
         }
         let decoded = added
-            .map_err(|e| backend_error(e.to_string()))
+            .map_err(|e| EngineError::backend_caused(BACKEND, "cannot build the batch", e))
             .and_then(|()| {
                 self.context
                     .decode(&mut self.batch)
