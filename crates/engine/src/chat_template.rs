@@ -43,8 +43,8 @@ pub struct ChatTemplate {
     tokenizer_adds_bos: bool,
 }
 
-fn template_error(error: Error) -> EngineError {
-    EngineError::backend_caused("chat-template", "cannot render the chat template", error)
+fn template_error(doing: &'static str) -> impl FnOnce(Error) -> EngineError {
+    move |error| EngineError::backend_caused("chat-template", doing, error)
 }
 
 impl ChatTemplate {
@@ -72,7 +72,7 @@ impl ChatTemplate {
         });
         environment
             .add_template_owned("chat", source.to_string())
-            .map_err(template_error)?;
+            .map_err(template_error("cannot compile the chat template"))?;
         Ok(Self {
             environment,
             bos_token: bos_token.to_string(),
@@ -90,7 +90,7 @@ impl ChatTemplate {
         let template = self
             .environment
             .get_template("chat")
-            .map_err(template_error)?;
+            .map_err(template_error("cannot render the chat template"))?;
         let messages: Vec<minijinja::Value> = messages
             .iter()
             .map(|m| context! { role => m.role.as_str(), content => m.content.as_str() })
@@ -102,7 +102,7 @@ impl ChatTemplate {
                 bos_token => self.bos_token.as_str(),
                 eos_token => self.eos_token.as_str(),
             })
-            .map_err(template_error)?;
+            .map_err(template_error("cannot render the chat template"))?;
         Ok(match text.strip_prefix(self.bos_token.as_str()) {
             Some(rest) if self.tokenizer_adds_bos && !self.bos_token.is_empty() => rest.to_string(),
             _ => text,
@@ -179,7 +179,10 @@ mod tests {
             content: "x".into(),
         };
         let error = template.render(&[message], true).unwrap_err();
-        assert_eq!(error.to_string(), "chat-template: cannot render the chat template");
+        assert_eq!(
+            error.to_string(),
+            "chat-template: cannot render the chat template"
+        );
         // minijinja's error, with the template's own message, is kept as the source.
         let source = std::error::Error::source(&error).unwrap().to_string();
         assert!(

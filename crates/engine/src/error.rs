@@ -67,6 +67,19 @@ pub enum EngineError {
     },
 }
 
+/// An error's text followed by its causes' (`a: b: c`), for where only text can go (a JSON body,
+/// a per-item error line); a report with the error's chain (anyhow's `{:#}`) prints the same.
+pub fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        cause = inner.source();
+    }
+    text
+}
+
 impl EngineError {
     /// A backend's failure that no other error caused.
     pub fn backend(backend: &'static str, message: impl Into<String>) -> Self {

@@ -20,7 +20,7 @@ struct Seen {
 /// `cut` prompts get one event, then the connection closes (no finish reason, no `[DONE]`);
 /// `unfinished` prompts get `[DONE]` without a finish reason; `framing` prompts get events framed
 /// in the ways the SSE standard allows and servers use (comments, CRLF, an event name, one event's
-/// data over two `data:` lines, no space after the colon).
+/// data over two `data:` lines, no space after the colon, no blank line after the last event).
 fn serve(seen: Arc<Mutex<Seen>>) -> String {
     let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").unwrap());
     let base = format!("http://{}", server.server_addr().to_ip().unwrap());
@@ -50,7 +50,8 @@ fn serve(seen: Arc<Mutex<Seen>>) -> String {
                         "data: \"text\": \"two\", \"finish_reason\": null}]}\r\n\r\n",
                         "event: completion\n",
                         "data: {\"choices\": [{\"index\": 0, \"text\": \" lines\", \"finish_reason\": \"stop\"}]}\n\n",
-                        "data: [DONE]\n\n",
+                        // The last event closed by the end of the stream, not a blank line.
+                        "data: [DONE]\n",
                     ))
                 } else if prompt == "cut" || prompt == "unfinished" {
                     let mut events = format!(

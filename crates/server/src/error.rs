@@ -152,7 +152,7 @@ impl ApiError {
                 .with_param(format!("{field}[{index}]"))
                 .with_code("context_length_exceeded"),
             EngineError::InvalidParams(_) => Self::unprocessable(error.to_string()),
-            _ => Self::internal(with_causes(error)),
+            _ => Self::internal(guardreasoner_engine::error::with_causes(error)),
         }
     }
 
@@ -169,7 +169,14 @@ impl ApiError {
         match error {
             SubmitError::Rejected(rejected) => Self::from_rejected(rejected, overload_status),
             SubmitError::Invalid(GuardError::Engine(engine)) => Self::from_engine(engine, field),
-            SubmitError::Invalid(other) => Self::unprocessable(with_causes(other)),
+            // The server was started with model-chat for a model without a chat template: its
+            // fault, not the request's (`serve` refuses to start so; a library user may not).
+            SubmitError::Invalid(GuardError::NoChatTemplate) => {
+                Self::internal(GuardError::NoChatTemplate.to_string())
+            }
+            SubmitError::Invalid(other) => {
+                Self::unprocessable(guardreasoner_engine::error::with_causes(other))
+            }
         }
     }
 }
@@ -201,17 +208,4 @@ impl IntoResponse for ApiError {
         }
         response
     }
-}
-
-/// An error's text followed by its causes' (`a: b: c`), as the CLI prints a chain: the engine
-/// keeps llama.cpp's or the HTTP client's error as a source, not in its own message.
-pub(crate) fn with_causes(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    while let Some(inner) = cause {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        cause = inner.source();
-    }
-    text
 }

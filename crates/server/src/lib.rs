@@ -28,7 +28,7 @@ pub mod state;
 use std::sync::atomic::Ordering;
 
 use guardreasoner_engine::load::{self, LoadOptions};
-use guardreasoner_guard::{GuardConfig, GuardHandle};
+use guardreasoner_guard::{GuardConfig, GuardHandle, InputFormat};
 use tokio::net::TcpListener;
 
 pub use config::ServeConfig;
@@ -50,6 +50,11 @@ pub enum ServeError {
     /// The model did not load.
     #[error("cannot load the model")]
     Load(#[source] guardreasoner_engine::EngineError),
+    /// The guard renders prompts in the model's own chat template, and the model has none.
+    #[error(
+        "the guard's input format is model-chat, and the model's files carry no chat template"
+    )]
+    NoChatTemplate,
     /// The server failed while running.
     #[error("the server failed: {0}")]
     Io(#[source] std::io::Error),
@@ -116,11 +121,14 @@ impl Server {
         let loader = {
             let state = state.clone();
             tokio::task::spawn_blocking(move || {
-                let scheduler = load::scheduler(&load)?;
+                let scheduler = load::scheduler(&load).map_err(ServeError::Load)?;
+                if guard.format == InputFormat::ModelChat && scheduler.chat_template().is_none() {
+                    return Err(ServeError::NoChatTemplate);
+                }
                 let continuous = scheduler.continuous();
                 let info = scheduler.info().clone();
                 let _ = state.guard.set(GuardHandle::new(scheduler, guard));
-                Ok::<_, guardreasoner_engine::EngineError>((info, continuous))
+                Ok::<_, ServeError>((info, continuous))
             })
         };
         let loaded = tokio::select! {
@@ -148,7 +156,7 @@ impl Server {
             None => {}
             Some(Ok(Err(error))) => {
                 let _ = stop_tx.send(true);
-                return Err(ServeError::Load(error));
+                return Err(error);
             }
             Some(Err(join)) => {
                 let _ = stop_tx.send(true);

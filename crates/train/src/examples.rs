@@ -7,6 +7,7 @@
 //! output's tail is cut; the prompt is kept), skipped, or an error, by option, and counted.
 
 use guardreasoner_engine::backends::candle::tokenizer::GuardTokenizer;
+use guardreasoner_engine::error::with_causes;
 use guardreasoner_protocol::PromptFormat;
 
 use crate::data::TrainRecord;
@@ -154,10 +155,10 @@ pub fn encode_one(
 ) -> Result<Fitted, String> {
     let prompt = tokenizer
         .encode(&format.render_parts(text.instruction, text.input))
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| with_causes(&e))?;
     let mut output = tokenizer
         .encode_continuation(text.output)
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| with_causes(&e))?;
     output.extend(end_token);
     let total = prompt.len() + output.len();
     let mut truncated = false;

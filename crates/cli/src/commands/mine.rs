@@ -41,7 +41,7 @@ pub struct Args {
     max_new_tokens: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// The prompt form the R-SFT models were trained on.
+    /// The prompt form the R-SFT models were trained on: `llama3-chat`, `eval` or `deploy`.
     #[arg(long, default_value = "llama3-chat")]
     format: PromptFormat,
     /// Only the first N records.

@@ -501,7 +501,7 @@ fn run_dpo(args: DpoArgs) -> Result<()> {
         "held_out": held_out.len(),
         "beta": args.beta,
         "ftx": args.ftx,
-        "weight_on": format!("{:?}", args.weight_on).to_lowercase(),
+        "weight_on": args.weight_on.name(),
         "held_out_columns": ["loss", "rewards/chosen", "rewards/rejected", "rewards/accuracy"],
     });
     run.finish(

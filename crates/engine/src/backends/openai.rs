@@ -199,21 +199,27 @@ impl OpenAiEngine {
 fn server_sent_events(
     mut body: impl Read,
 ) -> impl Iterator<Item = Result<Event, EventStreamError<io::Error>>> {
-    let mut failed = false;
-    let chunks = std::iter::from_fn(move || {
-        if failed {
+    let mut ended = false;
+    let chunks = std::iter::from_fn(move || loop {
+        if ended {
             return None;
         }
         let mut buffer = vec![0; 8192];
         match body.read(&mut buffer) {
-            Ok(0) => None,
+            // The standard drops an event that no blank line closes; a server that ends its
+            // last `data: [DONE]` with one newline and hangs up still finished its answer.
+            Ok(0) => {
+                ended = true;
+                return Some(Ok(b"\n\n".to_vec()));
+            }
             Ok(read) => {
                 buffer.truncate(read);
-                Some(Ok::<_, io::Error>(buffer))
+                return Some(Ok::<_, io::Error>(buffer));
             }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
-                failed = true;
-                Some(Err(e))
+                ended = true;
+                return Some(Err(e));
             }
         }
     });

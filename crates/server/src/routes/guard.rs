@@ -109,7 +109,7 @@ pub fn item_json(verdict: Result<CheckResult, GuardError>) -> serde_json::Value 
                 GuardError::Unparseable { .. } => "unparseable_output",
                 GuardError::Engine(_) | GuardError::NoChatTemplate => "server_error",
             },
-            ..ApiError::internal(crate::error::with_causes(&error))
+            ..ApiError::internal(guardreasoner_engine::error::with_causes(&error))
         }
         .body(),
     }

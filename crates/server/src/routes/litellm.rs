@@ -131,7 +131,7 @@ async fn handle(state: AppState, request: Request) -> Result<Value, ApiError> {
     )
     .await?
     .remove(0)
-    .map_err(|error| ApiError::internal(crate::error::with_causes(&error)))?;
+    .map_err(|error| ApiError::internal(guardreasoner_engine::error::with_causes(&error)))?;
     let blocked = match request.input_type {
         InputType::Request => verdict.harmful,
         // The request was judged before the call; here the response decides (and the policy,

@@ -131,7 +131,7 @@ async fn handle(state: AppState, request: Request) -> Result<Value, ApiError> {
             Err(error) => {
                 return Err(ApiError::internal(format!(
                     "input[{index}]: {}",
-                    crate::error::with_causes(error)
+                    guardreasoner_engine::error::with_causes(error)
                 )));
             }
         };

@@ -228,9 +228,10 @@ pub async fn chat(State(state): State<AppState>, Body(request): Body<ChatRequest
             ApiError::bad_request("the model's files carry no chat template; use /v1/completions")
         })?;
         let messages = messages(request.messages)?;
-        template
-            .render(&messages, true)
-            .map_err(|e| ApiError::bad_request(e.to_string()).with_param("messages"))
+        template.render(&messages, true).map_err(|e| {
+            ApiError::bad_request(guardreasoner_engine::error::with_causes(&e))
+                .with_param("messages")
+        })
     })();
     let _ = request.model;
     match prompt {

@@ -347,7 +347,13 @@ impl Steps<'_> {
             });
         if let Err(error) = decoded {
             // The whole step failed: every sequence in it fails with the same message.
-            let message = error.to_string();
+            // Each failed sequence gets its own error: the text, causes included, without the
+            // backend's name (backend_error adds it again).
+            let text = crate::error::with_causes(&error);
+            let message = text
+                .strip_prefix(&format!("{BACKEND}: "))
+                .unwrap_or(&text)
+                .to_string();
             let mut failed: Vec<usize> = sampling.iter().map(|&(slot, _)| slot).collect();
             failed.extend(prefilled.iter().map(|&(slot, _)| slot));
             failed.sort_unstable();
