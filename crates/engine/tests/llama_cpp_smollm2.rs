@@ -97,10 +97,20 @@ fn batched_and_prefix_cached_generation_agrees_with_single_stream() {
         vec![0, 1, 2]
     );
     for (index, generation) in together.iter().enumerate() {
-        assert_eq!(
-            generation.cached_prompt_tokens, 0,
-            "cold slots hold nothing"
-        );
+        // Cold slots: the first evaluates the instruction; the others wait for it and copy its
+        // cells (the instruction is about 110 tokens).
+        if index == 0 {
+            assert_eq!(
+                generation.cached_prompt_tokens, 0,
+                "a cold slot holds nothing"
+            );
+        } else {
+            assert!(
+                generation.cached_prompt_tokens > 90,
+                "prompt {index}: the instruction copied from the first slot, got {}",
+                generation.cached_prompt_tokens
+            );
+        }
         common::agree_until_near_tie(&format!("prompt {index}"), generation, &alone[index]);
     }
     // Each slot keeps its last prompt: the next batch reuses the instruction.

@@ -7,7 +7,10 @@
 //! 2. admits waiting requests into free slots, each into the free slot whose kept prompt shares
 //!    the longest start with it (GuardReasoner's instruction, a chat's system prompt): those
 //!    tokens are reused as they are (up to the request's hinted shared prefix, when it has one),
-//!    the rest is left to prefill;
+//!    the rest is left to prefill. Where another slot holds a longer shared start, its cells are
+//!    copied into the new slot first (a buffer copy, milliseconds, instead of a prefill); a
+//!    request whose shared start another slot is evaluating right now waits a step for it, so
+//!    that a batch of guard checks evaluates the instruction once;
 //! 3. decodes one batch: the next token of every decoding sequence, then prefill tokens of the
 //!    admitted ones, oldest first, up to `step_tokens` (chunked prefill: running sequences never
 //!    wait for a long prompt to finish);
@@ -86,6 +89,12 @@ pub(super) fn run<'m>(
             }
         }
         while scheduler.free_slot().is_some() {
+            let Some(job) = backlog.front() else {
+                break;
+            };
+            if scheduler.prefix_in_progress(job) {
+                break;
+            }
             let Some(job) = backlog.pop_front() else {
                 break;
             };
@@ -150,6 +159,10 @@ struct Steps<'m> {
     batch: LlamaBatch<'static>,
 }
 
+/// The fewest shared tokens worth copying another slot's cells for (the copy moves the whole
+/// stream; below this, evaluating them costs about as much).
+const MIN_COPY: usize = 16;
+
 fn sequence_id(slot: usize) -> i32 {
     slot as i32
 }
@@ -176,6 +189,53 @@ impl Steps<'_> {
 
     fn free_slot(&self) -> Option<usize> {
         self.slots.iter().position(|s| s.is_none())
+    }
+
+    /// The prompt tokens slot `slot`'s cache holds: a running sequence's evaluated prompt, or a
+    /// free slot's kept one.
+    fn held(&self, slot: usize) -> &[LlamaToken] {
+        match &self.slots[slot] {
+            Some(sequence) => &sequence.prompt[..sequence.evaluated],
+            None => &self.kept[slot],
+        }
+    }
+
+    /// The tokens of the request's hinted shared prefix its prompt starts with (`usize::MAX`
+    /// without a hint: no bound).
+    fn reuse_limit(&mut self, shared_prefix: Option<&str>, prompt: &[LlamaToken]) -> usize {
+        match shared_prefix {
+            Some(hint) => {
+                if self.hint.as_ref().is_none_or(|(text, _)| text != hint) {
+                    self.hint = Some((hint.to_string(), tokenize(self.model, hint)));
+                }
+                let hinted = self.hint.as_ref().map_or(&[][..], |(_, t)| t.as_slice());
+                common_prefix(hinted, prompt)
+            }
+            None => usize::MAX,
+        }
+    }
+
+    /// Whether `job`'s hinted shared prefix is being evaluated by a running sequence right now
+    /// and no slot holds it yet: admitted a step later, it copies those cells instead of
+    /// evaluating them again.
+    fn prefix_in_progress(&mut self, job: &Job) -> bool {
+        let (Some(hint), Some(ids)) = (job.request.shared_prefix.as_deref(), &job.request.tokens)
+        else {
+            return false;
+        };
+        let prompt: Vec<LlamaToken> = ids.iter().map(|&id| LlamaToken(id as i32)).collect();
+        let limit = self.reuse_limit(Some(hint), &prompt);
+        if limit < MIN_COPY {
+            return false;
+        }
+        let held = (0..self.slots.len())
+            .map(|slot| common_prefix(self.held(slot), &prompt))
+            .max()
+            .unwrap_or(0);
+        held < limit
+            && self.slots.iter().flatten().any(|sequence| {
+                sequence.evaluated < limit && common_prefix(&sequence.prompt, &prompt) >= limit
+            })
     }
 
     fn drop_cancelled(&mut self) {
@@ -228,16 +288,7 @@ impl Steps<'_> {
         // from scratch, so a guard's output does not depend on what the slot held before.
         // Without a hint, everything the slot holds of the prompt's start is reused (as
         // llama-server's prompt cache does).
-        let limit = match job.request.shared_prefix.as_deref() {
-            Some(hint) => {
-                if self.hint.as_ref().is_none_or(|(text, _)| text != hint) {
-                    self.hint = Some((hint.to_string(), tokenize(self.model, hint)));
-                }
-                let hinted = self.hint.as_ref().map_or(&[][..], |(_, t)| t.as_slice());
-                common_prefix(hinted, &prompt)
-            }
-            None => usize::MAX,
-        };
+        let limit = self.reuse_limit(job.request.shared_prefix.as_deref(), &prompt);
         // The free slot whose kept prompt shares the longest start (the first on ties); the
         // last prompt token is always evaluated, for the logits of the first new token.
         let Some((slot, shared)) = self
@@ -251,6 +302,23 @@ impl Steps<'_> {
         else {
             unreachable!("admit is called only with a free slot");
         };
+        // Another slot holding a longer start lends its cells: llama.cpp copies that slot's KV
+        // stream into this one at the next decode, and the cells past the shared start are
+        // dropped below.
+        let donor = (0..self.slots.len())
+            .filter(|&other| other != slot)
+            .map(|other| (other, common_prefix(self.held(other), &prompt).min(limit)))
+            .max_by_key(|&(_, shared)| shared);
+        let mut shared = shared;
+        if let Some((other, longer)) = donor.filter(|&(_, longer)| longer >= shared + MIN_COPY) {
+            let copied =
+                self.context
+                    .copy_kv_cache_seq(sequence_id(other), sequence_id(slot), None, None);
+            if copied.is_ok() {
+                self.kept[slot] = self.held(other)[..longer].to_vec();
+                shared = longer;
+            }
+        }
         let cached = shared.min(prompt.len() - 1);
         let cleared = self.context.clear_kv_cache_seq(
             Some(sequence_id(slot) as u32),
