@@ -56,6 +56,9 @@ pub enum EngineError {
         #[source]
         source: std::io::Error,
     },
+    /// Converting a Hugging Face checkpoint to GGUF failed (the error names the file).
+    #[error(transparent)]
+    Convert(#[from] guardreasoner_convert::ConvertError),
     /// Downloading a model's files failed.
     #[error("{context}")]
     Download {

@@ -19,8 +19,18 @@ fn hub_error(
     )
 }
 
+/// Files a model directory may have beside `config.json`, `tokenizer.json` and the weights:
+/// end-of-generation ids and sampling defaults, the special tokens and the chat template (in
+/// `tokenizer_config.json`, or on its own in `chat_template.jinja` since transformers 4.43).
+pub const OPTIONAL_FILES: [&str; 4] = [
+    "generation_config.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+];
+
 /// Downloads what a Llama model directory needs (`config.json`, `tokenizer.json`, the
-/// safetensors weights, sharded or not, and `generation_config.json` where there is one) and
+/// safetensors weights, sharded or not, and each of [`OPTIONAL_FILES`] the repository has) and
 /// returns the snapshot directory that holds them.
 pub fn download(repo: &str) -> Result<PathBuf, EngineError> {
     let mut builder = ApiBuilder::from_env().with_progress(true);
@@ -35,8 +45,11 @@ pub fn download(repo: &str) -> Result<PathBuf, EngineError> {
 
     let config = get("config.json")?;
     get("tokenizer.json")?;
-    // Optional: its end-of-generation ids are preferred to config.json's.
-    let _ = model.get("generation_config.json");
+    for file in OPTIONAL_FILES {
+        // Absent from many repositories; a repository that has one and fails to serve it is
+        // caught by what reads the directory (no chat template, say).
+        let _ = model.get(file);
+    }
     match model.get("model.safetensors.index.json") {
         Ok(index) => {
             let text = std::fs::read_to_string(&index)

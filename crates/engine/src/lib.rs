@@ -9,6 +9,8 @@
 //!   [`schedule::Scheduler`] a server drives (continuous batching on llama.cpp).
 //! - [`load`]: what `--model` names, loaded into the backend that runs it (one loader for the
 //!   command line and the server).
+//! - [`convert`]: Hugging Face safetensors to GGUF (f32, f16, bf16, Q8_0, Q4_K_M), and the
+//!   models cache's conversions of repo ids for llama.cpp.
 //! - [`device`]: where a model runs (`auto`, `cpu`, `cuda:N`).
 //! - [`chat_template`]: a model's own Jinja chat template, rendered as transformers does.
 //! - [`sampling`]: greedy and nucleus sampling for backends that do not sample themselves.
@@ -17,6 +19,7 @@
 
 pub mod backends;
 pub mod chat_template;
+pub mod convert;
 pub mod device;
 pub mod error;
 pub mod generate;

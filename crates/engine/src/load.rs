@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::backends::openai::{OpenAiEngine, OpenAiOptions};
+use crate::convert::GgufType;
 use crate::device::DeviceSpec;
 use crate::error::EngineError;
 use crate::generate::Generate;
@@ -19,7 +20,8 @@ use crate::schedule::{Scheduler, Serial, DEFAULT_QUEUE_CAPACITY};
 /// Which backend runs a model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Backend {
-    /// llama.cpp for GGUF files, candle for model directories and Hugging Face repos.
+    /// llama.cpp for GGUF files and Hugging Face repos (converted to GGUF once, into the models
+    /// cache), candle for local model directories.
     #[default]
     Auto,
     /// llama.cpp (GGUF files).
@@ -135,6 +137,8 @@ pub struct LoadOptions {
     pub flash_attention: FlashAttention,
     /// The most requests waiting for a slot (a scheduler refuses more at once).
     pub queue_capacity: usize,
+    /// The GGUF type a safetensors model is converted to for llama.cpp.
+    pub quant: GgufType,
 }
 
 impl Default for LoadOptions {
@@ -151,6 +155,7 @@ impl Default for LoadOptions {
             gpu_layers: None,
             flash_attention: FlashAttention::Auto,
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
+            quant: GgufType::default(),
         }
     }
 }
@@ -179,27 +184,36 @@ fn plan(options: &LoadOptions) -> Result<Plan, EngineError> {
             timeout: Duration::from_secs(3600),
         }));
     }
-    let location = match model::resolve(&options.model)? {
-        ModelLocation::HuggingFaceRepo(repo) => {
-            ModelLocation::HuggingFaceDir(crate::hub::download(&repo)?)
-        }
-        other => other,
+    let threads = options.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    let to_gguf = |dir: &Path, label: &str, name: Option<&str>| {
+        crate::convert::cached(dir, label, name, options.quant, threads, &mut |_, _, _| {})
     };
-    Ok(match (location, options.backend) {
+    Ok(match (model::resolve(&options.model)?, options.backend) {
         (ModelLocation::Gguf(path), Backend::Candle) => Plan::CandleGguf(path),
         (ModelLocation::Gguf(path), _) => Plan::LlamaCpp(path),
+        (ModelLocation::HuggingFaceRepo(repo), Backend::Candle) => {
+            Plan::CandleDir(crate::hub::download(&repo)?)
+        }
+        // A repo is converted to GGUF once, into the models cache, and runs on llama.cpp.
+        (ModelLocation::HuggingFaceRepo(repo), _) => {
+            let dir = crate::hub::download(&repo)?;
+            Plan::LlamaCpp(to_gguf(&dir, &repo, Some(&repo))?)
+        }
+        // A local directory (a model being trained, say) runs on candle unless llama.cpp is
+        // asked for; then it is converted into the cache too, and again whenever it changes.
         (ModelLocation::HuggingFaceDir(path), Backend::LlamaCpp) => {
-            return Err(EngineError::InvalidModel {
-                path,
-                message: "llama.cpp runs GGUF files; use the candle backend (or auto) for a safetensors directory".into(),
-            })
+            let label = path
+                .canonicalize()
+                .unwrap_or_else(|_| path.clone())
+                .display()
+                .to_string();
+            Plan::LlamaCpp(to_gguf(&path, &label, None)?)
         }
         (ModelLocation::HuggingFaceDir(path), _) => Plan::CandleDir(path),
-        (ModelLocation::HuggingFaceRepo(repo), _) => {
-            return Err(EngineError::UnknownModel(format!(
-                "{repo}: the repository was not downloaded"
-            )))
-        }
     })
 }
 

@@ -234,3 +234,107 @@ pub fn agree_until_near_tie(
     }
     parting
 }
+
+/// The summary of llama.cpp's `convert_hf_to_gguf.py` output on the two tiny models
+/// (`scripts/fixtures/reference_convert.py`).
+pub fn convert_reference() -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(fixture("convert_reference.json")).unwrap())
+        .unwrap()
+}
+
+/// The tiny models `scripts/fixtures/reference_convert.py` converts, by name: its config.json.
+pub fn convert_model_config(name: &str) -> serde_json::Value {
+    match name {
+        "tiny-llama3" => serde_json::json!({
+            "architectures": ["LlamaForCausalLM"], "model_type": "llama", "torch_dtype": "bfloat16",
+            "vocab_size": 128257, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "rms_norm_eps": 1e-5,
+            "rope_theta": 500000.0, "tie_word_embeddings": true, "max_position_embeddings": 131072,
+            "rope_scaling": {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
+                             "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
+            "bos_token_id": 128000, "eos_token_id": [128001, 128008, 128009]
+        }),
+        "tiny-smollm2" => serde_json::json!({
+            "architectures": ["LlamaForCausalLM"], "model_type": "llama", "torch_dtype": "float32",
+            "vocab_size": 49152, "hidden_size": 96, "intermediate_size": 128, "num_hidden_layers": 2,
+            "num_attention_heads": 3, "num_key_value_heads": 1, "rms_norm_eps": 1e-5,
+            "rope_theta": 100000.0, "tie_word_embeddings": true, "max_position_embeddings": 8192,
+            "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2
+        }),
+        other => panic!("no tiny model {other}"),
+    }
+}
+
+/// Writes the tiny model `name` as the reference script does (formula weights; tiny-llama3 in
+/// bf16 with the Llama 3 tokenizer, tiny-smollm2 in f32 with SmolLM2's tokenizer rebuilt from
+/// its GGUF), in `dtype` where given instead; `None` without the cached tokenizer sources.
+pub fn write_convert_model(
+    dir: &Path,
+    name: &str,
+    dtype: Option<candle_core::DType>,
+) -> Option<()> {
+    let mut config = convert_model_config(name);
+    if config.get("head_dim").is_none() {
+        let head = config["hidden_size"].as_u64().unwrap() / config["num_attention_heads"].as_u64().unwrap();
+        config["head_dim"] = head.into();
+    }
+    let dtype = dtype.unwrap_or(if name == "tiny-llama3" {
+        candle_core::DType::BF16
+    } else {
+        candle_core::DType::F32
+    });
+    match name {
+        "tiny-llama3" => {
+            let tokenizer = llama3_tokenizer()?;
+            std::fs::copy(&tokenizer, dir.join("tokenizer.json")).unwrap();
+            std::fs::copy(
+                tokenizer.with_file_name("tokenizer_config.json"),
+                dir.join("tokenizer_config.json"),
+            )
+            .unwrap();
+        }
+        _ => write_smollm2_tokenizer(dir)?,
+    }
+    let weights: HashMap<String, Tensor> = tiny_weights(&config)
+        .into_iter()
+        .map(|(n, t)| (n, t.to_dtype(dtype).unwrap()))
+        .collect();
+    candle_core::safetensors::save(&weights, dir.join("model.safetensors")).unwrap();
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_string_pretty(&convert_model_config(name)).unwrap(),
+    )
+    .unwrap();
+    Some(())
+}
+
+/// SmolLM2's tokenizer.json and tokenizer_config.json, rebuilt from the SmolLM2 GGUF as the
+/// reference script rebuilds them.
+pub fn write_smollm2_tokenizer(dir: &Path) -> Option<()> {
+    use guardreasoner_engine::backends::candle::tokenizer::Tokenizer;
+    let gguf = smollm2()?;
+    let mut file = std::fs::File::open(&gguf).unwrap();
+    let content = candle_core::quantized::gguf_file::Content::read(&mut file).unwrap();
+    let tokenizer = Tokenizer::from_gguf(&gguf, &content.metadata).unwrap();
+    tokenizer.save(&dir.join("tokenizer.json")).unwrap();
+    let text = |key: &str| content.metadata[key].to_string().unwrap().clone();
+    let id = |key: &str| content.metadata[key].to_u32().unwrap();
+    let tokens = content.metadata["tokenizer.ggml.tokens"].to_vec().unwrap();
+    let token = |id: u32| tokens[id as usize].to_string().unwrap().clone();
+    let (bos, eos) = (
+        token(id("tokenizer.ggml.bos_token_id")),
+        token(id("tokenizer.ggml.eos_token_id")),
+    );
+    let config = serde_json::json!({
+        "add_prefix_space": false, "bos_token": bos, "eos_token": eos, "pad_token": eos,
+        "unk_token": token(0), "clean_up_tokenization_spaces": false, "model_max_length": 8192,
+        "tokenizer_class": "GPT2Tokenizer", "additional_special_tokens": [bos, eos],
+        "chat_template": text("tokenizer.chat_template"),
+    });
+    std::fs::write(
+        dir.join("tokenizer_config.json"),
+        serde_json::to_string_pretty(&config).unwrap(),
+    )
+    .unwrap();
+    Some(())
+}

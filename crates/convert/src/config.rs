@@ -1,0 +1,191 @@
+//! The model's `config.json`: the hyperparameters of a Hugging Face Llama.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::ConvertError;
+
+/// The architectures converted here (Llama 3.x and SmolLM-style models are both these).
+pub const SUPPORTED_ARCHITECTURES: [&str; 1] = ["LlamaForCausalLM"];
+
+/// Llama 3's RoPE scaling (`rope_scaling.rope_type == "llama3"`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Llama3Rope {
+    /// `factor`.
+    pub factor: f64,
+    /// `low_freq_factor`.
+    pub low_freq_factor: f64,
+    /// `high_freq_factor`.
+    pub high_freq_factor: f64,
+    /// `original_max_position_embeddings`.
+    pub original_context: f64,
+}
+
+/// Linear RoPE scaling (`rope_type == "linear"`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum RopeScaling {
+    /// None.
+    None,
+    /// Positions divided by `factor`.
+    Linear(f64),
+    /// Llama 3's per-frequency factors (`rope_freqs.weight`).
+    Llama3(Llama3Rope),
+}
+
+/// What the converter needs of `config.json`.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from.
+    pub path: PathBuf,
+    /// The whole file, for keys read by name.
+    pub raw: serde_json::Value,
+    /// `architectures[0]`.
+    pub architecture: String,
+    /// `vocab_size`.
+    pub vocab_size: usize,
+    /// `hidden_size`.
+    pub hidden_size: usize,
+    /// `intermediate_size`.
+    pub intermediate_size: usize,
+    /// `num_hidden_layers`.
+    pub layers: usize,
+    /// `num_attention_heads`.
+    pub heads: usize,
+    /// `num_key_value_heads` (the heads where absent).
+    pub kv_heads: usize,
+    /// `head_dim` where given.
+    pub head_dim: Option<usize>,
+    /// `max_position_embeddings`.
+    pub context: Option<u64>,
+    /// `rms_norm_eps`.
+    pub rms_norm_eps: f64,
+    /// `rope_theta` where given.
+    pub rope_theta: Option<f64>,
+    /// `rope_scaling`.
+    pub rope_scaling: RopeScaling,
+    /// `tie_word_embeddings`.
+    pub tie_word_embeddings: bool,
+}
+
+#[derive(Deserialize)]
+struct Raw {
+    architectures: Option<Vec<String>>,
+    vocab_size: usize,
+    hidden_size: usize,
+    intermediate_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    num_key_value_heads: Option<usize>,
+    head_dim: Option<usize>,
+    max_position_embeddings: Option<u64>,
+    rms_norm_eps: f64,
+    rope_theta: Option<f64>,
+    rope_scaling: Option<serde_json::Value>,
+    #[serde(default)]
+    tie_word_embeddings: bool,
+}
+
+impl Config {
+    /// Reads `dir/config.json` and checks it is an architecture converted here.
+    pub fn read(dir: &Path) -> Result<Self, ConvertError> {
+        let path = dir.join("config.json");
+        let text = std::fs::read_to_string(&path).map_err(ConvertError::io(&path))?;
+        let value: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| ConvertError::file(&path, format!("not valid JSON: {e}")))?;
+        let architecture = value["architectures"]
+            .get(0)
+            .and_then(|a| a.as_str())
+            .unwrap_or("")
+            .to_string();
+        if !SUPPORTED_ARCHITECTURES.contains(&architecture.as_str()) {
+            let named = if architecture.is_empty() {
+                "no `architectures`".to_string()
+            } else {
+                format!("architecture `{architecture}`")
+            };
+            return Err(ConvertError::file(
+                &path,
+                format!(
+                    "{named}: this converter takes {} (Llama 3.x, SmolLM); llama.cpp's \
+                     convert_hf_to_gguf.py converts many more",
+                    SUPPORTED_ARCHITECTURES.join(", ")
+                ),
+            ));
+        }
+        let raw: Raw = serde_json::from_value(value.clone())
+            .map_err(|e| ConvertError::file(&path, format!("a Llama config needs {e}")))?;
+        let _ = raw.architectures;
+        let rope_scaling = rope_scaling(&path, raw.rope_scaling.as_ref())?;
+        let config = Self {
+            path: path.clone(),
+            raw: value,
+            architecture,
+            vocab_size: raw.vocab_size,
+            hidden_size: raw.hidden_size,
+            intermediate_size: raw.intermediate_size,
+            layers: raw.num_hidden_layers,
+            heads: raw.num_attention_heads,
+            kv_heads: raw.num_key_value_heads.unwrap_or(raw.num_attention_heads),
+            head_dim: raw.head_dim,
+            context: raw.max_position_embeddings,
+            rms_norm_eps: raw.rms_norm_eps,
+            rope_theta: raw.rope_theta,
+            rope_scaling,
+            tie_word_embeddings: raw.tie_word_embeddings,
+        };
+        if config.heads == 0
+            || config.kv_heads == 0
+            || config.heads % config.kv_heads != 0
+            || config.head_dim() % 2 != 0
+        {
+            return Err(ConvertError::file(
+                &path,
+                format!(
+                    "{} attention heads, {} key/value heads and head size {}: the heads must \
+                     split evenly into key/value groups and the head size be even",
+                    config.heads,
+                    config.kv_heads,
+                    config.head_dim()
+                ),
+            ));
+        }
+        Ok(config)
+    }
+
+    /// The size of one attention head.
+    pub fn head_dim(&self) -> usize {
+        self.head_dim
+            .unwrap_or(self.hidden_size / self.heads.max(1))
+    }
+}
+
+fn rope_scaling(
+    path: &Path,
+    value: Option<&serde_json::Value>,
+) -> Result<RopeScaling, ConvertError> {
+    let Some(value) = value.filter(|v| !v.is_null()) else {
+        return Ok(RopeScaling::None);
+    };
+    let kind = value
+        .get("rope_type")
+        .or_else(|| value.get("type"))
+        .and_then(|t| t.as_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let number = |key: &str, default: f64| value.get(key).and_then(|v| v.as_f64()).unwrap_or(default);
+    match kind.as_str() {
+        "llama3" => Ok(RopeScaling::Llama3(Llama3Rope {
+            factor: number("factor", 8.0),
+            low_freq_factor: number("low_freq_factor", 1.0),
+            high_freq_factor: number("high_freq_factor", 4.0),
+            original_context: number("original_max_position_embeddings", 8192.0),
+        })),
+        "linear" => Ok(RopeScaling::Linear(number("factor", 1.0))),
+        "default" | "" => Ok(RopeScaling::None),
+        other => Err(ConvertError::file(
+            path,
+            format!("rope_scaling type `{other}` is not converted here (llama3 and linear are)"),
+        )),
+    }
+}

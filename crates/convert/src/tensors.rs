@@ -1,0 +1,254 @@
+//! The tensors of the GGUF file: Hugging Face Llama names to llama.cpp's, Q/K rows put in
+//! llama.cpp's RoPE order, each tensor's type in the file, and Llama 3's `rope_freqs`.
+
+use crate::checkpoint::Checkpoint;
+use crate::config::{Config, Llama3Rope, RopeScaling};
+use crate::error::ConvertError;
+use crate::gguf::{TensorInfo, TensorType};
+use crate::OutType;
+
+/// Where a tensor of the output comes from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// A checkpoint tensor, by its Hugging Face name, with Q/K rows permuted for `heads` heads.
+    Checkpoint {
+        /// The Hugging Face name.
+        name: String,
+        /// Heads to permute the rows for (`q_proj`, `k_proj`), else `None`.
+        permute_heads: Option<usize>,
+    },
+    /// Llama 3's RoPE frequency factors, computed from the config.
+    RopeFreqs(Vec<f32>),
+}
+
+/// One tensor of the output: its description and where its values come from.
+#[derive(Debug, Clone)]
+pub struct Planned {
+    /// Name, shape and type in the file.
+    pub info: TensorInfo,
+    /// Its values.
+    pub source: Source,
+}
+
+/// llama.cpp's name for a Hugging Face Llama tensor, or `None` for one the model does not use.
+pub fn gguf_name(name: &str) -> Option<String> {
+    match name {
+        "model.embed_tokens.weight" => return Some("token_embd.weight".into()),
+        "model.norm.weight" => return Some("output_norm.weight".into()),
+        "lm_head.weight" => return Some("output.weight".into()),
+        _ => {}
+    }
+    let rest = name.strip_prefix("model.layers.")?;
+    let (layer, part) = rest.split_once('.')?;
+    layer.parse::<usize>().ok()?;
+    let part = match part {
+        "input_layernorm.weight" => "attn_norm.weight",
+        "self_attn.q_proj.weight" => "attn_q.weight",
+        "self_attn.k_proj.weight" => "attn_k.weight",
+        "self_attn.v_proj.weight" => "attn_v.weight",
+        "self_attn.o_proj.weight" => "attn_output.weight",
+        "post_attention_layernorm.weight" => "ffn_norm.weight",
+        "mlp.gate_proj.weight" => "ffn_gate.weight",
+        "mlp.up_proj.weight" => "ffn_up.weight",
+        "mlp.down_proj.weight" => "ffn_down.weight",
+        _ => return None,
+    };
+    Some(format!("blk.{layer}.{part}"))
+}
+
+/// The tensors of the output in the order llama.cpp's converter writes them: `rope_freqs`
+/// first where there is one, then the checkpoint's (shard by shard, by name).
+pub fn plan(
+    config: &Config,
+    checkpoint: &Checkpoint,
+    out: OutType,
+) -> Result<Vec<Planned>, ConvertError> {
+    let mut planned = Vec::new();
+    if let RopeScaling::Llama3(rope) = &config.rope_scaling {
+        let factors = llama3_rope_factors(config, rope);
+        planned.push(Planned {
+            info: TensorInfo {
+                name: "rope_freqs.weight".into(),
+                shape: vec![factors.len() as u64],
+                kind: TensorType::F32,
+            },
+            source: Source::RopeFreqs(factors),
+        });
+    }
+    for (name, entry) in &checkpoint.entries {
+        // Precomputed RoPE tables some checkpoints carry; llama.cpp computes them.
+        if name.ends_with(".rotary_emb.inv_freq") {
+            continue;
+        }
+        let gguf = gguf_name(name).ok_or_else(|| {
+            ConvertError::file(
+                &checkpoint.shards[entry.shard],
+                format!("tensor `{name}` is not part of a Llama model (cannot map it to GGUF)"),
+            )
+        })?;
+        let expected = expected_shape(config, name);
+        if let Some(expected) = expected.filter(|e| *e != entry.shape) {
+            return Err(ConvertError::file(
+                &checkpoint.shards[entry.shard],
+                format!(
+                    "tensor `{name}` has shape {:?}; config.json makes it {expected:?}",
+                    entry.shape
+                ),
+            ));
+        }
+        let permute_heads = if name.ends_with("self_attn.q_proj.weight") {
+            Some(config.heads)
+        } else if name.ends_with("self_attn.k_proj.weight") {
+            Some(config.kv_heads)
+        } else {
+            None
+        };
+        let shape: Vec<u64> = entry.shape.iter().map(|d| *d as u64).collect();
+        let kind = tensor_type(&gguf, &shape, out);
+        planned.push(Planned {
+            info: TensorInfo {
+                name: gguf,
+                shape,
+                kind,
+            },
+            source: Source::Checkpoint {
+                name: name.clone(),
+                permute_heads,
+            },
+        });
+    }
+    for needed in ["token_embd.weight", "output_norm.weight"] {
+        if !planned.iter().any(|p| p.info.name == needed) {
+            return Err(ConvertError::file(
+                &checkpoint.shards[0],
+                format!("the checkpoint has no {needed} (Hugging Face: model.embed_tokens.weight / model.norm.weight)"),
+            ));
+        }
+    }
+    if !config.tie_word_embeddings && !planned.iter().any(|p| p.info.name == "output.weight") {
+        return Err(ConvertError::file(
+            &checkpoint.shards[0],
+            "config.json says the embeddings are not tied, but there is no lm_head.weight",
+        ));
+    }
+    for layer in 0..config.layers {
+        let prefix = format!("blk.{layer}.");
+        let count = planned
+            .iter()
+            .filter(|p| p.info.name.starts_with(&prefix))
+            .count();
+        if count != 9 {
+            return Err(ConvertError::file(
+                &checkpoint.shards[0],
+                format!(
+                    "layer {layer} has {count} of its 9 tensors: a shard is missing or the checkpoint is incomplete"
+                ),
+            ));
+        }
+    }
+    Ok(planned)
+}
+
+/// The shape config.json gives a Hugging Face tensor, where it is one of Llama's.
+fn expected_shape(config: &Config, name: &str) -> Option<Vec<usize>> {
+    let (h, i, d) = (config.hidden_size, config.intermediate_size, config.head_dim());
+    let (q, kv) = (config.heads * d, config.kv_heads * d);
+    if name == "model.embed_tokens.weight" || name == "lm_head.weight" {
+        return Some(vec![config.vocab_size, h]);
+    }
+    if name == "model.norm.weight" {
+        return Some(vec![h]);
+    }
+    let part = name.strip_prefix("model.layers.")?.split_once('.')?.1;
+    Some(match part {
+        "input_layernorm.weight" | "post_attention_layernorm.weight" => vec![h],
+        "self_attn.q_proj.weight" => vec![q, h],
+        "self_attn.k_proj.weight" | "self_attn.v_proj.weight" => vec![kv, h],
+        "self_attn.o_proj.weight" => vec![h, q],
+        "mlp.gate_proj.weight" | "mlp.up_proj.weight" => vec![i, h],
+        "mlp.down_proj.weight" => vec![h, i],
+        _ => return None,
+    })
+}
+
+/// The type a tensor gets: F32 for vectors and norms (as llama.cpp keeps them), else the
+/// output type, with F16 where a row does not split into Q8_0's blocks of 32.
+fn tensor_type(gguf: &str, shape: &[u64], out: OutType) -> TensorType {
+    if shape.len() <= 1 || gguf.ends_with("_norm.weight") {
+        return TensorType::F32;
+    }
+    match out {
+        OutType::F32 => TensorType::F32,
+        OutType::F16 => TensorType::F16,
+        OutType::Bf16 => TensorType::Bf16,
+        OutType::Q8_0 if shape.last().is_some_and(|d| d % 32 == 0) => TensorType::Q8_0,
+        OutType::Q8_0 => TensorType::F16,
+    }
+}
+
+/// llama.cpp's Q/K row order: within each head, the two halves of the rotary pairs
+/// interleaved (`convert_hf_to_gguf.py`'s `permute`).
+pub fn permute_rows(values: &[f32], rows: usize, columns: usize, heads: usize) -> Vec<f32> {
+    let half = rows / heads / 2;
+    let mut out = Vec::with_capacity(values.len());
+    for head in 0..heads {
+        for r in 0..half {
+            for pair in 0..2 {
+                let source = head * 2 * half + pair * half + r;
+                out.extend_from_slice(&values[source * columns..(source + 1) * columns]);
+            }
+        }
+    }
+    out
+}
+
+/// Llama 3's per-frequency RoPE factors, computed in f32 step by step as the converter's torch
+/// code does (`1/x` as a reciprocal, Python scalars rounded to f32 first).
+pub fn llama3_rope_factors(config: &Config, rope: &Llama3Rope) -> Vec<f32> {
+    let dim = config.head_dim();
+    let base = config.rope_theta.unwrap_or(10_000.0);
+    let factor = rope.factor as f32;
+    let low = rope.low_freq_factor as f32;
+    let high = rope.high_freq_factor as f32;
+    let old = rope.original_context as f32;
+    let low_wavelen = (rope.original_context / rope.low_freq_factor) as f32;
+    let high_wavelen = (rope.original_context / rope.high_freq_factor) as f32;
+    (0..dim)
+        .step_by(2)
+        .map(|k| {
+            let exponent = k as f32 / dim as f32;
+            let freq = 1.0f32 / (base as f32).powf(exponent);
+            let wavelen = (1.0f32 / freq) * (2.0 * std::f64::consts::PI) as f32;
+            if wavelen < high_wavelen {
+                1.0
+            } else if wavelen > low_wavelen {
+                factor
+            } else {
+                let smooth = ((1.0f32 / wavelen) * old - low) / (high - low);
+                1.0f32 / ((1.0 - smooth) / factor + smooth)
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_map_to_llama_cpp_names() {
+        assert_eq!(gguf_name("model.layers.12.mlp.down_proj.weight").unwrap(), "blk.12.ffn_down.weight");
+        assert_eq!(gguf_name("model.layers.0.input_layernorm.weight").unwrap(), "blk.0.attn_norm.weight");
+        assert_eq!(gguf_name("lm_head.weight").unwrap(), "output.weight");
+        assert!(gguf_name("model.layers.x.mlp.down_proj.weight").is_none());
+        assert!(gguf_name("vision_tower.patch_embed.weight").is_none());
+    }
+
+    #[test]
+    fn permuting_interleaves_the_halves_of_each_head() {
+        // 2 heads of 4 rows (two pairs each), 1 column: rows 0..8.
+        let values: Vec<f32> = (0..8).map(|v| v as f32).collect();
+        let out = permute_rows(&values, 8, 1, 2);
+        assert_eq!(out, vec![0.0, 2.0, 1.0, 3.0, 4.0, 6.0, 5.0, 7.0]);
+    }
+}

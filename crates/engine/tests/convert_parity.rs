@@ -1,0 +1,199 @@
+//! `guardreasoner convert` against llama.cpp's own converter (`convert_hf_to_gguf.py`, summarised
+//! by `scripts/fixtures/reference_convert.py`): the same file byte for byte at f16, bf16 and Q8_0
+//! on a tiny Llama-3-shaped model with the real Llama 3 tokenizer and a tiny SmolLM2-shaped one;
+//! the same token ids and greedy tokens from llama.cpp; and llama.cpp on the converted file
+//! agreeing with candle on the safetensors.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use candle_core::quantized::gguf_file;
+use guardreasoner_engine::backends::candle::{CandleEngine, CandleOptions};
+use guardreasoner_engine::backends::llama_cpp::{FlashAttention, LlamaCppEngine, LlamaCppOptions};
+use guardreasoner_engine::convert::{convert, GgufType};
+use guardreasoner_engine::{DeviceSpec, SamplingParams};
+use sha2::{Digest, Sha256};
+
+const MODELS: [&str; 2] = ["tiny-llama3", "tiny-smollm2"];
+
+fn sha256(path: &Path) -> String {
+    format!("{:x}", Sha256::digest(std::fs::read(path).unwrap()))
+}
+
+/// Where our file differs from the reference's summary: metadata keys (order, type, value)
+/// and tensors (order, type, shape, bytes).
+fn differences(path: &Path, reference: &serde_json::Value) -> Vec<String> {
+    let mut file = std::fs::File::open(path).unwrap();
+    let content = gguf_file::Content::read(&mut file).unwrap();
+    let mut out = Vec::new();
+    let keys: Vec<&str> = reference["metadata"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["key"].as_str().unwrap())
+        .collect();
+    let ours: BTreeMap<&String, &gguf_file::Value> = content.metadata.iter().collect();
+    for key in &keys {
+        if !content.metadata.contains_key(*key) {
+            out.push(format!("missing key {key}"));
+        }
+    }
+    for key in ours.keys() {
+        if !keys.contains(&key.as_str()) {
+            out.push(format!("extra key {key}"));
+        }
+    }
+    for entry in reference["metadata"].as_array().unwrap() {
+        let key = entry["key"].as_str().unwrap();
+        let Some(value) = content.metadata.get(key) else { continue };
+        let expected = &entry["value"];
+        let same = match value {
+            gguf_file::Value::String(s) => expected.as_str() == Some(s.as_str()),
+            gguf_file::Value::Array(items) => expected["len"].as_u64() == Some(items.len() as u64),
+            gguf_file::Value::Bool(b) => expected.as_bool() == Some(*b),
+            gguf_file::Value::F32(f) => expected.as_f64().is_some_and(|e| e as f32 == *f),
+            other => expected.as_u64() == other.to_u64().ok(),
+        };
+        if !same {
+            out.push(format!("{key}: ours {value:?}, theirs {expected}"));
+        }
+    }
+    for tensor in reference["tensors"].as_array().unwrap() {
+        let name = tensor["name"].as_str().unwrap();
+        match content.tensor_infos.get(name) {
+            None => out.push(format!("missing tensor {name}")),
+            Some(info) => {
+                let theirs = tensor["type"].as_str().unwrap();
+                if format!("{:?}", info.ggml_dtype).to_uppercase() != theirs.to_uppercase() {
+                    out.push(format!("{name}: type {:?}, theirs {theirs}", info.ggml_dtype));
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn converted_files_are_byte_identical_to_llama_cpp_converter() {
+    let reference = common::convert_reference();
+    let mut compared = 0;
+    for name in MODELS {
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join(name);
+        std::fs::create_dir(&model).unwrap();
+        if common::write_convert_model(&model, name, None).is_none() {
+            return;
+        }
+        for kind in ["f16", "bf16", "q8_0"] {
+            let expected = &reference["models"][name][kind];
+            let out = dir.path().join(format!("{name}.{kind}.gguf"));
+            let report = convert(&model, &out, kind.parse().unwrap(), None, 2, &mut |_, _, _| {})
+                .unwrap();
+            let problems = differences(&out, expected);
+            assert!(problems.is_empty(), "{name} {kind}: {problems:#?}");
+            assert_eq!(report.bytes, expected["bytes"].as_u64().unwrap(), "{name} {kind}");
+            assert_eq!(
+                sha256(&out),
+                expected["sha256"].as_str().unwrap(),
+                "{name} {kind}: same keys, values and tensor types, yet not the same bytes"
+            );
+            compared += 1;
+        }
+    }
+    assert_eq!(compared, 6);
+}
+
+fn llama_cpp(path: &Path) -> LlamaCppEngine {
+    LlamaCppEngine::load(
+        path,
+        LlamaCppOptions {
+            device: DeviceSpec::Cpu,
+            context_per_sequence: 512,
+            max_batch: 1,
+            flash_attention: FlashAttention::Off,
+            ..LlamaCppOptions::default()
+        },
+    )
+    .unwrap()
+}
+
+fn greedy(tokens: usize) -> SamplingParams {
+    SamplingParams {
+        max_new_tokens: tokens,
+        ignore_eos: true,
+        ..SamplingParams::default()
+    }
+}
+
+fn ids(value: &serde_json::Value) -> Vec<u32> {
+    value
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect()
+}
+
+#[test]
+fn llama_cpp_tokenizes_and_generates_as_on_the_reference_conversion() {
+    let reference = common::convert_reference();
+    for name in MODELS {
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join(name);
+        std::fs::create_dir(&model).unwrap();
+        if common::write_convert_model(&model, name, None).is_none() {
+            return;
+        }
+        let out = dir.path().join("model.gguf");
+        convert(&model, &out, GgufType::Q8_0, None, 2, &mut |_, _, _| {}).unwrap();
+        let mut engine = llama_cpp(&out);
+        let expected = &reference["llama_cpp"][name];
+        let tokens = expected["tokens"].as_object().unwrap();
+        assert_eq!(tokens.len(), common::TRICKY.len());
+        // llama-cpp-python tokenized without BOS; ours adds the model's BOS where it wants one.
+        let bos = usize::from(name == "tiny-llama3");
+        for (text, theirs) in tokens {
+            assert_eq!(engine.tokenize(text)[bos..], ids(theirs)[..], "{name}: {text:?}");
+        }
+        let prompt = common::reference_prompts()[1].clone();
+        assert_eq!(engine.tokenize(&prompt), ids(&expected["prompt_ids"]), "{name}");
+        let ours = common::generate_one(&mut engine, &prompt, greedy(12));
+        assert_eq!(ours.token_ids, ids(&expected["greedy"]), "{name}");
+    }
+}
+
+#[test]
+fn llama_cpp_on_the_converted_file_agrees_with_candle_on_the_safetensors() {
+    // f32 weights both ways: the candle backend's numerics match transformers', so this checks
+    // the conversion (names, Q/K order, rope factors, tokenizer) end to end.
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("tiny-llama3");
+    std::fs::create_dir(&model).unwrap();
+    if common::write_convert_model(&model, "tiny-llama3", Some(candle_core::DType::F32)).is_none() {
+        return;
+    }
+    let out = dir.path().join("model.f32.gguf");
+    convert(&model, &out, GgufType::F32, None, 2, &mut |_, _, _| {}).unwrap();
+    let mut candle = CandleEngine::load_dir(
+        &model,
+        CandleOptions {
+            device: DeviceSpec::Cpu,
+            context_per_sequence: 512,
+            ..CandleOptions::default()
+        },
+    )
+    .unwrap();
+    let mut llama = llama_cpp(&out);
+    let mut compared = 0;
+    for prompt in common::reference_prompts() {
+        let expected = candle.tokenizer().encode(&prompt).unwrap();
+        assert_eq!(llama.tokenize(&prompt), expected);
+        let theirs = common::generate_one(&mut candle, &prompt, greedy(24));
+        let ours = common::generate_one(&mut llama, &prompt, greedy(24));
+        assert_eq!(ours.token_ids, theirs.token_ids, "{prompt}");
+        compared += ours.token_ids.len();
+    }
+    assert_eq!(compared, 72);
+}
