@@ -164,18 +164,101 @@ fn llama_cpp_tokenizes_and_generates_as_on_the_reference_conversion() {
     }
 }
 
+/// SmolLM2-135M-Instruct as a Hugging Face directory: its GGUF's weights dequantized to f32,
+/// named and ordered as transformers has them (Q/K rows back in Hugging Face's order), with its
+/// tokenizer and a config.json from the GGUF's metadata.
+fn write_smollm2_directory(dir: &Path) -> Option<()> {
+    use candle_core::{Device, Tensor};
+    let gguf = common::smollm2()?;
+    common::write_smollm2_tokenizer(dir)?;
+    let mut file = std::fs::File::open(&gguf).unwrap();
+    let content = gguf_file::Content::read(&mut file).unwrap();
+    let meta = |key: &str| content.metadata[key].to_u32().unwrap() as usize;
+    let float = |key: &str| content.metadata[key].to_f32().unwrap();
+    let (heads, kv_heads) = (meta("llama.attention.head_count"), meta("llama.attention.head_count_kv"));
+    // llama.cpp's rows (the two rotary halves interleaved per head) back to transformers'.
+    let unpermute = |t: Tensor, heads: usize| {
+        let (rows, columns) = t.dims2().unwrap();
+        t.reshape((heads, rows / heads / 2, 2, columns))
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .contiguous()
+            .unwrap()
+            .reshape((rows, columns))
+            .unwrap()
+    };
+    let mut weights = std::collections::HashMap::new();
+    for name in content.tensor_infos.keys() {
+        let tensor = content
+            .tensor(&mut file, name, &Device::Cpu)
+            .unwrap()
+            .dequantize(&Device::Cpu)
+            .unwrap();
+        let hf = match name.as_str() {
+            "token_embd.weight" => "model.embed_tokens.weight".to_string(),
+            "output_norm.weight" => "model.norm.weight".to_string(),
+            "output.weight" => "lm_head.weight".to_string(),
+            other => {
+                let rest = other.strip_prefix("blk.").unwrap();
+                let (layer, part) = rest.split_once('.').unwrap();
+                let part = match part {
+                    "attn_norm.weight" => "input_layernorm.weight",
+                    "attn_q.weight" => "self_attn.q_proj.weight",
+                    "attn_k.weight" => "self_attn.k_proj.weight",
+                    "attn_v.weight" => "self_attn.v_proj.weight",
+                    "attn_output.weight" => "self_attn.o_proj.weight",
+                    "ffn_norm.weight" => "post_attention_layernorm.weight",
+                    "ffn_gate.weight" => "mlp.gate_proj.weight",
+                    "ffn_up.weight" => "mlp.up_proj.weight",
+                    "ffn_down.weight" => "mlp.down_proj.weight",
+                    unknown => panic!("unexpected tensor {unknown}"),
+                };
+                format!("model.layers.{layer}.{part}")
+            }
+        };
+        let tensor = if hf.ends_with("q_proj.weight") {
+            unpermute(tensor, heads)
+        } else if hf.ends_with("k_proj.weight") {
+            unpermute(tensor, kv_heads)
+        } else {
+            tensor
+        };
+        weights.insert(hf, tensor);
+    }
+    let tied = !weights.contains_key("lm_head.weight");
+    candle_core::safetensors::save(&weights, dir.join("model.safetensors")).unwrap();
+    let config = serde_json::json!({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+        "vocab_size": content.metadata["tokenizer.ggml.tokens"].to_vec().unwrap().len(),
+        "hidden_size": meta("llama.embedding_length"),
+        "intermediate_size": meta("llama.feed_forward_length"),
+        "num_hidden_layers": meta("llama.block_count"),
+        "num_attention_heads": heads, "num_key_value_heads": kv_heads,
+        "rms_norm_eps": float("llama.attention.layer_norm_rms_epsilon"),
+        "rope_theta": float("llama.rope.freq_base"),
+        "max_position_embeddings": meta("llama.context_length"),
+        "tie_word_embeddings": tied, "bos_token_id": 1, "eos_token_id": 2,
+    });
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    Some(())
+}
+
 #[test]
 fn llama_cpp_on_the_converted_file_agrees_with_candle_on_the_safetensors() {
-    // f32 weights both ways: the candle backend's numerics match transformers', so this checks
-    // the conversion (names, Q/K order, rope factors, tokenizer) end to end.
+    // Real weights (SmolLM2-135M-Instruct's, as f32 safetensors) both ways: the candle backend's
+    // numerics match transformers', so equal greedy tokens check the whole conversion (names,
+    // Q/K order, tokenizer, hyperparameters). Random tiny models are no use here: their logits
+    // are so flat that any two implementations part at the first token.
     let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("tiny-llama3");
+    let model = dir.path().join("SmolLM2-135M-Instruct");
     std::fs::create_dir(&model).unwrap();
-    if common::write_convert_model(&model, "tiny-llama3", Some(candle_core::DType::F32)).is_none() {
+    if write_smollm2_directory(&model).is_none() {
         return;
     }
     let out = dir.path().join("model.f32.gguf");
-    convert(&model, &out, GgufType::F32, None, 2, &mut |_, _, _| {}).unwrap();
+    let report = convert(&model, &out, GgufType::F32, None, 2, &mut |_, _, _| {}).unwrap();
+    assert_eq!(report.pre_tokenizer, "smollm");
     let mut candle = CandleEngine::load_dir(
         &model,
         CandleOptions {

@@ -311,12 +311,21 @@ pub fn write_convert_model(
 /// SmolLM2's tokenizer.json and tokenizer_config.json, rebuilt from the SmolLM2 GGUF as the
 /// reference script rebuilds them.
 pub fn write_smollm2_tokenizer(dir: &Path) -> Option<()> {
-    use guardreasoner_engine::backends::candle::tokenizer::Tokenizer;
+    use guardreasoner_engine::backends::candle::tokenizer::GuardTokenizer as Tokenizer;
     let gguf = smollm2()?;
     let mut file = std::fs::File::open(&gguf).unwrap();
     let content = candle_core::quantized::gguf_file::Content::read(&mut file).unwrap();
     let tokenizer = Tokenizer::from_gguf(&gguf, &content.metadata).unwrap();
     tokenizer.save(&dir.join("tokenizer.json")).unwrap();
+    // The reference's tokenizer.json carries the byte-level post-processor (which llama.cpp's
+    // converter reads as "add neither BOS nor EOS"); the engine's rebuilt one has none.
+    let path = dir.join("tokenizer.json");
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    json["post_processor"] = serde_json::json!({
+        "type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true
+    });
+    std::fs::write(&path, json.to_string()).unwrap();
     let text = |key: &str| content.metadata[key].to_string().unwrap().clone();
     let id = |key: &str| content.metadata[key].to_u32().unwrap();
     let tokens = content.metadata["tokenizer.ggml.tokens"].to_vec().unwrap();
