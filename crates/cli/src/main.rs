@@ -38,6 +38,8 @@ enum Command {
     /// Train a guard: reasoning SFT (`train sft`), hard-sample DPO (`train dpo`).
     #[command(subcommand)]
     Train(commands::train::Command),
+    /// Convert a Hugging Face Llama model (safetensors) to GGUF for the llama.cpp backend.
+    Convert(commands::convert::Args),
     /// Export a trained model to GGUF (`export gguf`).
     #[command(subcommand)]
     Export(commands::export::Command),
@@ -86,6 +88,7 @@ fn main() -> ExitCode {
         Command::Train(command) => commands::train::run(command),
         Command::Mine(args) => commands::mine::run(args),
         Command::Synth(args) => commands::synth::run(args),
+        Command::Convert(args) => commands::convert::run(args),
         Command::Export(command) => commands::export::run(command),
         Command::Serve(args) => commands::serve::run(args),
     };

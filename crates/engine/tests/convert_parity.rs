@@ -280,3 +280,107 @@ fn llama_cpp_on_the_converted_file_agrees_with_candle_on_the_safetensors() {
     }
     assert_eq!(compared, 72);
 }
+
+/// Converts `dir` to q8_0 and returns the error's text (with its causes).
+fn convert_error(dir: &Path, out: &Path) -> String {
+    let error = convert(dir, out, GgufType::Q8_0, None, 2, &mut |_, _, _| {}).unwrap_err();
+    assert!(!out.exists(), "a failed conversion left {}", out.display());
+    guardreasoner_engine::error::with_causes(&error)
+}
+
+#[test]
+fn bad_checkpoints_are_clear_errors_and_leave_no_file() {
+    let root = tempfile::tempdir().unwrap();
+    let fresh = |name: &str| -> Option<std::path::PathBuf> {
+        let dir = root.path().join(name);
+        std::fs::create_dir(&dir).unwrap();
+        common::write_convert_model(&dir, "tiny-smollm2", None)?;
+        Some(dir)
+    };
+    let out = root.path().join("out.gguf");
+    let Some(dir) = fresh("architecture") else { return };
+    let config = dir.join("config.json");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("LlamaForCausalLM", "Qwen2ForCausalLM")).unwrap();
+    let error = convert_error(&dir, &out);
+    assert!(error.contains("config.json") && error.contains("Qwen2ForCausalLM"), "{error}");
+
+    // A shard the index names is missing.
+    let dir = fresh("missing-shard").unwrap();
+    std::fs::rename(dir.join("model.safetensors"), dir.join("model-00001-of-00002.safetensors")).unwrap();
+    std::fs::write(
+        dir.join("model.safetensors.index.json"),
+        r#"{"weight_map": {"model.embed_tokens.weight": "model-00001-of-00002.safetensors",
+                           "model.norm.weight": "model-00002-of-00002.safetensors"}}"#,
+    )
+    .unwrap();
+    let error = convert_error(&dir, &out);
+    assert!(error.contains("model-00002-of-00002.safetensors") && error.contains("missing"), "{error}");
+
+    // A truncated shard.
+    let dir = fresh("truncated").unwrap();
+    let shard = dir.join("model.safetensors");
+    let bytes = std::fs::read(&shard).unwrap();
+    std::fs::write(&shard, &bytes[..bytes.len() / 2]).unwrap();
+    let error = convert_error(&dir, &out);
+    assert!(error.contains("model.safetensors") && error.contains("safetensors"), "{error}");
+
+    // Garbage where the header should be.
+    std::fs::write(&shard, b"not a safetensors file at all").unwrap();
+    let error = convert_error(&dir, &out);
+    assert!(error.contains("model.safetensors"), "{error}");
+
+    // A tensor whose shape is not the config's.
+    let dir = fresh("shape").unwrap();
+    let config = dir.join("config.json");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("\"intermediate_size\": 128", "\"intermediate_size\": 256")).unwrap();
+    let error = convert_error(&dir, &out);
+    assert!(error.contains("mlp.") && error.contains("shape"), "{error}");
+
+    // Tokenizers that cannot be mapped: another pre-tokenizer, or SentencePiece.
+    let dir = fresh("tokenizer").unwrap();
+    let path = dir.join("tokenizer.json");
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    json["pre_tokenizer"] = serde_json::json!({"type": "Whitespace"});
+    std::fs::write(&path, json.to_string()).unwrap();
+    let error = convert_error(&dir, &out);
+    assert!(error.contains("tokenizer.json") && error.contains("cannot map"), "{error}");
+    std::fs::write(dir.join("tokenizer.model"), b"sentencepiece").unwrap();
+    let error = convert_error(&dir, &out);
+    assert!(error.contains("tokenizer.model") && error.contains("SentencePiece"), "{error}");
+    std::fs::remove_file(&path).unwrap();
+    let error = convert_error(&dir, &out);
+    assert!(error.contains("tokenizer.json") && error.contains("missing"), "{error}");
+}
+
+#[test]
+fn an_interrupted_conversion_never_leaves_a_file_that_looks_finished() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("model");
+    std::fs::create_dir(&dir).unwrap();
+    if common::write_convert_model(&dir, "tiny-smollm2", None).is_none() {
+        return;
+    }
+    let out = root.path().join("model.gguf");
+    // Killed part-way: the progress callback stops the conversion at the fifth tensor.
+    let stopped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        convert(&dir, &out, GgufType::Q8_0, None, 2, &mut |index, _, _| {
+            assert!(index < 5, "stopped");
+        })
+    }));
+    assert!(stopped.is_err());
+    assert!(!out.exists(), "an interrupted conversion is not at the final path");
+    let leftovers: Vec<_> = std::fs::read_dir(root.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".partial"))
+        .collect();
+    assert_eq!(leftovers.len(), 1, "{leftovers:?}");
+    assert!(leftovers[0].starts_with('.'), "hidden: {leftovers:?}");
+    // The next run writes the whole file.
+    convert(&dir, &out, GgufType::Q8_0, None, 2, &mut |_, _, _| {}).unwrap();
+    llama_cpp(&out);
+}

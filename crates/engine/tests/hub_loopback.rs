@@ -1,5 +1,6 @@
 //! Downloading a model directory through `hf-hub` from a loopback server that speaks the Hub's
-//! file protocol, then loading it.
+//! file protocol, then loading it: on candle as it is, and on llama.cpp through a GGUF converted
+//! once into the models cache.
 #![cfg(feature = "candle")]
 
 mod common;
@@ -63,9 +64,12 @@ fn serve_hub(root: PathBuf, repo: &'static str) -> String {
 #[test]
 fn a_repo_id_downloads_into_the_hf_cache_and_loads() {
     let repo_dir = tempfile::tempdir().unwrap();
-    if common::write_tiny_model(repo_dir.path()).is_none() {
+    if common::write_convert_model(repo_dir.path(), "tiny-llama3", None).is_none() {
         return;
     }
+    // The chat template on its own, as transformers 4.43 and later save it.
+    let template = "{% for m in messages %}<|start_header_id|>{{ m.role }}<|end_header_id|>\n\n{{ m.content }}<|eot_id|>{% endfor %}";
+    std::fs::write(repo_dir.path().join("chat_template.jinja"), template).unwrap();
     let base = serve_hub(repo_dir.path().to_path_buf(), "test-org/tiny-llama3");
     let hf_home = tempfile::tempdir().unwrap();
     // This test binary holds only this test, so setting the process environment is safe.
@@ -79,7 +83,13 @@ fn a_repo_id_downloads_into_the_hf_cache_and_loads() {
         "{}",
         snapshot.display()
     );
-    for file in ["config.json", "tokenizer.json", "model.safetensors"] {
+    for file in [
+        "config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "chat_template.jinja",
+        "model.safetensors",
+    ] {
         assert_eq!(
             std::fs::read(snapshot.join(file)).unwrap(),
             std::fs::read(repo_dir.path().join(file)).unwrap(),
@@ -95,6 +105,49 @@ fn a_repo_id_downloads_into_the_hf_cache_and_loads() {
     )
     .unwrap();
     assert_eq!(engine.model().config.num_kv_heads, 2);
+    drop(engine);
+
+    // With the default backend the repo runs on llama.cpp: converted to Q8_0 once, into the
+    // models cache, and reused after.
+    let models = tempfile::tempdir().unwrap();
+    std::env::set_var(guardreasoner_engine::model::MODELS_DIR_ENV, models.path());
+    let options = guardreasoner_engine::load::LoadOptions {
+        model: "test-org/tiny-llama3".into(),
+        context: 256,
+        batch_size: 1,
+        device: guardreasoner_engine::DeviceSpec::Cpu,
+        ..Default::default()
+    };
+    let engine = guardreasoner_engine::load::generator(&options).unwrap();
+    assert_eq!(engine.info().backend, "llama.cpp");
+    drop(engine);
+    let converted: Vec<PathBuf> = std::fs::read_dir(models.path().join("converted/test-org-tiny-llama3"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "gguf"))
+        .collect();
+    assert_eq!(converted.len(), 1, "{converted:?}");
+    assert!(converted[0].to_string_lossy().ends_with(".q8_0.gguf"));
+    let mut file = std::fs::File::open(&converted[0]).unwrap();
+    let content = candle_core::quantized::gguf_file::Content::read(&mut file).unwrap();
+    assert_eq!(
+        content.metadata["tokenizer.chat_template"].to_string().unwrap(),
+        template,
+        "the downloaded chat_template.jinja reaches the GGUF"
+    );
+    assert_eq!(
+        content.metadata["general.name"].to_string().unwrap(),
+        "Tiny Llama3",
+        "named after the repo, not the snapshot's commit directory"
+    );
+    let written = std::fs::metadata(&converted[0]).unwrap().modified().unwrap();
+    let engine = guardreasoner_engine::load::generator(&options).unwrap();
+    assert_eq!(engine.info().backend, "llama.cpp");
+    assert_eq!(
+        std::fs::metadata(&converted[0]).unwrap().modified().unwrap(),
+        written,
+        "the second load reuses the conversion"
+    );
 
     // A repo the server does not have is an error naming it.
     let error = guardreasoner_engine::hub::download("test-org/absent")

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod check;
+pub mod convert;
 pub mod data;
 pub mod export;
 pub mod generate;

@@ -13,10 +13,15 @@ pub struct ModelArgs {
     /// name.
     #[arg(long, default_value = DEFAULT_MODEL)]
     pub model: String,
-    /// Which backend runs the model: `auto` (llama.cpp for GGUF files, candle for model
-    /// directories and Hugging Face repos), `llama-cpp`, `candle` or `openai`.
+    /// Which backend runs the model: `auto` (llama.cpp for GGUF files and Hugging Face repos,
+    /// which are converted to GGUF once into the models cache; candle for local model
+    /// directories), `llama-cpp` (converts a local directory too), `candle` or `openai`.
     #[arg(long, default_value = "auto")]
     pub backend: load::Backend,
+    /// The GGUF type a Hugging Face model is converted to for llama.cpp: `q8_0`
+    /// (near-lossless), `q4_k_m`, `bf16`, `f16` or `f32`.
+    #[arg(long, default_value = "q8_0")]
+    pub quant: guardreasoner_engine::convert::GgufType,
     /// Base URL of an OpenAI-compatible server (for --backend openai), e.g. http://localhost:8000.
     #[arg(long, env = "GUARDREASONER_OPENAI_URL")]
     pub openai_url: Option<String>,
@@ -102,6 +107,7 @@ impl ModelArgs {
             device: self.device,
             gpu_layers: self.gpu_layers,
             flash_attention: self.flash_attention,
+            quant: self.quant,
             ..LoadOptions::default()
         }
     }
