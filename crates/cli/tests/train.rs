@@ -361,7 +361,9 @@ fn bad_training_input_is_a_clear_error() {
         "--out",
         p(&dir.path().join("x.gguf")),
     ]));
-    assert!(error.contains("no GGUF origin recorded"), "{error}");
+    // Not a model directory at all: the converter (which takes models that began as
+    // safetensors) names the file it needs.
+    assert!(error.contains("config.json"), "{error}");
 }
 
 #[test]

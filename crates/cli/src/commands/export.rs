@@ -57,7 +57,8 @@ pub struct GgufArgs {
     #[arg(long = "type", value_enum, default_value_t = GgufType::Q8_0)]
     kind: GgufType,
     /// The GGUF file whose metadata (tokenizer, chat template) to use; default: the file the
-    /// training started from, as the model directory records it.
+    /// training started from, as the model directory records it. A model that started from
+    /// Hugging Face safetensors records none and is converted as `guardreasoner convert` does.
     #[arg(long)]
     like: Option<PathBuf>,
 }
@@ -70,19 +71,33 @@ pub fn run(command: Command) -> Result<()> {
 }
 
 fn gguf(args: GgufArgs) -> Result<()> {
-    let like = match args
+    let Some(like) = args
         .like
         .clone()
         .or_else(|| guardreasoner_train::export::gguf::origin_of(&args.model))
-    {
-        Some(like) => like,
-        None => bail!(
-            "{}: no GGUF origin recorded ({}) and no --like: this model did not start from a \
-             GGUF file, and mapping a Hugging Face tokenizer to GGUF is the converter's job \
-             (llama.cpp's convert_hf_to_gguf.py for now)",
-            args.model.display(),
-            guardreasoner_train::export::gguf::ORIGIN_FILE
-        ),
+    else {
+        // A model that began as Hugging Face safetensors: the converter maps its tokenizer.
+        let kind = match args.kind {
+            GgufType::F16 => guardreasoner_engine::convert::GgufType::F16,
+            GgufType::Q8_0 => guardreasoner_engine::convert::GgufType::Q8_0,
+            GgufType::Q4KM => guardreasoner_engine::convert::GgufType::Q4KM,
+        };
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let report = guardreasoner_engine::convert::convert(
+            &args.model,
+            &args.out,
+            kind,
+            None,
+            threads,
+            &mut |_, _, _| {},
+        )
+        .with_context(|| format!("converting {}", args.model.display()))?;
+        eprintln!(
+            "{} written ({} tensors, converted from the safetensors)",
+            report.path.display(),
+            report.tensors
+        );
+        return Ok(());
     };
     let engine = CandleEngine::load_dir(
         &args.model,
