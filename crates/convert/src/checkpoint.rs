@@ -1,6 +1,7 @@
-//! The safetensors weights of a Hugging Face model directory: one `model.safetensors`, or the
-//! shards `model.safetensors.index.json` names. Each shard is memory-mapped and its header read;
-//! a tensor's bytes are touched only when it is converted, one at a time.
+//! The safetensors weights of a Hugging Face model directory: the shards
+//! `model.safetensors.index.json` names, else every `model*.safetensors`. Each shard is
+//! memory-mapped and its header read; a tensor's bytes are touched only when it is read, one at
+//! a time, and its pages released after (the converter's and the candle loader's reader).
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -69,10 +70,7 @@ impl Checkpoint {
             if let Some(first) = seen.insert(name.clone(), entry.shard) {
                 return Err(ConvertError::file(
                     &shards[entry.shard],
-                    format!(
-                        "tensor `{name}` is also in {}",
-                        shards[first].display()
-                    ),
+                    format!("tensor `{name}` is also in {}", shards[first].display()),
                 ));
             }
         }
@@ -88,9 +86,17 @@ impl Checkpoint {
         self.entries.iter().find(|(n, _)| n == name).map(|(_, e)| e)
     }
 
-    /// The tensor `name` as f32 values (bf16 and f16 widened exactly, f64 narrowed as numpy
-    /// does), in row-major order.
-    pub fn read_f32(&self, name: &str) -> Result<Vec<f32>, ConvertError> {
+    /// The stored bytes of tensor `name` (little-endian, its own dtype), copied out of the map.
+    pub fn read_bytes(&self, name: &str) -> Result<Vec<u8>, ConvertError> {
+        self.with_bytes(name, |_, bytes| Ok(bytes.to_vec()))
+    }
+
+    /// Runs `f` on tensor `name`'s dtype and mapped bytes, then releases those pages.
+    fn with_bytes<T>(
+        &self,
+        name: &str,
+        f: impl FnOnce(Dtype, &[u8]) -> Result<T, ConvertError>,
+    ) -> Result<T, ConvertError> {
         let entry = self
             .get(name)
             .ok_or_else(|| ConvertError::file(&self.shards[0], format!("no tensor `{name}`")))?;
@@ -100,8 +106,28 @@ impl Checkpoint {
         let view = tensors
             .tensor(name)
             .map_err(|e| ConvertError::file(path, format!("tensor `{name}`: {e}")))?;
-        let bytes = view.data();
-        let values = match view.dtype() {
+        let result = f(view.dtype(), view.data());
+        self.release(entry.shard, view.data());
+        result
+    }
+
+    /// The tensor `name` as f32 values (bf16 and f16 widened exactly, f64 narrowed as numpy
+    /// does), in row-major order.
+    pub fn read_f32(&self, name: &str) -> Result<Vec<f32>, ConvertError> {
+        let path = self
+            .get(name)
+            .map(|e| self.shards[e.shard].clone())
+            .unwrap_or_default();
+        self.with_bytes(name, |dtype, bytes| Self::widen(&path, name, dtype, bytes))
+    }
+
+    fn widen(
+        path: &Path,
+        name: &str,
+        dtype: Dtype,
+        bytes: &[u8],
+    ) -> Result<Vec<f32>, ConvertError> {
+        let values = match dtype {
             Dtype::F32 => bytes
                 .chunks_exact(4)
                 .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
@@ -127,6 +153,24 @@ impl Checkpoint {
         };
         Ok(values)
     }
+
+    /// Drops the mapped pages of `bytes` (a tensor already converted) from this process's
+    /// memory: they are the file's, reread if touched again, and without this a conversion's
+    /// resident size grows by the whole checkpoint.
+    fn release(&self, shard: usize, bytes: &[u8]) {
+        #[cfg(unix)]
+        {
+            let map = &self.maps[shard];
+            let offset = bytes.as_ptr() as usize - map.as_ptr() as usize;
+            // SAFETY: a read-only, file-backed map: MADV_DONTNEED discards the pages, and a later
+            // read faults them in again from the file unchanged.
+            let _ = unsafe {
+                map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset, bytes.len())
+            };
+        }
+        #[cfg(not(unix))]
+        let _ = (shard, bytes);
+    }
 }
 
 /// The shard files of `dir`: those the index names (sorted), else `model.safetensors`.
@@ -143,7 +187,10 @@ fn shard_files(dir: &Path) -> Result<Vec<PathBuf>, ConvertError> {
         names.sort_unstable();
         names.dedup();
         if names.is_empty() {
-            return Err(ConvertError::file(&index_path, "`weight_map` names no shard"));
+            return Err(ConvertError::file(
+                &index_path,
+                "`weight_map` names no shard",
+            ));
         }
         let shards: Vec<PathBuf> = names.iter().map(|n| dir.join(n)).collect();
         if let Some(missing) = shards.iter().find(|p| !p.is_file()) {
@@ -154,12 +201,24 @@ fn shard_files(dir: &Path) -> Result<Vec<PathBuf>, ConvertError> {
         }
         return Ok(shards);
     }
-    let single = dir.join("model.safetensors");
-    if single.is_file() {
-        return Ok(vec![single]);
+    // No index: every `model*.safetensors`, sorted, as llama.cpp's converter takes them.
+    let mut shards: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(ConvertError::io(dir))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.is_file()
+                && p.file_name().is_some_and(|n| {
+                    let n = n.to_string_lossy();
+                    n.starts_with("model") && n.ends_with(".safetensors")
+                })
+        })
+        .collect();
+    shards.sort();
+    if shards.is_empty() {
+        return Err(ConvertError::file(
+            dir,
+            "no model*.safetensors and no model.safetensors.index.json: not a safetensors checkpoint",
+        ));
     }
-    Err(ConvertError::file(
-        dir,
-        "no model.safetensors and no model.safetensors.index.json: not a safetensors checkpoint",
-    ))
+    Ok(shards)
 }

@@ -173,7 +173,8 @@ fn rope_scaling(
         .and_then(|t| t.as_str())
         .unwrap_or("")
         .to_ascii_lowercase();
-    let number = |key: &str, default: f64| value.get(key).and_then(|v| v.as_f64()).unwrap_or(default);
+    let number =
+        |key: &str, default: f64| value.get(key).and_then(|v| v.as_f64()).unwrap_or(default);
     match kind.as_str() {
         "llama3" => Ok(RopeScaling::Llama3(Llama3Rope {
             factor: number("factor", 8.0),

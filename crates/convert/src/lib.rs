@@ -179,13 +179,25 @@ fn hyperparameters(config: &Config, out_type: OutType) -> Vec<(String, Value)> {
             Value::U32(config.context.unwrap_or(2048) as u32),
         ),
         ("llama.embedding_length".into(), u32_of(config.hidden_size)),
-        ("llama.feed_forward_length".into(), u32_of(config.intermediate_size)),
+        (
+            "llama.feed_forward_length".into(),
+            u32_of(config.intermediate_size),
+        ),
         ("llama.attention.head_count".into(), u32_of(config.heads)),
-        ("llama.attention.head_count_kv".into(), u32_of(config.kv_heads)),
+        (
+            "llama.attention.head_count_kv".into(),
+            u32_of(config.kv_heads),
+        ),
     ];
     if let RopeScaling::Linear(factor) = config.rope_scaling {
-        out.push(("llama.rope.scaling.type".into(), Value::String("linear".into())));
-        out.push(("llama.rope.scaling.factor".into(), Value::F32(factor as f32)));
+        out.push((
+            "llama.rope.scaling.type".into(),
+            Value::String("linear".into()),
+        ));
+        out.push((
+            "llama.rope.scaling.factor".into(),
+            Value::F32(factor as f32),
+        ));
     }
     out.extend([
         (
@@ -196,11 +208,20 @@ fn hyperparameters(config: &Config, out_type: OutType) -> Vec<(String, Value)> {
             "llama.attention.layer_norm_rms_epsilon".into(),
             Value::F32(config.rms_norm_eps as f32),
         ),
-        ("llama.attention.key_length".into(), u32_of(config.head_dim())),
-        ("llama.attention.value_length".into(), u32_of(config.head_dim())),
+        (
+            "llama.attention.key_length".into(),
+            u32_of(config.head_dim()),
+        ),
+        (
+            "llama.attention.value_length".into(),
+            u32_of(config.head_dim()),
+        ),
         ("general.file_type".into(), Value::U32(out_type.file_type())),
         ("llama.vocab_size".into(), u32_of(config.vocab_size)),
-        ("llama.rope.dimension_count".into(), u32_of(config.head_dim())),
+        (
+            "llama.rope.dimension_count".into(),
+            u32_of(config.head_dim()),
+        ),
     ]);
     out
 }

@@ -41,10 +41,16 @@ struct Tags {
 
 impl Tags {
     fn count(&self) -> usize {
-        [self.basename, self.size_label, self.finetune, self.version, self.kind]
-            .iter()
-            .filter(|t| **t)
-            .count()
+        [
+            self.basename,
+            self.size_label,
+            self.finetune,
+            self.version,
+            self.kind,
+        ]
+        .iter()
+        .filter(|t| **t)
+        .count()
     }
 }
 
@@ -69,7 +75,11 @@ pub fn id_parts(model_id: &str, total_params: u64) -> IdParts {
     let kind = full(r"(?i)i?q\d(_\w)*|b?fp?(16|32)");
     let size = full(r"(?i)(([A]|\d+[x])?\d+([._]\d+)?[KMBT][\d]?|small|mini|medium|large|x?xl)");
     let finetune = full(r"(?i)chat|instruct|vision|lora");
-    let mut parts: Vec<String> = name.split('-').filter(|p| !p.is_empty()).map(String::from).collect();
+    let mut parts: Vec<String> = name
+        .split('-')
+        .filter(|p| !p.is_empty())
+        .map(String::from)
+        .collect();
     let mut tags = vec![Tags::default(); parts.len()];
     for i in 0..parts.len() {
         let part = parts[i].clone();
@@ -102,7 +112,11 @@ pub fn id_parts(model_id: &str, total_params: u64) -> IdParts {
                     if (label - total).abs() > (7 * total_params / 8) as f64 {
                         // A context length (`8k`), not the model's size.
                         tags[i].finetune = true;
-                        text = format!("{}{}", &text[..text.len() - suffix.len_utf8()], suffix.to_ascii_lowercase());
+                        text = format!(
+                            "{}{}",
+                            &text[..text.len() - suffix.len_utf8()],
+                            suffix.to_ascii_lowercase()
+                        );
                     }
                 }
             }
@@ -239,7 +253,12 @@ pub fn size_label(total: u64) -> String {
 
 /// The `general.*` keys after `general.type`, in llama.cpp's order: sampling defaults, then
 /// name, version, organization, fine-tune, base name and size label where known.
-pub fn general(dir: &Path, name_hint: Option<&str>, config: &serde_json::Value, total_params: u64) -> Vec<(String, Value)> {
+pub fn general(
+    dir: &Path,
+    name_hint: Option<&str>,
+    config: &serde_json::Value,
+    total_params: u64,
+) -> Vec<(String, Value)> {
     let mut out = Vec::new();
     out.extend(sampling(dir));
     let mut name: Option<String> = None;
@@ -261,7 +280,10 @@ pub fn general(dir: &Path, name_hint: Option<&str>, config: &serde_json::Value, 
         version = version.take().or(parts.version);
         size = size.take().or(parts.size_label);
     };
-    if let Some(id) = config["_name_or_path"].as_str().filter(|id| id.matches('/').count() <= 1) {
+    if let Some(id) = config["_name_or_path"]
+        .as_str()
+        .filter(|id| id.matches('/').count() <= 1)
+    {
         fill(id);
     }
     let dir_name = name_hint
@@ -295,10 +317,26 @@ fn sampling(dir: &Path) -> Vec<(String, Value)> {
         return Vec::new();
     };
     let mut out = Vec::new();
-    let float = |key: &str| config.get(key).and_then(|v| v.as_f64()).map(|v| Value::F32(v as f32));
-    let int = |key: &str| config.get(key).and_then(|v| v.as_i64()).map(|v| Value::I32(v as i32));
+    let float = |key: &str| {
+        config
+            .get(key)
+            .and_then(|v| v.as_f64())
+            .map(|v| Value::F32(v as f32))
+    };
+    let int = |key: &str| {
+        config
+            .get(key)
+            .and_then(|v| v.as_i64())
+            .map(|v| Value::I32(v as i32))
+    };
     let fields: [(&str, Option<Value>); 12] = [
-        ("sequence", config.get("sequence").and_then(|v| v.as_str()).map(|s| Value::String(s.into()))),
+        (
+            "sequence",
+            config
+                .get("sequence")
+                .and_then(|v| v.as_str())
+                .map(|s| Value::String(s.into())),
+        ),
         ("top_k", int("top_k")),
         ("top_p", float("top_p")),
         ("min_p", float("min_p")),
@@ -306,7 +344,10 @@ fn sampling(dir: &Path) -> Vec<(String, Value)> {
         ("xtc_threshold", float("xtc_threshold")),
         ("temp", float("temperature")),
         ("penalty_last_n", int("penalty_last_n")),
-        ("penalty_repeat", float("penalty_repeat").or_else(|| float("repetition_penalty"))),
+        (
+            "penalty_repeat",
+            float("penalty_repeat").or_else(|| float("repetition_penalty")),
+        ),
         ("mirostat", int("mirostat")),
         ("mirostat_tau", float("mirostat_tau")),
         ("mirostat_eta", float("mirostat_eta")),
@@ -335,7 +376,10 @@ mod tests {
         let p = id_parts("Mistral-7B-Instruct-v0.3", 7_000_000_000);
         assert_eq!(p.version.as_deref(), Some("v0.3"));
         let p = id_parts("HuggingFaceTB/smollm2-135M-8k-lc100k-mix1-ep2", 134_515_008);
-        assert_eq!(id_to_title(p.name.as_deref().unwrap()), "Smollm2 135M 8k Lc100K Mix1 Ep2");
+        assert_eq!(
+            id_to_title(p.name.as_deref().unwrap()),
+            "Smollm2 135M 8k Lc100K Mix1 Ep2"
+        );
         assert_eq!(p.organization.as_deref(), Some("HuggingFaceTB"));
         assert_eq!(p.finetune.as_deref(), Some("8k-lc100k-mix1-ep2"));
         assert_eq!(p.basename.as_deref(), Some("smollm2"));

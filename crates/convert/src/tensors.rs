@@ -151,7 +151,11 @@ pub fn plan(
 
 /// The shape config.json gives a Hugging Face tensor, where it is one of Llama's.
 fn expected_shape(config: &Config, name: &str) -> Option<Vec<usize>> {
-    let (h, i, d) = (config.hidden_size, config.intermediate_size, config.head_dim());
+    let (h, i, d) = (
+        config.hidden_size,
+        config.intermediate_size,
+        config.head_dim(),
+    );
     let (q, kv) = (config.heads * d, config.kv_heads * d);
     if name == "model.embed_tokens.weight" || name == "lm_head.weight" {
         return Some(vec![config.vocab_size, h]);
@@ -237,8 +241,14 @@ mod tests {
 
     #[test]
     fn names_map_to_llama_cpp_names() {
-        assert_eq!(gguf_name("model.layers.12.mlp.down_proj.weight").unwrap(), "blk.12.ffn_down.weight");
-        assert_eq!(gguf_name("model.layers.0.input_layernorm.weight").unwrap(), "blk.0.attn_norm.weight");
+        assert_eq!(
+            gguf_name("model.layers.12.mlp.down_proj.weight").unwrap(),
+            "blk.12.ffn_down.weight"
+        );
+        assert_eq!(
+            gguf_name("model.layers.0.input_layernorm.weight").unwrap(),
+            "blk.0.attn_norm.weight"
+        );
         assert_eq!(gguf_name("lm_head.weight").unwrap(), "output.weight");
         assert!(gguf_name("model.layers.x.mlp.down_proj.weight").is_none());
         assert!(gguf_name("vision_tower.patch_embed.weight").is_none());

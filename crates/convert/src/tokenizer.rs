@@ -21,9 +21,15 @@ const CHECK_TEXT: &str = "\n \n\n \n\n\n \t \t\t \t\n  \n   \n    \n     \n🚀 
 /// models this converter takes).
 const PRE_TOKENIZERS: [(&str, &str); 2] = [
     // Llama 3, 3.1, 3.2 (meta-llama/Meta-Llama-3-8B).
-    ("0ef9807a4087ebef797fc749390439009c3b9eda9ad1a097abbe738f486c01e5", "llama-bpe"),
+    (
+        "0ef9807a4087ebef797fc749390439009c3b9eda9ad1a097abbe738f486c01e5",
+        "llama-bpe",
+    ),
     // SmolLM, SmolLM2 (HuggingFaceTB/SmolLM-135M).
-    ("855059429035d75a914d1eda9f10a876752e281a054a7a3d421ef0533e5b6249", "smollm"),
+    (
+        "855059429035d75a914d1eda9f10a876752e281a054a7a3d421ef0533e5b6249",
+        "smollm",
+    ),
 ];
 
 /// GGUF token types.
@@ -72,7 +78,9 @@ pub fn metadata(dir: &Path, vocab_size: usize) -> Result<Vec<(String, Value)>, C
         ));
     }
     let json = read_json(&path)?.expect("checked above");
-    let cannot = |why: String| ConvertError::file(&path, format!("cannot map this tokenizer to GGUF: {why}"));
+    let cannot = |why: String| {
+        ConvertError::file(&path, format!("cannot map this tokenizer to GGUF: {why}"))
+    };
     let model = &json["model"];
     if model["type"].as_str() != Some("BPE") {
         return Err(cannot(format!(
@@ -93,7 +101,10 @@ pub fn metadata(dir: &Path, vocab_size: usize) -> Result<Vec<(String, Value)>, C
         .and_then(|c| c.get("add_prefix_space"))
         .and_then(|v| v.as_bool())
     {
-        out.push(("tokenizer.ggml.add_space_prefix".into(), Value::Bool(add_prefix_space)));
+        out.push((
+            "tokenizer.ggml.add_space_prefix".into(),
+            Value::Bool(add_prefix_space),
+        ));
     }
     let (tokens, types) = vocabulary(&path, &tokenizer, &json, vocab_size)?;
     let pre = pre_tokenizer(&path, &tokenizer)?;
@@ -174,12 +185,12 @@ fn vocabulary(
         if !normalized {
             // llama.cpp's tokenizer expects added tokens pre-normalized: the converter
             // round-trips each through the tokenizer.
-            let ids = tokenizer
-                .encode(text.as_str(), false)
-                .map_err(|e| ConvertError::file(path, format!("encoding added token {text:?}: {e}")))?;
-            text = tokenizer
-                .decode(ids.get_ids(), false)
-                .map_err(|e| ConvertError::file(path, format!("decoding added token {text:?}: {e}")))?;
+            let ids = tokenizer.encode(text.as_str(), false).map_err(|e| {
+                ConvertError::file(path, format!("encoding added token {text:?}: {e}"))
+            })?;
+            text = tokenizer.decode(ids.get_ids(), false).map_err(|e| {
+                ConvertError::file(path, format!("decoding added token {text:?}: {e}"))
+            })?;
         }
         if special || looks_special(&text) {
             types.push(CONTROL);
@@ -201,7 +212,10 @@ fn looks_special(text: &str) -> bool {
 }
 
 /// llama.cpp's name for the tokenizer's split, found by the ids it gives [`CHECK_TEXT`].
-fn pre_tokenizer(path: &Path, tokenizer: &tokenizers::Tokenizer) -> Result<&'static str, ConvertError> {
+fn pre_tokenizer(
+    path: &Path,
+    tokenizer: &tokenizers::Tokenizer,
+) -> Result<&'static str, ConvertError> {
     let ids = tokenizer
         .encode(CHECK_TEXT, true)
         .map_err(|e| ConvertError::file(path, format!("tokenizing the check text: {e}")))?;
@@ -239,15 +253,19 @@ fn merges(path: &Path, json: &Json) -> Result<Vec<String>, ConvertError> {
         .map(|merge| match merge {
             Json::String(s) => Ok(s.clone()),
             Json::Array(pair) if pair.len() == 2 => {
-                let part = |v: &Json| {
-                    v.as_str().map(|s| s.replace(' ', "\u{0120}"))
-                };
+                let part = |v: &Json| v.as_str().map(|s| s.replace(' ', "\u{0120}"));
                 match (part(&pair[0]), part(&pair[1])) {
                     (Some(a), Some(b)) => Ok(format!("{a} {b}")),
-                    _ => Err(ConvertError::file(path, format!("merge {merge} is not two strings"))),
+                    _ => Err(ConvertError::file(
+                        path,
+                        format!("merge {merge} is not two strings"),
+                    )),
                 }
             }
-            other => Err(ConvertError::file(path, format!("merge {other} is neither a string nor a pair"))),
+            other => Err(ConvertError::file(
+                path,
+                format!("merge {other} is neither a string nor a pair"),
+            )),
         })
         .collect()
 }
@@ -263,7 +281,10 @@ fn special_vocab(
     let mut ids: Vec<(String, u32)> = Vec::new();
     let mut add: Vec<(&'static str, bool)> = Vec::new();
     let mut kinds: Vec<&'static str> = SPECIAL_KINDS.iter().map(|(k, _)| *k).collect();
-    let set_add = |add: &mut Vec<(&'static str, bool)>, kind: &'static str, value: bool, only_if_absent: bool| {
+    let set_add = |add: &mut Vec<(&'static str, bool)>,
+                   kind: &'static str,
+                   value: bool,
+                   only_if_absent: bool| {
         match add.iter_mut().find(|(k, _)| *k == kind) {
             Some(slot) if !only_if_absent => slot.1 = value,
             Some(_) => {}
@@ -271,7 +292,10 @@ fn special_vocab(
         }
     };
     let config_str = |config: &Option<Json>, key: &str| -> Option<String> {
-        config.as_ref().and_then(|c| c.get(key)).and_then(token_content)
+        config
+            .as_ref()
+            .and_then(|c| c.get(key))
+            .and_then(token_content)
     };
     let mut bos = config_str(&config, "bos_token");
     let mut cls = config_str(&config, "cls_token");
@@ -303,7 +327,8 @@ fn special_vocab(
             }
             Some("TemplateProcessing") => {
                 let single = processor["single"].as_array().cloned().unwrap_or_default();
-                let special_id = |item: &Json| item["SpecialToken"]["id"].as_str().map(String::from);
+                let special_id =
+                    |item: &Json| item["SpecialToken"]["id"].as_str().map(String::from);
                 if single.len() > 1 {
                     if let Some(first) = special_id(&single[0]) {
                         if config.is_none() {
@@ -311,11 +336,13 @@ fn special_vocab(
                         } else if Some(&first) != bos.as_ref() && Some(&first) != cls.as_ref() {
                             if bos.is_none() {
                                 bos = Some(first.clone());
-                                config.as_mut().expect("some")["bos_token"] = Json::String(first.clone());
+                                config.as_mut().expect("some")["bos_token"] =
+                                    Json::String(first.clone());
                             }
                             if cls.is_none() {
                                 cls = Some(first.clone());
-                                config.as_mut().expect("some")["cls_token"] = Json::String(first.clone());
+                                config.as_mut().expect("some")["cls_token"] =
+                                    Json::String(first.clone());
                             }
                         }
                         let known = Some(&first) == bos.as_ref() || Some(&first) == cls.as_ref();
@@ -336,7 +363,9 @@ fn special_vocab(
                         set_add(&mut add, "eos", Some(&last) == eos.as_ref(), false);
                     }
                 }
-                if let Some(add_sep) = template_adds_sep(processor, &single, sep.as_deref(), eos.as_deref()) {
+                if let Some(add_sep) =
+                    template_adds_sep(processor, &single, sep.as_deref(), eos.as_deref())
+                {
                     set_add(&mut add, "sep", add_sep, false);
                 }
             }
@@ -362,8 +391,11 @@ fn special_vocab(
         let alternative = if jinja.is_file() {
             Some(std::fs::read_to_string(&jinja).map_err(ConvertError::io(&jinja))?)
         } else if json_file.is_file() {
-            read_json(&json_file)?
-                .and_then(|j| j.get("chat_template").and_then(|t| t.as_str()).map(String::from))
+            read_json(&json_file)?.and_then(|j| {
+                j.get("chat_template")
+                    .and_then(|t| t.as_str())
+                    .map(String::from)
+            })
         } else {
             None
         };
@@ -378,7 +410,10 @@ fn special_vocab(
             None => alternative,
         };
         for kind in kinds.clone() {
-            if let Some(value) = config.get(format!("add_{kind}_token")).and_then(|v| v.as_bool()) {
+            if let Some(value) = config
+                .get(format!("add_{kind}_token"))
+                .and_then(|v| v.as_bool())
+            {
                 set_add(&mut add, kind, value, true);
             }
             let Some(content) = config.get(format!("{kind}_token")).and_then(token_content) else {
@@ -395,7 +430,10 @@ fn special_vocab(
     if let Some(model_config) = read_json(&dir.join("config.json"))? {
         kinds.retain(|_| true);
         for kind in &kinds {
-            if let Some(id) = model_config.get(format!("{kind}_token_id")).and_then(|v| v.as_u64()) {
+            if let Some(id) = model_config
+                .get(format!("{kind}_token_id"))
+                .and_then(|v| v.as_u64())
+            {
                 if !ids.iter().any(|(k, _)| k == kind) {
                     ids.push((kind.to_string(), id as u32));
                 }
@@ -409,7 +447,10 @@ fn special_vocab(
         }
     }
     for (kind, value) in add {
-        out.push((format!("tokenizer.ggml.add_{kind}_token"), Value::Bool(value)));
+        out.push((
+            format!("tokenizer.ggml.add_{kind}_token"),
+            Value::Bool(value),
+        ));
     }
     if let Some(template) = chat_template {
         out.push(("tokenizer.chat_template".into(), Value::String(template)));
@@ -419,16 +460,33 @@ fn special_vocab(
 
 /// Whether a template's pair form puts a separator between its sequences
 /// (`A [sep] [eos] B`), as llama.cpp's converter reads it; `None` where it says nothing.
-fn template_adds_sep(processor: &Json, single: &[Json], sep: Option<&str>, eos: Option<&str>) -> Option<bool> {
+fn template_adds_sep(
+    processor: &Json,
+    single: &[Json],
+    sep: Option<&str>,
+    eos: Option<&str>,
+) -> Option<bool> {
     let pair = processor["pair"].as_array()?;
     if pair.is_empty() {
         return None;
     }
     let special_id = |item: &Json| item["SpecialToken"]["id"].as_str().map(String::from);
-    let first = if single.len() > 1 { special_id(&single[0]) } else { None };
-    let last = if single.len() > 1 { special_id(single.last()?) } else { None };
+    let first = if single.len() > 1 {
+        special_id(&single[0])
+    } else {
+        None
+    };
+    let last = if single.len() > 1 {
+        special_id(single.last()?)
+    } else {
+        None
+    };
     let start = usize::from(first.is_some() && special_id(&pair[0]) == first);
-    let stop = if last.is_some() && special_id(pair.last()?) == last { pair.len() - 1 } else { pair.len() };
+    let stop = if last.is_some() && special_id(pair.last()?) == last {
+        pair.len() - 1
+    } else {
+        pair.len()
+    };
     let inner = pair.get(start..stop)?;
     if inner.is_empty() {
         return None;
@@ -439,7 +497,10 @@ fn template_adds_sep(processor: &Json, single: &[Json], sep: Option<&str>, eos: 
         return None;
     }
     let middle = &inner[1..inner.len() - 1];
-    let is_sep = |id: &Option<String>| id.as_deref().is_some_and(|t| Some(t) == sep || Some(t) == eos);
+    let is_sep = |id: &Option<String>| {
+        id.as_deref()
+            .is_some_and(|t| Some(t) == sep || Some(t) == eos)
+    };
     let mut add_sep = false;
     let entry = special_id(&middle[0]);
     if is_sep(&entry) && last.is_none() {

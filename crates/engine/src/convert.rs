@@ -91,7 +91,9 @@ pub fn convert(
     progress: &mut dyn FnMut(usize, usize, &str),
 ) -> Result<Report, EngineError> {
     if let Some(direct) = kind.direct() {
-        return Ok(guardreasoner_convert::convert(dir, out, direct, name, progress)?);
+        return Ok(guardreasoner_convert::convert(
+            dir, out, direct, name, progress,
+        )?);
     }
     // Quantized by llama.cpp from a lossless-enough intermediate: bf16 for bf16 checkpoints
     // (Llama 3's), f16 otherwise.
@@ -101,28 +103,33 @@ pub fn convert(
         .iter()
         .all(|(_, e)| e.dtype == Dtype::BF16);
     drop(checkpoint);
-    let intermediate_type = if all_bf16 { OutType::Bf16 } else { OutType::F16 };
+    let intermediate_type = if all_bf16 {
+        OutType::Bf16
+    } else {
+        OutType::F16
+    };
     let file_name = out
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let intermediate = out.with_file_name(format!(".{file_name}.{intermediate_type}.intermediate"));
-    let result = guardreasoner_convert::convert(dir, &intermediate, intermediate_type, name, progress)
-        .map_err(EngineError::from)
-        .and_then(|report| {
-            quantize_q4_k_m(&intermediate, out, threads)?;
-            let bytes = std::fs::metadata(out)
-                .map_err(|source| EngineError::Io {
-                    context: format!("reading {}", out.display()),
-                    source,
-                })?
-                .len();
-            Ok(Report {
-                path: out.to_path_buf(),
-                bytes,
-                ..report
-            })
-        });
+    let result =
+        guardreasoner_convert::convert(dir, &intermediate, intermediate_type, name, progress)
+            .map_err(EngineError::from)
+            .and_then(|report| {
+                quantize_q4_k_m(&intermediate, out, threads)?;
+                let bytes = std::fs::metadata(out)
+                    .map_err(|source| EngineError::Io {
+                        context: format!("reading {}", out.display()),
+                        source,
+                    })?
+                    .len();
+                Ok(Report {
+                    path: out.to_path_buf(),
+                    bytes,
+                    ..report
+                })
+            });
     let _ = std::fs::remove_file(&intermediate);
     result
 }
@@ -194,7 +201,13 @@ pub fn cached(
 fn sanitize(label: &str) -> String {
     label
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
         .collect::<String>()
         .trim_matches('-')
         .to_string()
@@ -217,7 +230,11 @@ fn fingerprint(dir: &Path, kind: GgufType) -> Result<String, EngineError> {
         .collect();
     files.sort();
     for path in files {
-        let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        let name = path
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
         let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         hash.update(name.as_bytes());
         hash.update(size.to_le_bytes());
@@ -265,6 +282,9 @@ mod tests {
         }
         assert_eq!("Q4_K_M".parse::<GgufType>().unwrap(), GgufType::Q4KM);
         assert!("q5_k".parse::<GgufType>().unwrap_err().contains("q4_k_m"));
-        assert_eq!(sanitize("yueliu1999/GuardReasoner-1B"), "yueliu1999-GuardReasoner-1B");
+        assert_eq!(
+            sanitize("yueliu1999/GuardReasoner-1B"),
+            "yueliu1999-GuardReasoner-1B"
+        );
     }
 }

@@ -217,6 +217,35 @@ fn plan(options: &LoadOptions) -> Result<Plan, EngineError> {
     })
 }
 
+/// What `options` asked that the loaded backend (`info`) does not do, said in the options' words
+/// (`--batch-size 4` on candle, which runs one sequence at a time): callers print or log each.
+pub fn ignored(options: &LoadOptions, info: &crate::ModelInfo) -> Vec<String> {
+    let mut notes = Vec::new();
+    if options.backend != Backend::Openai && options.batch_size > info.max_batch {
+        notes.push(format!(
+            "the {} backend runs {} sequence{} at a time: batch size {} is ignored (llama.cpp, the default for GGUF files and Hugging Face repos, batches)",
+            info.backend,
+            info.max_batch,
+            if info.max_batch == 1 { "" } else { "s" },
+            options.batch_size
+        ));
+    }
+    if info.backend == "candle" {
+        if options.flash_attention != FlashAttention::Auto {
+            notes.push(format!(
+                "candle has no flash-attention kernel: flash attention `{}` is ignored",
+                options.flash_attention
+            ));
+        }
+        if let Some(layers) = options.gpu_layers {
+            notes.push(format!(
+                "candle puts the whole model on its device: gpu layers {layers} is ignored"
+            ));
+        }
+    }
+    notes
+}
+
 /// Loads the model `options` name, for whole batches.
 pub fn generator(options: &LoadOptions) -> Result<Box<dyn Generate>, EngineError> {
     match plan(options)? {
@@ -360,6 +389,32 @@ mod tests {
             assert_eq!(policy.to_string(), name);
         }
         assert!("yes".parse::<FlashAttention>().is_err());
+    }
+
+    #[test]
+    fn options_a_backend_cannot_honour_are_named() {
+        let info = crate::ModelInfo {
+            backend: "candle",
+            source: "dir".into(),
+            context_length: 4096,
+            max_batch: 1,
+            device: "cpu".into(),
+        };
+        let options = LoadOptions {
+            batch_size: 4,
+            flash_attention: FlashAttention::On,
+            ..LoadOptions::default()
+        };
+        let notes = ignored(&options, &info);
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        assert!(notes[0].contains("batch size 4 is ignored"), "{notes:?}");
+        assert!(notes[1].contains("flash attention `on`"), "{notes:?}");
+        let llama = crate::ModelInfo {
+            backend: "llama.cpp",
+            max_batch: 4,
+            ..info
+        };
+        assert!(ignored(&options, &llama).is_empty());
     }
 
     #[test]

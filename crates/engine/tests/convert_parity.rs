@@ -47,7 +47,9 @@ fn differences(path: &Path, reference: &serde_json::Value) -> Vec<String> {
     }
     for entry in reference["metadata"].as_array().unwrap() {
         let key = entry["key"].as_str().unwrap();
-        let Some(value) = content.metadata.get(key) else { continue };
+        let Some(value) = content.metadata.get(key) else {
+            continue;
+        };
         let expected = &entry["value"];
         let same = match value {
             gguf_file::Value::String(s) => expected.as_str() == Some(s.as_str()),
@@ -67,7 +69,10 @@ fn differences(path: &Path, reference: &serde_json::Value) -> Vec<String> {
             Some(info) => {
                 let theirs = tensor["type"].as_str().unwrap();
                 if format!("{:?}", info.ggml_dtype).to_uppercase() != theirs.to_uppercase() {
-                    out.push(format!("{name}: type {:?}, theirs {theirs}", info.ggml_dtype));
+                    out.push(format!(
+                        "{name}: type {:?}, theirs {theirs}",
+                        info.ggml_dtype
+                    ));
                 }
             }
         }
@@ -89,11 +94,22 @@ fn converted_files_are_byte_identical_to_llama_cpp_converter() {
         for kind in ["f16", "bf16", "q8_0"] {
             let expected = &reference["models"][name][kind];
             let out = dir.path().join(format!("{name}.{kind}.gguf"));
-            let report = convert(&model, &out, kind.parse().unwrap(), None, 2, &mut |_, _, _| {})
-                .unwrap();
+            let report = convert(
+                &model,
+                &out,
+                kind.parse().unwrap(),
+                None,
+                2,
+                &mut |_, _, _| {},
+            )
+            .unwrap();
             let problems = differences(&out, expected);
             assert!(problems.is_empty(), "{name} {kind}: {problems:#?}");
-            assert_eq!(report.bytes, expected["bytes"].as_u64().unwrap(), "{name} {kind}");
+            assert_eq!(
+                report.bytes,
+                expected["bytes"].as_u64().unwrap(),
+                "{name} {kind}"
+            );
             assert_eq!(
                 sha256(&out),
                 expected["sha256"].as_str().unwrap(),
@@ -155,10 +171,18 @@ fn llama_cpp_tokenizes_and_generates_as_on_the_reference_conversion() {
         // llama-cpp-python tokenized without BOS; ours adds the model's BOS where it wants one.
         let bos = usize::from(name == "tiny-llama3");
         for (text, theirs) in tokens {
-            assert_eq!(engine.tokenize(text)[bos..], ids(theirs)[..], "{name}: {text:?}");
+            assert_eq!(
+                engine.tokenize(text)[bos..],
+                ids(theirs)[..],
+                "{name}: {text:?}"
+            );
         }
         let prompt = common::reference_prompts()[1].clone();
-        assert_eq!(engine.tokenize(&prompt), ids(&expected["prompt_ids"]), "{name}");
+        assert_eq!(
+            engine.tokenize(&prompt),
+            ids(&expected["prompt_ids"]),
+            "{name}"
+        );
         let ours = common::generate_one(&mut engine, &prompt, greedy(12));
         assert_eq!(ours.token_ids, ids(&expected["greedy"]), "{name}");
     }
@@ -175,7 +199,10 @@ fn write_smollm2_directory(dir: &Path) -> Option<()> {
     let content = gguf_file::Content::read(&mut file).unwrap();
     let meta = |key: &str| content.metadata[key].to_u32().unwrap() as usize;
     let float = |key: &str| content.metadata[key].to_f32().unwrap();
-    let (heads, kv_heads) = (meta("llama.attention.head_count"), meta("llama.attention.head_count_kv"));
+    let (heads, kv_heads) = (
+        meta("llama.attention.head_count"),
+        meta("llama.attention.head_count_kv"),
+    );
     // llama.cpp's rows (the two rotary halves interleaved per head) back to transformers'.
     let unpermute = |t: Tensor, heads: usize| {
         let (rows, columns) = t.dims2().unwrap();
@@ -298,16 +325,29 @@ fn bad_checkpoints_are_clear_errors_and_leave_no_file() {
         Some(dir)
     };
     let out = root.path().join("out.gguf");
-    let Some(dir) = fresh("architecture") else { return };
+    let Some(dir) = fresh("architecture") else {
+        return;
+    };
     let config = dir.join("config.json");
     let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(&config, text.replace("LlamaForCausalLM", "Qwen2ForCausalLM")).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("LlamaForCausalLM", "Qwen2ForCausalLM"),
+    )
+    .unwrap();
     let error = convert_error(&dir, &out);
-    assert!(error.contains("config.json") && error.contains("Qwen2ForCausalLM"), "{error}");
+    assert!(
+        error.contains("config.json") && error.contains("Qwen2ForCausalLM"),
+        "{error}"
+    );
 
     // A shard the index names is missing.
     let dir = fresh("missing-shard").unwrap();
-    std::fs::rename(dir.join("model.safetensors"), dir.join("model-00001-of-00002.safetensors")).unwrap();
+    std::fs::rename(
+        dir.join("model.safetensors"),
+        dir.join("model-00001-of-00002.safetensors"),
+    )
+    .unwrap();
     std::fs::write(
         dir.join("model.safetensors.index.json"),
         r#"{"weight_map": {"model.embed_tokens.weight": "model-00001-of-00002.safetensors",
@@ -315,7 +355,10 @@ fn bad_checkpoints_are_clear_errors_and_leave_no_file() {
     )
     .unwrap();
     let error = convert_error(&dir, &out);
-    assert!(error.contains("model-00002-of-00002.safetensors") && error.contains("missing"), "{error}");
+    assert!(
+        error.contains("model-00002-of-00002.safetensors") && error.contains("missing"),
+        "{error}"
+    );
 
     // A truncated shard.
     let dir = fresh("truncated").unwrap();
@@ -323,7 +366,10 @@ fn bad_checkpoints_are_clear_errors_and_leave_no_file() {
     let bytes = std::fs::read(&shard).unwrap();
     std::fs::write(&shard, &bytes[..bytes.len() / 2]).unwrap();
     let error = convert_error(&dir, &out);
-    assert!(error.contains("model.safetensors") && error.contains("safetensors"), "{error}");
+    assert!(
+        error.contains("model.safetensors") && error.contains("safetensors"),
+        "{error}"
+    );
 
     // Garbage where the header should be.
     std::fs::write(&shard, b"not a safetensors file at all").unwrap();
@@ -334,7 +380,11 @@ fn bad_checkpoints_are_clear_errors_and_leave_no_file() {
     let dir = fresh("shape").unwrap();
     let config = dir.join("config.json");
     let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(&config, text.replace("\"intermediate_size\": 128", "\"intermediate_size\": 256")).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("\"intermediate_size\": 128", "\"intermediate_size\": 256"),
+    )
+    .unwrap();
     let error = convert_error(&dir, &out);
     assert!(error.contains("mlp.") && error.contains("shape"), "{error}");
 
@@ -346,13 +396,22 @@ fn bad_checkpoints_are_clear_errors_and_leave_no_file() {
     json["pre_tokenizer"] = serde_json::json!({"type": "Whitespace"});
     std::fs::write(&path, json.to_string()).unwrap();
     let error = convert_error(&dir, &out);
-    assert!(error.contains("tokenizer.json") && error.contains("cannot map"), "{error}");
+    assert!(
+        error.contains("tokenizer.json") && error.contains("cannot map"),
+        "{error}"
+    );
     std::fs::write(dir.join("tokenizer.model"), b"sentencepiece").unwrap();
     let error = convert_error(&dir, &out);
-    assert!(error.contains("tokenizer.model") && error.contains("SentencePiece"), "{error}");
+    assert!(
+        error.contains("tokenizer.model") && error.contains("SentencePiece"),
+        "{error}"
+    );
     std::fs::remove_file(&path).unwrap();
     let error = convert_error(&dir, &out);
-    assert!(error.contains("tokenizer.json") && error.contains("missing"), "{error}");
+    assert!(
+        error.contains("tokenizer.json") && error.contains("missing"),
+        "{error}"
+    );
 }
 
 #[test]
@@ -371,7 +430,10 @@ fn an_interrupted_conversion_never_leaves_a_file_that_looks_finished() {
         })
     }));
     assert!(stopped.is_err());
-    assert!(!out.exists(), "an interrupted conversion is not at the final path");
+    assert!(
+        !out.exists(),
+        "an interrupted conversion is not at the final path"
+    );
     let leftovers: Vec<_> = std::fs::read_dir(root.path())
         .unwrap()
         .filter_map(|e| e.ok())

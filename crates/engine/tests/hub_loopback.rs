@@ -121,17 +121,20 @@ fn a_repo_id_downloads_into_the_hf_cache_and_loads() {
     let engine = guardreasoner_engine::load::generator(&options).unwrap();
     assert_eq!(engine.info().backend, "llama.cpp");
     drop(engine);
-    let converted: Vec<PathBuf> = std::fs::read_dir(models.path().join("converted/test-org-tiny-llama3"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "gguf"))
-        .collect();
+    let converted: Vec<PathBuf> =
+        std::fs::read_dir(models.path().join("converted/test-org-tiny-llama3"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "gguf"))
+            .collect();
     assert_eq!(converted.len(), 1, "{converted:?}");
     assert!(converted[0].to_string_lossy().ends_with(".q8_0.gguf"));
     let mut file = std::fs::File::open(&converted[0]).unwrap();
     let content = candle_core::quantized::gguf_file::Content::read(&mut file).unwrap();
     assert_eq!(
-        content.metadata["tokenizer.chat_template"].to_string().unwrap(),
+        content.metadata["tokenizer.chat_template"]
+            .to_string()
+            .unwrap(),
         template,
         "the downloaded chat_template.jinja reaches the GGUF"
     );
@@ -140,11 +143,17 @@ fn a_repo_id_downloads_into_the_hf_cache_and_loads() {
         "Tiny Llama3",
         "named after the repo, not the snapshot's commit directory"
     );
-    let written = std::fs::metadata(&converted[0]).unwrap().modified().unwrap();
+    let written = std::fs::metadata(&converted[0])
+        .unwrap()
+        .modified()
+        .unwrap();
     let engine = guardreasoner_engine::load::generator(&options).unwrap();
     assert_eq!(engine.info().backend, "llama.cpp");
     assert_eq!(
-        std::fs::metadata(&converted[0]).unwrap().modified().unwrap(),
+        std::fs::metadata(&converted[0])
+            .unwrap()
+            .modified()
+            .unwrap(),
         written,
         "the second load reuses the conversion"
     );

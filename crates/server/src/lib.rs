@@ -127,6 +127,9 @@ impl Server {
                 }
                 let continuous = scheduler.continuous();
                 let info = scheduler.info().clone();
+                for note in load::ignored(&load, &info) {
+                    tracing::warn!("{note}");
+                }
                 let _ = state.guard.set(GuardHandle::new(scheduler, guard));
                 Ok::<_, ServeError>((info, continuous))
             })

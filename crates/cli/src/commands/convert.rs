@@ -42,7 +42,10 @@ pub fn run(args: Args) -> Result<()> {
         ),
     };
     if args.out.is_dir() {
-        bail!("--out {} is a directory; name the .gguf file to write", args.out.display());
+        bail!(
+            "--out {} is a directory; name the .gguf file to write",
+            args.out.display()
+        );
     }
     let threads = args.threads.unwrap_or_else(|| {
         std::thread::available_parallelism()

@@ -127,5 +127,10 @@ pub fn check_load_options(options: &LoadOptions) -> Result<()> {
 pub fn load_engine(args: &ModelArgs) -> Result<Box<dyn Generate>> {
     let options = args.load_options();
     check_load_options(&options)?;
-    load::generator(&options).with_context(|| format!("cannot load --model {}", args.model))
+    let engine =
+        load::generator(&options).with_context(|| format!("cannot load --model {}", args.model))?;
+    for note in load::ignored(&options, engine.info()) {
+        eprintln!("note: {note}");
+    }
+    Ok(engine)
 }

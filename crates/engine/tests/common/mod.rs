@@ -275,7 +275,8 @@ pub fn write_convert_model(
 ) -> Option<()> {
     let mut config = convert_model_config(name);
     if config.get("head_dim").is_none() {
-        let head = config["hidden_size"].as_u64().unwrap() / config["num_attention_heads"].as_u64().unwrap();
+        let head = config["hidden_size"].as_u64().unwrap()
+            / config["num_attention_heads"].as_u64().unwrap();
         config["head_dim"] = head.into();
     }
     let dtype = dtype.unwrap_or(if name == "tiny-llama3" {

@@ -130,6 +130,12 @@ impl Weight {
     /// `x W^T` for `x` of shape `[..., in]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
+            // A matrix kept in its checkpoint's half precision (on a GPU): the activations meet
+            // it in that precision and return in theirs.
+            Weight::Dense(w) if w.dtype() != x.dtype() => x
+                .to_dtype(w.dtype())?
+                .broadcast_matmul(&w.t()?)?
+                .to_dtype(x.dtype()),
             Weight::Dense(w) => x.broadcast_matmul(&w.t()?),
             Weight::Quantized(q) => q.forward(x),
             Weight::Lora { base, a, b, scale } => {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use candle_core::quantized::{gguf_file, GgmlDType, QMatMul};
 use candle_core::{DType, Device, Tensor};
+use guardreasoner_convert::checkpoint::Dtype;
 use serde::Deserialize;
 
 use super::llama::{Block, Embedding, Llama, Llama3RopeScaling, LlamaConfig, RopeLayout, Weight};
@@ -268,7 +269,11 @@ struct HfRopeScaling {
     original_max_position_embeddings: f64,
 }
 
-/// Loads a Hugging Face Llama directory (`config.json`, `*.safetensors`), weights in f32.
+/// Loads a Hugging Face Llama directory (`config.json`, `*.safetensors`). The shards are
+/// memory-mapped and each tensor is read as it is placed, so loading holds the model and one
+/// tensor, never a whole shard beside it. On a GPU the matrices keep the checkpoint's bf16 or
+/// f16 (the GPU multiplies in it); on the CPU everything is f32, since candle's CPU backend has
+/// no bf16 matrix kernel (it would widen the whole matrix at every product). Norms are f32.
 pub fn load_safetensors_dir(
     dir: &Path,
     max_positions: usize,
@@ -326,38 +331,36 @@ pub fn load_safetensors_dir(
         max_position_embeddings: hf.max_position_embeddings,
     };
 
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .map_err(|e| invalid(dir, e.to_string()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
-        .collect();
-    files.sort();
-    if files.is_empty() {
-        return Err(invalid(dir, "no *.safetensors files"));
-    }
-    let mut tensors: HashMap<String, Tensor> = HashMap::new();
-    for file in &files {
-        let bytes = std::fs::read(file).map_err(|e| invalid(file, e.to_string()))?;
-        let loaded = candle_core::safetensors::load_buffer(&bytes, device)
-            .map_err(|e| invalid(file, format!("not a readable safetensors file: {e}")))?;
-        tensors.extend(loaded);
-    }
-    let mut take = |name: &str, shape: &[usize]| -> Result<Tensor, EngineError> {
-        let tensor = tensors
-            .remove(name)
+    let shards = guardreasoner_convert::checkpoint::Checkpoint::open(dir)?;
+    let keep_half = device.is_cuda();
+    // One tensor at a time out of the maps, its pages released after: loading holds the model
+    // and one tensor, not the checkpoint beside it.
+    let take = |name: &str, shape: &[usize], matrix: bool| -> Result<Tensor, EngineError> {
+        let entry = shards
+            .get(name)
             .ok_or_else(|| invalid(dir, format!("tensor `{name}` is missing")))?;
-        if tensor.dims() != shape {
+        if entry.shape != shape {
             return Err(invalid(
                 dir,
                 format!(
                     "tensor `{name}` has shape {:?}, expected {shape:?}",
-                    tensor.dims()
+                    entry.shape
                 ),
             ));
         }
-        tensor
-            .to_dtype(DType::F32)
-            .map_err(|e| invalid(dir, e.to_string()))
+        let half = match entry.dtype {
+            Dtype::BF16 => Some(DType::BF16),
+            Dtype::F16 => Some(DType::F16),
+            _ => None,
+        };
+        let tensor = match half {
+            Some(dtype) if matrix && keep_half => {
+                let bytes = shards.read_bytes(name)?;
+                Tensor::from_raw_buffer(&bytes, dtype, shape, device)
+            }
+            _ => Tensor::from_vec(shards.read_f32(name)?, shape, device),
+        };
+        tensor.map_err(|e| invalid(dir, format!("tensor `{name}`: {e}")))
     };
     let (h, i, d) = (
         config.hidden_size,
@@ -365,12 +368,12 @@ pub fn load_safetensors_dir(
         config.head_dim,
     );
     let (q_out, kv_out) = (config.num_heads * d, config.num_kv_heads * d);
-    let embedding = take("model.embed_tokens.weight", &[config.vocab_size, h])?;
+    let embedding = take("model.embed_tokens.weight", &[config.vocab_size, h], true)?;
     let mut blocks = Vec::with_capacity(config.num_layers);
     for layer in 0..config.num_layers {
         let prefix = format!("model.layers.{layer}");
-        let mut dense = |part: &str, shape: &[usize]| {
-            take(&format!("{prefix}.{part}.weight"), shape).map(Weight::Dense)
+        let dense = |part: &str, shape: &[usize]| {
+            take(&format!("{prefix}.{part}.weight"), shape, true).map(Weight::Dense)
         };
         blocks.push(Block {
             wq: dense("self_attn.q_proj", &[q_out, h])?,
@@ -380,15 +383,19 @@ pub fn load_safetensors_dir(
             w_gate: dense("mlp.gate_proj", &[i, h])?,
             w_up: dense("mlp.up_proj", &[i, h])?,
             w_down: dense("mlp.down_proj", &[h, i])?,
-            attention_norm: take(&format!("{prefix}.input_layernorm.weight"), &[h])?,
-            mlp_norm: take(&format!("{prefix}.post_attention_layernorm.weight"), &[h])?,
+            attention_norm: take(&format!("{prefix}.input_layernorm.weight"), &[h], false)?,
+            mlp_norm: take(
+                &format!("{prefix}.post_attention_layernorm.weight"),
+                &[h],
+                false,
+            )?,
         });
     }
-    let norm = take("model.norm.weight", &[h])?;
+    let norm = take("model.norm.weight", &[h], false)?;
     let lm_head = if hf.tie_word_embeddings {
         Weight::Dense(embedding.clone())
     } else {
-        Weight::Dense(take("lm_head.weight", &[config.vocab_size, h])?)
+        Weight::Dense(take("lm_head.weight", &[config.vocab_size, h], true)?)
     };
     let positions = max_positions.min(config.max_position_embeddings);
     Llama::new(
