@@ -328,8 +328,10 @@ fn gguf_chat_template(
     .map(Some)
 }
 
-/// The chat template of a Hugging Face directory's `tokenizer_config.json` (`chat_template`, a
-/// string or a list of named templates, of which `default` is used).
+/// The chat template of a Hugging Face directory: `tokenizer_config.json`'s `chat_template` (a
+/// string or a list of named templates, of which `default` is used), else `chat_template.jinja`
+/// (where transformers 4.43 and later save it), as transformers and llama.cpp's converter read
+/// them.
 fn config_chat_template(
     dir: &Path,
     tokenizer: &GuardTokenizer,
@@ -347,6 +349,10 @@ fn config_chat_template(
         serde_json::Value::Array(named) => match named.iter().find(|t| t["name"] == "default") {
             Some(t) => t["template"].as_str().unwrap_or_default().to_string(),
             None => return Ok(None),
+        },
+        serde_json::Value::Null => match std::fs::read_to_string(dir.join("chat_template.jinja")) {
+            Ok(source) => source,
+            Err(_) => return Ok(None),
         },
         _ => return Ok(None),
     };
