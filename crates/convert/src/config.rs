@@ -136,8 +136,8 @@ impl Config {
         };
         if config.heads == 0
             || config.kv_heads == 0
-            || config.heads % config.kv_heads != 0
-            || config.head_dim() % 2 != 0
+            || !config.heads.is_multiple_of(config.kv_heads)
+            || !config.head_dim().is_multiple_of(2)
         {
             return Err(ConvertError::file(
                 &path,

@@ -4,7 +4,7 @@
 //! The layout is gguf-py's `GGUFWriter` (what llama.cpp's converter writes): metadata in the
 //! order added, tensor data aligned to 32 bytes in the order the tensors were described.
 
-use std::io::{self, Seek, SeekFrom, Write};
+use std::io::{self, Seek, Write};
 
 /// The alignment of tensor data (GGUF's default; `general.alignment` is then not written).
 pub const ALIGNMENT: u64 = 32;
@@ -243,7 +243,7 @@ impl<W: Write + Seek> Writer<W> {
             )));
         }
         self.out.flush()?;
-        let end = self.out.seek(SeekFrom::Current(0))?;
+        let end = self.out.stream_position()?;
         debug_assert!(end >= self.data_start);
         Ok((self.out, self.data_start))
     }

@@ -30,30 +30,50 @@ pub struct Planned {
     pub source: Source,
 }
 
-/// llama.cpp's name for a Hugging Face Llama tensor, or `None` for one the model does not use.
-pub fn gguf_name(name: &str) -> Option<String> {
-    match name {
-        "model.embed_tokens.weight" => return Some("token_embd.weight".into()),
-        "model.norm.weight" => return Some("output_norm.weight".into()),
-        "lm_head.weight" => return Some("output.weight".into()),
-        _ => {}
+/// Llama's model-wide tensors: Hugging Face's name, llama.cpp's name.
+const MODEL_NAMES: [(&str, &str); 3] = [
+    ("model.embed_tokens.weight", "token_embd.weight"),
+    ("model.norm.weight", "output_norm.weight"),
+    ("lm_head.weight", "output.weight"),
+];
+
+/// Each block's tensors, after `model.layers.N.` (Hugging Face) and `blk.N.` (llama.cpp).
+const BLOCK_NAMES: [(&str, &str); 9] = [
+    ("input_layernorm.weight", "attn_norm.weight"),
+    ("self_attn.q_proj.weight", "attn_q.weight"),
+    ("self_attn.k_proj.weight", "attn_k.weight"),
+    ("self_attn.v_proj.weight", "attn_v.weight"),
+    ("self_attn.o_proj.weight", "attn_output.weight"),
+    ("post_attention_layernorm.weight", "ffn_norm.weight"),
+    ("mlp.gate_proj.weight", "ffn_gate.weight"),
+    ("mlp.up_proj.weight", "ffn_up.weight"),
+    ("mlp.down_proj.weight", "ffn_down.weight"),
+];
+
+/// Renames through the tables: `from` picks the column a name is in, `to` the one it goes to.
+fn rename(
+    name: &str,
+    block_prefix: (&str, &str),
+    from: fn(&(&'static str, &'static str)) -> &'static str,
+    to: fn(&(&'static str, &'static str)) -> &'static str,
+) -> Option<String> {
+    if let Some(pair) = MODEL_NAMES.iter().find(|p| from(p) == name) {
+        return Some(to(pair).to_string());
     }
-    let rest = name.strip_prefix("model.layers.")?;
-    let (layer, part) = rest.split_once('.')?;
+    let (layer, part) = name.strip_prefix(block_prefix.0)?.split_once('.')?;
     layer.parse::<usize>().ok()?;
-    let part = match part {
-        "input_layernorm.weight" => "attn_norm.weight",
-        "self_attn.q_proj.weight" => "attn_q.weight",
-        "self_attn.k_proj.weight" => "attn_k.weight",
-        "self_attn.v_proj.weight" => "attn_v.weight",
-        "self_attn.o_proj.weight" => "attn_output.weight",
-        "post_attention_layernorm.weight" => "ffn_norm.weight",
-        "mlp.gate_proj.weight" => "ffn_gate.weight",
-        "mlp.up_proj.weight" => "ffn_up.weight",
-        "mlp.down_proj.weight" => "ffn_down.weight",
-        _ => return None,
-    };
-    Some(format!("blk.{layer}.{part}"))
+    let pair = BLOCK_NAMES.iter().find(|p| from(p) == part)?;
+    Some(format!("{}{layer}.{}", block_prefix.1, to(pair)))
+}
+
+/// llama.cpp's name for a Hugging Face Llama tensor, or `None` for one the model does not use.
+pub fn gguf_name(hf: &str) -> Option<String> {
+    rename(hf, ("model.layers.", "blk."), |p| p.0, |p| p.1)
+}
+
+/// Hugging Face's name for a llama.cpp Llama tensor.
+pub fn hf_name(gguf: &str) -> Option<String> {
+    rename(gguf, ("blk.", "model.layers."), |p| p.1, |p| p.0)
 }
 
 /// The tensors of the output in the order llama.cpp's converter writes them: `rope_freqs`
@@ -252,6 +272,13 @@ mod tests {
         assert_eq!(gguf_name("lm_head.weight").unwrap(), "output.weight");
         assert!(gguf_name("model.layers.x.mlp.down_proj.weight").is_none());
         assert!(gguf_name("vision_tower.patch_embed.weight").is_none());
+        for hf in [
+            "model.embed_tokens.weight",
+            "model.layers.7.self_attn.k_proj.weight",
+        ] {
+            assert_eq!(hf_name(&gguf_name(hf).unwrap()).unwrap(), hf);
+        }
+        assert!(hf_name("blk.0.attn_qkv.weight").is_none());
     }
 
     #[test]

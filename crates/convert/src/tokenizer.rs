@@ -280,7 +280,7 @@ fn special_vocab(
 ) -> Result<Vec<(String, Value)>, ConvertError> {
     let mut ids: Vec<(String, u32)> = Vec::new();
     let mut add: Vec<(&'static str, bool)> = Vec::new();
-    let mut kinds: Vec<&'static str> = SPECIAL_KINDS.iter().map(|(k, _)| *k).collect();
+    let kinds: Vec<&'static str> = SPECIAL_KINDS.iter().map(|(k, _)| *k).collect();
     let set_add = |add: &mut Vec<(&'static str, bool)>,
                    kind: &'static str,
                    value: bool,
@@ -331,19 +331,20 @@ fn special_vocab(
                     |item: &Json| item["SpecialToken"]["id"].as_str().map(String::from);
                 if single.len() > 1 {
                     if let Some(first) = special_id(&single[0]) {
-                        if config.is_none() {
-                            bos = Some(first.clone());
-                        } else if Some(&first) != bos.as_ref() && Some(&first) != cls.as_ref() {
-                            if bos.is_none() {
-                                bos = Some(first.clone());
-                                config.as_mut().expect("some")["bos_token"] =
-                                    Json::String(first.clone());
+                        let unknown = Some(&first) != bos.as_ref() && Some(&first) != cls.as_ref();
+                        match config.as_mut() {
+                            None => bos = Some(first.clone()),
+                            Some(config) if unknown => {
+                                if bos.is_none() {
+                                    bos = Some(first.clone());
+                                    config["bos_token"] = Json::String(first.clone());
+                                }
+                                if cls.is_none() {
+                                    cls = Some(first.clone());
+                                    config["cls_token"] = Json::String(first.clone());
+                                }
                             }
-                            if cls.is_none() {
-                                cls = Some(first.clone());
-                                config.as_mut().expect("some")["cls_token"] =
-                                    Json::String(first.clone());
-                            }
+                            Some(_) => {}
                         }
                         let known = Some(&first) == bos.as_ref() || Some(&first) == cls.as_ref();
                         set_add(&mut add, "bos", known, false);
@@ -409,7 +410,7 @@ fn special_vocab(
             Some(_) => None,
             None => alternative,
         };
-        for kind in kinds.clone() {
+        for kind in kinds.iter().copied() {
             if let Some(value) = config
                 .get(format!("add_{kind}_token"))
                 .and_then(|v| v.as_bool())
@@ -428,7 +429,6 @@ fn special_vocab(
     }
     // config.json's ids where the tokenizer named none.
     if let Some(model_config) = read_json(&dir.join("config.json"))? {
-        kinds.retain(|_| true);
         for kind in &kinds {
             if let Some(id) = model_config
                 .get(format!("{kind}_token_id"))

@@ -222,28 +222,8 @@ fn write_smollm2_directory(dir: &Path) -> Option<()> {
             .unwrap()
             .dequantize(&Device::Cpu)
             .unwrap();
-        let hf = match name.as_str() {
-            "token_embd.weight" => "model.embed_tokens.weight".to_string(),
-            "output_norm.weight" => "model.norm.weight".to_string(),
-            "output.weight" => "lm_head.weight".to_string(),
-            other => {
-                let rest = other.strip_prefix("blk.").unwrap();
-                let (layer, part) = rest.split_once('.').unwrap();
-                let part = match part {
-                    "attn_norm.weight" => "input_layernorm.weight",
-                    "attn_q.weight" => "self_attn.q_proj.weight",
-                    "attn_k.weight" => "self_attn.k_proj.weight",
-                    "attn_v.weight" => "self_attn.v_proj.weight",
-                    "attn_output.weight" => "self_attn.o_proj.weight",
-                    "ffn_norm.weight" => "post_attention_layernorm.weight",
-                    "ffn_gate.weight" => "mlp.gate_proj.weight",
-                    "ffn_up.weight" => "mlp.up_proj.weight",
-                    "ffn_down.weight" => "mlp.down_proj.weight",
-                    unknown => panic!("unexpected tensor {unknown}"),
-                };
-                format!("model.layers.{layer}.{part}")
-            }
-        };
+        let hf = guardreasoner_convert::tensors::hf_name(name)
+            .unwrap_or_else(|| panic!("unexpected tensor {name}"));
         let tensor = if hf.ends_with("q_proj.weight") {
             unpermute(tensor, heads)
         } else if hf.ends_with("k_proj.weight") {

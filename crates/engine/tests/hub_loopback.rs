@@ -107,7 +107,10 @@ fn a_repo_id_downloads_into_the_hf_cache_and_loads() {
     assert_eq!(engine.model().config.num_kv_heads, 2);
     // tokenizer_config.json has no template; candle takes chat_template.jinja, as transformers.
     use guardreasoner_engine::Generate;
-    assert!(engine.chat_template().is_some(), "chat_template.jinja is read");
+    assert!(
+        engine.chat_template().is_some(),
+        "chat_template.jinja is read"
+    );
     drop(engine);
 
     // With the default backend the repo runs on llama.cpp: converted to Q8_0 once, into the

@@ -30,28 +30,9 @@ pub fn origin_of(dir: &Path) -> Option<PathBuf> {
     value["gguf"].as_str().map(PathBuf::from)
 }
 
-/// GGUF's name for one of our weights.
+/// GGUF's name for one of our weights (through its Hugging Face name: the converter's table).
 pub fn gguf_name(name: &str) -> Option<String> {
-    match name {
-        "embedding" => return Some("token_embd.weight".into()),
-        "norm" => return Some("output_norm.weight".into()),
-        "lm_head" => return Some("output.weight".into()),
-        _ => {}
-    }
-    let (layer, part) = name.strip_prefix("blocks.")?.split_once('.')?;
-    let part = match part {
-        "attention_norm" => "attn_norm",
-        "wq" => "attn_q",
-        "wk" => "attn_k",
-        "wv" => "attn_v",
-        "wo" => "attn_output",
-        "mlp_norm" => "ffn_norm",
-        "w_gate" => "ffn_gate",
-        "w_up" => "ffn_up",
-        "w_down" => "ffn_down",
-        _ => return None,
-    };
-    Some(format!("blk.{layer}.{part}.weight"))
+    crate::model::hf_name(name).and_then(|hf| guardreasoner_convert::tensors::gguf_name(&hf))
 }
 
 /// llama.cpp's Q/K row permutation (`convert_hf_to_gguf.py`'s `permute`), for a model held in
