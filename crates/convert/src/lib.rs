@@ -27,11 +27,9 @@ pub mod metadata;
 pub mod tensors;
 pub mod tokenizer;
 
-use std::fmt;
 use std::fs::File;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
 pub use error::ConvertError;
 
@@ -54,10 +52,7 @@ pub enum OutType {
 }
 
 impl OutType {
-    /// Every type, in the order the command line lists them.
-    pub const ALL: [OutType; 4] = [Self::F32, Self::F16, Self::Bf16, Self::Q8_0];
-
-    /// The type's name on the command line (`convert_hf_to_gguf.py --outtype`'s).
+    /// The type's name (`convert_hf_to_gguf.py --outtype`'s).
     pub fn name(self) -> &'static str {
         match self {
             Self::F32 => "f32",
@@ -75,22 +70,6 @@ impl OutType {
             Self::Q8_0 => 7,
             Self::Bf16 => 32,
         }
-    }
-}
-
-impl FromStr for OutType {
-    type Err = String;
-    fn from_str(name: &str) -> Result<Self, String> {
-        Self::ALL
-            .into_iter()
-            .find(|t| t.name() == name)
-            .ok_or_else(|| format!("unknown GGUF type `{name}`: expected f32, f16, bf16 or q8_0"))
-    }
-}
-
-impl fmt::Display for OutType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
     }
 }
 

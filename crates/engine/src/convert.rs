@@ -112,7 +112,10 @@ pub fn convert(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let intermediate = out.with_file_name(format!(".{file_name}.{intermediate_type}.intermediate"));
+    let intermediate = out.with_file_name(format!(
+        ".{file_name}.{}.intermediate",
+        intermediate_type.name()
+    ));
     let result =
         guardreasoner_convert::convert(dir, &intermediate, intermediate_type, name, progress)
             .map_err(EngineError::from)

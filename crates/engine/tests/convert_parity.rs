@@ -143,15 +143,6 @@ fn greedy(tokens: usize) -> SamplingParams {
     }
 }
 
-fn ids(value: &serde_json::Value) -> Vec<u32> {
-    value
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap() as u32)
-        .collect()
-}
-
 #[test]
 fn llama_cpp_tokenizes_and_generates_as_on_the_reference_conversion() {
     let reference = common::convert_reference();
@@ -173,18 +164,34 @@ fn llama_cpp_tokenizes_and_generates_as_on_the_reference_conversion() {
         for (text, theirs) in tokens {
             assert_eq!(
                 engine.tokenize(text)[bos..],
-                ids(theirs)[..],
+                common::json_ids(theirs)[..],
                 "{name}: {text:?}"
             );
+        }
+        if name == "tiny-llama3" {
+            // And as transformers tokenizes them with the tokenizer.json the file came from.
+            let transformers: serde_json::Value = serde_json::from_str(
+                &std::fs::read_to_string(common::fixture("llama3_tokenizer_reference.json"))
+                    .unwrap(),
+            )
+            .unwrap();
+            for text in common::TRICKY {
+                let theirs = common::json_ids(&transformers[text]);
+                assert_eq!(engine.tokenize(text), theirs, "{text:?}");
+            }
         }
         let prompt = common::reference_prompts()[1].clone();
         assert_eq!(
             engine.tokenize(&prompt),
-            ids(&expected["prompt_ids"]),
+            common::json_ids(&expected["prompt_ids"]),
             "{name}"
         );
         let ours = common::generate_one(&mut engine, &prompt, greedy(12));
-        assert_eq!(ours.token_ids, ids(&expected["greedy"]), "{name}");
+        assert_eq!(
+            ours.token_ids,
+            common::json_ids(&expected["greedy"]),
+            "{name}"
+        );
     }
 }
 
@@ -288,6 +295,13 @@ fn llama_cpp_on_the_converted_file_agrees_with_candle_on_the_safetensors() {
     assert_eq!(compared, 72);
 }
 
+/// Replaces `from` with `to` in the text file `path`.
+fn edit(path: &Path, from: &str, to: &str) {
+    let text = std::fs::read_to_string(path).unwrap();
+    assert!(text.contains(from), "{} has no {from:?}", path.display());
+    std::fs::write(path, text.replace(from, to)).unwrap();
+}
+
 /// Converts `dir` to q8_0 and returns the error's text (with its causes).
 fn convert_error(dir: &Path, out: &Path) -> String {
     let error = convert(dir, out, GgufType::Q8_0, None, 2, &mut |_, _, _| {}).unwrap_err();
@@ -308,13 +322,11 @@ fn bad_checkpoints_are_clear_errors_and_leave_no_file() {
     let Some(dir) = fresh("architecture") else {
         return;
     };
-    let config = dir.join("config.json");
-    let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(
-        &config,
-        text.replace("LlamaForCausalLM", "Qwen2ForCausalLM"),
-    )
-    .unwrap();
+    edit(
+        &dir.join("config.json"),
+        "LlamaForCausalLM",
+        "Qwen2ForCausalLM",
+    );
     let error = convert_error(&dir, &out);
     assert!(
         error.contains("config.json") && error.contains("Qwen2ForCausalLM"),
@@ -358,13 +370,11 @@ fn bad_checkpoints_are_clear_errors_and_leave_no_file() {
 
     // A tensor whose shape is not the config's.
     let dir = fresh("shape").unwrap();
-    let config = dir.join("config.json");
-    let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(
-        &config,
-        text.replace("\"intermediate_size\": 128", "\"intermediate_size\": 256"),
-    )
-    .unwrap();
+    edit(
+        &dir.join("config.json"),
+        "\"intermediate_size\": 128",
+        "\"intermediate_size\": 256",
+    );
     let error = convert_error(&dir, &out);
     assert!(error.contains("mlp.") && error.contains("shape"), "{error}");
 

@@ -262,14 +262,6 @@ fn truncated_and_corrupt_files_are_clear_errors() {
 }
 
 /// A JSON array of token ids from the llama-cpp-python fixture.
-fn json_ids(value: &serde_json::Value) -> Vec<u32> {
-    value
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i.as_u64().unwrap() as u32)
-        .collect()
-}
 
 #[test]
 fn tokens_and_greedy_text_match_llama_cpp_python() {
@@ -288,7 +280,7 @@ fn tokens_and_greedy_text_match_llama_cpp_python() {
     )
     .unwrap();
     for (text, ids) in reference["tokens"].as_object().unwrap() {
-        let expected = json_ids(ids);
+        let expected = common::json_ids(ids);
         assert_eq!(engine.tokenize(text), expected, "{text:?}");
     }
     for (index, prompt) in guard_prompts().into_iter().enumerate() {
@@ -304,7 +296,7 @@ fn tokens_and_greedy_text_match_llama_cpp_python() {
         // Up to end of text: the same tokens and the same stop, or a parting no earlier than the
         // near-tie above (end of text is one of the tokens there).
         let ours = common::generate_one(&mut engine, &prompt, greedy(40));
-        let python = json_ids(&reference["greedy"][index]);
+        let python = common::json_ids(&reference["greedy"][index]);
         match parting(&ours.token_ids, &python) {
             None => {
                 assert_eq!(ours.token_ids, python, "prompt {index}");
@@ -339,8 +331,8 @@ fn parting(ours: &[u32], theirs: &[u32]) -> Option<usize> {
 /// Where our 40 tokens past end of text part from the reference's for prompt `index`, if they
 /// do; a parting must be at a near-tie of the reference's, with our token its runner-up.
 fn near_tie_parting(ours: &[u32], reference: &serde_json::Value, index: usize) -> Option<usize> {
-    let python = json_ids(&reference["greedy_past_end"][index]);
-    let runner_up = json_ids(&reference["greedy_past_end_runner_up"][index]);
+    let python = common::json_ids(&reference["greedy_past_end"][index]);
+    let runner_up = common::json_ids(&reference["greedy_past_end_runner_up"][index]);
     let margins: Vec<f64> = reference["greedy_past_end_margin"][index]
         .as_array()
         .unwrap()

@@ -348,3 +348,13 @@ pub fn write_smollm2_tokenizer(dir: &Path) -> Option<()> {
     .unwrap();
     Some(())
 }
+
+/// Token ids from a JSON array.
+pub fn json_ids(value: &serde_json::Value) -> Vec<u32> {
+    value
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i.as_u64().unwrap() as u32)
+        .collect()
+}
