@@ -2,7 +2,8 @@
 # `guardreasoner convert` beside llama.cpp's own convert_hf_to_gguf.py on a Llama-3.2-1B-shaped
 # checkpoint (1.24 B parameters, bf16, two shards, random weights, the Llama 3 tokenizer): time
 # and peak resident memory of each, interleaved, the page cache dropped before each run, and
-# whether the files are identical. Then the other types, and loading.
+# whether the files are identical. Then the other types, and loading (candle on the directory,
+# llama.cpp on the file, and through the models cache). The page cache is dropped only as root.
 #
 #     scripts/bench/convert_compare.sh [ROUNDS]
 #
@@ -81,4 +82,11 @@ ls -l "$work"/*.gguf
 timed "check on candle (safetensors, f32 on the CPU)" "$bin" check --model "$model" --backend candle \
     --prompt hello --max-new-tokens 1 --context 256
 timed "check on llama.cpp (the Q8_0 file)" "$bin" check --model "$work/ours.q8_0.gguf" \
+    --prompt hello --max-new-tokens 1 --context 256
+rm -rf "$work/cache"
+timed "check --backend llama-cpp on the directory, first use (converts into the cache)" \
+    env GUARDREASONER_MODELS_DIR="$work/cache" "$bin" check --model "$model" --backend llama-cpp \
+    --prompt hello --max-new-tokens 1 --context 256
+timed "check --backend llama-cpp on the directory, the conversion cached" \
+    env GUARDREASONER_MODELS_DIR="$work/cache" "$bin" check --model "$model" --backend llama-cpp \
     --prompt hello --max-new-tokens 1 --context 256

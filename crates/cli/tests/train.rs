@@ -168,11 +168,11 @@ fn sft_resumes_exactly_exports_to_gguf_and_feeds_dpo_and_mining() {
         "f16",
     ]));
     {
-        use guardreasoner_engine::backends::candle::load::GgufWeights;
+        use guardreasoner_engine::backends::candle::load::Weights;
         use guardreasoner_engine::backends::candle::{CandleEngine, CandleOptions};
         let options = CandleOptions {
             context_per_sequence: 256,
-            gguf_weights: GgufWeights::Dequantized,
+            weights: Weights::F32,
             device: guardreasoner_engine::DeviceSpec::Cpu,
         };
         let from_dir = CandleEngine::load_dir(&straight, options.clone()).unwrap();

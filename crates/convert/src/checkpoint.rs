@@ -42,9 +42,11 @@ impl Checkpoint {
         let mut entries = Vec::new();
         for (index, path) in shards.iter().enumerate() {
             let file = File::open(path).map_err(ConvertError::io(path))?;
-            // SAFETY: the map is read-only; a file changed underneath a conversion gives wrong
-            // bytes in the output, never unsafety in safe code that reads the slice (the same
-            // contract as candle's and safetensors' own loaders).
+            // SAFETY: a read-only shared map of a file that must not be modified in place while
+            // it is open: a file truncated underneath would fault (SIGBUS), one rewritten in place
+            // would change bytes behind a `&[u8]`. Hugging Face's tools, hf-hub and our trainer
+            // replace checkpoint files by writing a new file and renaming it, which leaves this
+            // map's file intact; the same contract as candle's and safetensors' own loaders.
             let map = unsafe { Mmap::map(&file) }.map_err(ConvertError::io(path))?;
             let tensors = SafeTensors::deserialize(&map).map_err(|e| {
                 ConvertError::file(path, format!("not a readable safetensors file: {e}"))
@@ -97,9 +99,10 @@ impl Checkpoint {
         name: &str,
         f: impl FnOnce(Dtype, &[u8]) -> Result<T, ConvertError>,
     ) -> Result<T, ConvertError> {
-        let entry = self
-            .get(name)
-            .ok_or_else(|| ConvertError::file(&self.shards[0], format!("no tensor `{name}`")))?;
+        let entry = self.get(name).ok_or_else(|| {
+            let dir = self.shards[0].parent().unwrap_or(Path::new("."));
+            ConvertError::file(dir, format!("the checkpoint has no tensor `{name}`"))
+        })?;
         let path = &self.shards[entry.shard];
         let tensors = SafeTensors::deserialize(&self.maps[entry.shard])
             .map_err(|e| ConvertError::file(path, e.to_string()))?;
@@ -162,8 +165,10 @@ impl Checkpoint {
         {
             let map = &self.maps[shard];
             let offset = bytes.as_ptr() as usize - map.as_ptr() as usize;
-            // SAFETY: a read-only, file-backed map: MADV_DONTNEED discards the pages, and a later
-            // read faults them in again from the file unchanged.
+            // SAFETY: `Mmap::map` makes a read-only MAP_SHARED file mapping, which has no private
+            // pages: MADV_DONTNEED only drops clean page-cache pages from this process, and a
+            // later read faults them in again from the file, unchanged (on a private writable
+            // map it would zero-fill; this is not one).
             let _ = unsafe {
                 map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset, bytes.len())
             };
@@ -190,6 +195,16 @@ fn shard_files(dir: &Path) -> Result<Vec<PathBuf>, ConvertError> {
             return Err(ConvertError::file(
                 &index_path,
                 "`weight_map` names no shard",
+            ));
+        }
+        // Shards are files of this directory: a name with a path in it is refused, not followed.
+        if let Some(bad) = names
+            .iter()
+            .find(|n| Path::new(n).components().count() != 1 || n.starts_with('.'))
+        {
+            return Err(ConvertError::file(
+                &index_path,
+                format!("`weight_map` names `{bad}`, which is not a file of this directory"),
             ));
         }
         let shards: Vec<PathBuf> = names.iter().map(|n| dir.join(n)).collect();

@@ -36,12 +36,10 @@ pub enum RopeScaling {
 /// What the converter needs of `config.json`.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// The file it came from.
+    /// The file it came from (errors name it).
     pub path: PathBuf,
     /// The whole file, for keys read by name.
     pub raw: serde_json::Value,
-    /// `architectures[0]`.
-    pub architecture: String,
     /// `vocab_size`.
     pub vocab_size: usize,
     /// `hidden_size`.
@@ -70,7 +68,6 @@ pub struct Config {
 
 #[derive(Deserialize)]
 struct Raw {
-    architectures: Option<Vec<String>>,
     vocab_size: usize,
     hidden_size: usize,
     intermediate_size: usize,
@@ -115,12 +112,10 @@ impl Config {
         }
         let raw: Raw = serde_json::from_value(value.clone())
             .map_err(|e| ConvertError::file(&path, format!("a Llama config needs {e}")))?;
-        let _ = raw.architectures;
         let rope_scaling = rope_scaling(&path, raw.rope_scaling.as_ref())?;
         let config = Self {
             path: path.clone(),
             raw: value,
-            architecture,
             vocab_size: raw.vocab_size,
             hidden_size: raw.hidden_size,
             intermediate_size: raw.intermediate_size,
@@ -134,23 +129,51 @@ impl Config {
             rope_scaling,
             tie_word_embeddings: raw.tie_word_embeddings,
         };
-        if config.heads == 0
-            || config.kv_heads == 0
-            || !config.heads.is_multiple_of(config.kv_heads)
-            || !config.head_dim().is_multiple_of(2)
-        {
-            return Err(ConvertError::file(
-                &path,
-                format!(
-                    "{} attention heads, {} key/value heads and head size {}: the heads must \
-                     split evenly into key/value groups and the head size be even",
-                    config.heads,
-                    config.kv_heads,
-                    config.head_dim()
-                ),
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Sizes a Llama can have: every count above zero and within GGUF's u32, heads that split
+    /// evenly into key/value groups, an even head size, and matrices whose sizes fit in memory
+    /// arithmetic (a config.json from elsewhere is not trusted).
+    fn check(&self) -> Result<(), ConvertError> {
+        let fail = |message: String| Err(ConvertError::file(&self.path, message));
+        let counts = [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.layers),
+            ("num_attention_heads", self.heads),
+            ("num_key_value_heads", self.kv_heads),
+            ("head_dim", self.head_dim()),
+        ];
+        for (field, value) in counts {
+            if value == 0 || value > 1 << 24 {
+                return fail(format!(
+                    "field `{field}` is {value}: a Llama's is between 1 and 16,777,216"
+                ));
+            }
+        }
+        if !self.heads.is_multiple_of(self.kv_heads) || !self.head_dim().is_multiple_of(2) {
+            return fail(format!(
+                "{} attention heads, {} key/value heads and head size {}: the heads must split \
+                 evenly into key/value groups and the head size be even",
+                self.heads,
+                self.kv_heads,
+                self.head_dim()
             ));
         }
-        Ok(config)
+        let largest = [
+            self.vocab_size.checked_mul(self.hidden_size),
+            self.heads
+                .checked_mul(self.head_dim())
+                .and_then(|q| q.checked_mul(self.hidden_size)),
+            self.intermediate_size.checked_mul(self.hidden_size),
+        ];
+        if largest.iter().any(|n| n.is_none_or(|n| n > 1 << 40)) {
+            return fail("the matrices these sizes make are too large for a Llama".into());
+        }
+        Ok(())
     }
 
     /// The size of one attention head.

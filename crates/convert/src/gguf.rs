@@ -207,11 +207,6 @@ impl<W: Write + Seek> Writer<W> {
         })
     }
 
-    /// The next tensor's description, if any is left.
-    pub fn next_tensor(&self) -> Option<&TensorInfo> {
-        self.tensors.get(self.next)
-    }
-
     /// Writes the next tensor's bytes (exactly its size) and the padding after them.
     pub fn tensor(&mut self, bytes: &[u8]) -> io::Result<()> {
         let Some(info) = self.tensors.get(self.next) else {

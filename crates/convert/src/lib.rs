@@ -4,7 +4,7 @@
 //! `tokenizer_config.json`, `chat_template.jinja`, `generation_config.json`) becomes one GGUF
 //! file with the metadata keys, tensor names, tensor order and bytes that llama.cpp's own
 //! `convert_hf_to_gguf.py` writes for it at f32, f16, bf16 or Q8_0 (tests compare the two on
-//! tiny Llama 3 and SmolLM2 models). Other quantizations are llama.cpp's quantizer's job, run on
+//! tiny Llama 3 and SmolLM2 models; a model card's descriptive keys are not carried). Other quantizations are llama.cpp's quantizer's job, run on
 //! this crate's output (the engine does that).
 //!
 //! - [`config`]: the hyperparameters, and the architecture check.

@@ -84,17 +84,6 @@ pub fn plan(
     out: OutType,
 ) -> Result<Vec<Planned>, ConvertError> {
     let mut planned = Vec::new();
-    if let RopeScaling::Llama3(rope) = &config.rope_scaling {
-        let factors = llama3_rope_factors(config, rope);
-        planned.push(Planned {
-            info: TensorInfo {
-                name: "rope_freqs.weight".into(),
-                shape: vec![factors.len() as u64],
-                kind: TensorType::F32,
-            },
-            source: Source::RopeFreqs(factors),
-        });
-    }
     for (name, entry) in &checkpoint.entries {
         // Precomputed RoPE tables some checkpoints carry; llama.cpp computes them.
         if name.ends_with(".rotary_emb.inv_freq") {
@@ -144,6 +133,21 @@ pub fn plan(
                 format!("the checkpoint has no {needed} (Hugging Face: model.embed_tokens.weight / model.norm.weight)"),
             ));
         }
+    }
+    // Llama 3's RoPE factors come first in the file, computed now that the shapes are known good.
+    if let RopeScaling::Llama3(rope) = &config.rope_scaling {
+        let factors = llama3_rope_factors(config, rope);
+        planned.insert(
+            0,
+            Planned {
+                info: TensorInfo {
+                    name: "rope_freqs.weight".into(),
+                    shape: vec![factors.len() as u64],
+                    kind: TensorType::F32,
+                },
+                source: Source::RopeFreqs(factors),
+            },
+        );
     }
     if !config.tie_word_embeddings && !planned.iter().any(|p| p.info.name == "output.weight") {
         return Err(ConvertError::file(
@@ -211,8 +215,13 @@ fn tensor_type(gguf: &str, shape: &[u64], out: OutType) -> TensorType {
 }
 
 /// llama.cpp's Q/K row order: within each head, the two halves of the rotary pairs
-/// interleaved (`convert_hf_to_gguf.py`'s `permute`).
-pub fn permute_rows(values: &[f32], rows: usize, columns: usize, heads: usize) -> Vec<f32> {
+/// interleaved (`convert_hf_to_gguf.py`'s `permute`). `rows` must be `heads` times an even head
+/// size, as [`plan`] has checked against config.json.
+pub(crate) fn permute_rows(values: &[f32], rows: usize, columns: usize, heads: usize) -> Vec<f32> {
+    assert!(
+        rows.is_multiple_of(2 * heads) && values.len() == rows * columns,
+        "permute_rows: {rows} rows do not split into {heads} heads of rotary pairs"
+    );
     let half = rows / heads / 2;
     let mut out = Vec::with_capacity(values.len());
     for head in 0..heads {

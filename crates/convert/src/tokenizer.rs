@@ -4,7 +4,7 @@
 //! name, the special token ids, whether BOS/EOS/SEP are added, and the chat template.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde_json::Value as Json;
 use sha2::{Digest, Sha256};
@@ -519,18 +519,4 @@ fn token_content(value: &Json) -> Option<String> {
         Json::Object(o) => o.get("content").and_then(|c| c.as_str()).map(String::from),
         _ => None,
     }
-}
-
-/// The files of a model directory the tokenizer metadata is read from, for fingerprints.
-pub fn files(dir: &Path) -> Vec<PathBuf> {
-    [
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "chat_template.jinja",
-        "chat_template.json",
-    ]
-    .iter()
-    .map(|f| dir.join(f))
-    .filter(|p| p.is_file())
-    .collect()
 }

@@ -95,6 +95,10 @@ pub fn convert(
             dir, out, direct, name, progress,
         )?);
     }
+    if !cfg!(feature = "llama-cpp") {
+        // Said before a conversion that would be for nothing.
+        return Err(quantizer_missing(dir));
+    }
     // Quantized by llama.cpp from a lossless-enough intermediate: bf16 for bf16 checkpoints
     // (Llama 3's), f16 otherwise.
     let checkpoint = guardreasoner_convert::checkpoint::Checkpoint::open(dir)?;
@@ -113,7 +117,8 @@ pub fn convert(
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let intermediate = out.with_file_name(format!(
-        ".{file_name}.{}.intermediate",
+        ".{file_name}.{}.{}.intermediate",
+        std::process::id(),
         intermediate_type.name()
     ));
     let result =
@@ -145,17 +150,26 @@ fn quantize_q4_k_m(input: &Path, out: &Path, threads: usize) -> Result<(), Engin
 
 #[cfg(not(feature = "llama-cpp"))]
 fn quantize_q4_k_m(input: &Path, _: &Path, _: usize) -> Result<(), EngineError> {
-    Err(EngineError::InvalidModel {
-        path: input.to_path_buf(),
-        message: "Q4_K_M is made by llama.cpp's quantizer; rebuild with the `llama-cpp` feature"
-            .into(),
-    })
+    Err(quantizer_missing(input))
 }
+
+fn quantizer_missing(path: &Path) -> EngineError {
+    EngineError::InvalidModel {
+        path: path.to_path_buf(),
+        message: "Q4_K_M is made by llama.cpp's quantizer; this build leaves llama.cpp out (rebuild with the `llama-cpp` feature)".into(),
+    }
+}
+
+/// Bumped whenever the converter's output for the same input changes, so that conversions
+/// already in the cache are made again.
+const CONVERTER_REVISION: u32 = 1;
 
 /// The cached GGUF of the model directory `dir` (known to users as `label`: a repo id, or the
 /// directory), converting it into the models cache the first time. A conversion is reused while
-/// its record matches the directory's files (names, sizes, the small files' contents and every
-/// shard's header), the type and this converter's version; otherwise it is made again.
+/// its record matches the directory's files (names, sizes, modification times, the small files'
+/// contents and every shard's header), the type and the converter's revision; otherwise it is
+/// made again, and the conversions it supersedes are removed. Processes converting the same
+/// model take turns (a lock file), so the second finds the first's file.
 pub fn cached(
     dir: &Path,
     label: &str,
@@ -171,16 +185,37 @@ pub fn cached(
     let target = folder.join(format!("{}.{}.gguf", &fingerprint[..16], kind.name()));
     let record_path = target.with_extension("gguf.json");
     let io = |context: String| move |source| EngineError::Io { context, source };
-    if let (Ok(record), Ok(meta)) = (
-        std::fs::read_to_string(&record_path),
-        std::fs::metadata(&target),
-    ) {
-        let record: serde_json::Value = serde_json::from_str(&record).unwrap_or_default();
-        if record["fingerprint"] == fingerprint.as_str() && record["bytes"] == meta.len() {
-            return Ok(target);
-        }
+    let reusable = || {
+        let record = std::fs::read_to_string(&record_path).ok()?;
+        let record: serde_json::Value = serde_json::from_str(&record).ok()?;
+        let bytes = std::fs::metadata(&target).ok()?.len();
+        (record["fingerprint"] == fingerprint.as_str() && record["bytes"] == bytes).then_some(())
+    };
+    if reusable().is_some() {
+        return Ok(target);
     }
     std::fs::create_dir_all(&folder).map_err(io(format!("creating {}", folder.display())))?;
+    let lock_path = folder.join(".lock");
+    let lock = std::fs::File::create(&lock_path)
+        .map_err(io(format!("creating {}", lock_path.display())))?;
+    lock.lock()
+        .map_err(io(format!("locking {}", lock_path.display())))?;
+    // Another process may have converted it while this one waited.
+    if reusable().is_some() {
+        return Ok(target);
+    }
+    // Under the lock no other conversion of this model is running: what a killed one left,
+    // and the conversions this one supersedes, can go.
+    for entry in std::fs::read_dir(&folder).into_iter().flatten().flatten() {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        let leftover = file.starts_with('.')
+            && (file.ends_with(".partial") || file.ends_with(".intermediate"));
+        let superseded = file.ends_with(&format!(".{}.gguf", kind.name()))
+            || file.ends_with(&format!(".{}.gguf.json", kind.name()));
+        if leftover || superseded {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
     eprintln!(
         "converting {label} to GGUF ({}) for llama.cpp, once, into {}",
         kind.name(),
@@ -193,10 +228,13 @@ pub fn cached(
         "type": kind.name(),
         "fingerprint": fingerprint,
         "bytes": report.bytes,
-        "converter": concat!("guardreasoner ", env!("CARGO_PKG_VERSION")),
+        "converter": format!("guardreasoner {} (converter revision {CONVERTER_REVISION})", env!("CARGO_PKG_VERSION")),
     });
-    std::fs::write(&record_path, format!("{record:#}\n"))
+    let partial = record_path.with_extension(format!("json.{}.partial", std::process::id()));
+    std::fs::write(&partial, format!("{record:#}\n"))
+        .and_then(|()| std::fs::rename(&partial, &record_path))
         .map_err(io(format!("writing {}", record_path.display())))?;
+    drop(lock);
     Ok(target)
 }
 
@@ -216,12 +254,13 @@ fn sanitize(label: &str) -> String {
         .to_string()
 }
 
-/// SHA-256 over what decides a conversion's bytes, read cheaply: the converter's version, the
-/// type, and for each file its name and size, the small files' contents, and each shard's
-/// header (names, shapes, offsets).
+/// SHA-256 over what decides a conversion's bytes, read cheaply: the converter's revision, the
+/// type, and for each file its name, size and modification time (a model saved again with new
+/// weights has the same header and size), the small files' contents, and each shard's header
+/// (names, shapes, offsets).
 fn fingerprint(dir: &Path, kind: GgufType) -> Result<String, EngineError> {
     let mut hash = Sha256::new();
-    hash.update(env!("CARGO_PKG_VERSION"));
+    hash.update(CONVERTER_REVISION.to_le_bytes());
     hash.update(kind.name());
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|source| EngineError::Io {
@@ -238,9 +277,19 @@ fn fingerprint(dir: &Path, kind: GgufType) -> Result<String, EngineError> {
             .unwrap_or_default()
             .to_string_lossy()
             .into_owned();
-        let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        let meta = std::fs::metadata(&path).map_err(|source| EngineError::Io {
+            context: format!("reading {}", path.display()),
+            source,
+        })?;
+        let size = meta.len();
+        let modified = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
         hash.update(name.as_bytes());
         hash.update(size.to_le_bytes());
+        hash.update(modified.to_le_bytes());
         let read = |len: Option<usize>| -> Result<Vec<u8>, EngineError> {
             use std::io::Read;
             let mut file = std::fs::File::open(&path).map_err(|source| EngineError::Io {

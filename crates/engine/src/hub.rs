@@ -21,13 +21,21 @@ fn hub_error(
 
 /// Files a model directory may have beside `config.json`, `tokenizer.json` and the weights:
 /// end-of-generation ids and sampling defaults, the special tokens and the chat template (in
-/// `tokenizer_config.json`, or on its own in `chat_template.jinja` since transformers 4.43).
+/// `tokenizer_config.json`, or on its own in `chat_template.jinja`, as newer transformers versions
+/// save it).
 pub const OPTIONAL_FILES: [&str; 4] = [
     "generation_config.json",
     "tokenizer_config.json",
     "special_tokens_map.json",
     "chat_template.jinja",
 ];
+
+/// Whether the Hub answered that the file is not in the repository (404). hf-hub's HTTP client
+/// is a ureq of its own version, so its status is read from the error's text
+/// (`<url>: status code 404`).
+fn is_not_found(error: &hf_hub::api::sync::ApiError) -> bool {
+    matches!(error, hf_hub::api::sync::ApiError::RequestError(e) if e.to_string().ends_with("status code 404"))
+}
 
 /// Downloads what a Llama model directory needs (`config.json`, `tokenizer.json`, the
 /// safetensors weights, sharded or not, and each of [`OPTIONAL_FILES`] the repository has) and
@@ -46,9 +54,13 @@ pub fn download(repo: &str) -> Result<PathBuf, EngineError> {
     let config = get("config.json")?;
     get("tokenizer.json")?;
     for file in OPTIONAL_FILES {
-        // Absent from many repositories; a repository that has one and fails to serve it is
-        // caught by what reads the directory (no chat template, say).
-        let _ = model.get(file);
+        // Absent from many repositories, which is fine; any other failure (a 5xx, a timeout, a
+        // refused token) would leave the model without its chat template or special tokens.
+        if let Err(error) = model.get(file) {
+            if !is_not_found(&error) {
+                return Err(hub_error(repo, file, error));
+            }
+        }
     }
     match model.get("model.safetensors.index.json") {
         Ok(index) => {

@@ -198,13 +198,18 @@ fn plan(options: &LoadOptions) -> Result<Plan, EngineError> {
         (ModelLocation::HuggingFaceRepo(repo), Backend::Candle) => {
             Plan::CandleDir(crate::hub::download(&repo)?)
         }
+        // Without llama.cpp in the build, candle runs repos as before.
+        (ModelLocation::HuggingFaceRepo(repo), Backend::Auto) if !cfg!(feature = "llama-cpp") => {
+            Plan::CandleDir(crate::hub::download(&repo)?)
+        }
         // A repo is converted to GGUF once, into the models cache, and runs on llama.cpp.
         (ModelLocation::HuggingFaceRepo(repo), _) => {
             let dir = crate::hub::download(&repo)?;
             Plan::LlamaCpp(to_gguf(&dir, &repo, Some(&repo))?)
         }
         // A local directory (a model being trained, say) runs on candle unless llama.cpp is
-        // asked for; then it is converted into the cache too, and again whenever it changes.
+        // asked for; then it is converted into the cache too, and again whenever its files
+        // change (names, sizes, modification times, headers).
         (ModelLocation::HuggingFaceDir(path), Backend::LlamaCpp) => {
             let label = path
                 .canonicalize()
@@ -220,14 +225,26 @@ fn plan(options: &LoadOptions) -> Result<Plan, EngineError> {
 /// What `options` asked that the loaded backend (`info`) does not do, said in the options' words
 /// (`--batch-size 4` on candle, which runs one sequence at a time): callers print or log each.
 pub fn ignored(options: &LoadOptions, info: &crate::ModelInfo) -> Vec<String> {
+    let defaults = LoadOptions::default();
     let mut notes = Vec::new();
-    if options.backend != Backend::Openai && options.batch_size > info.max_batch {
+    // A default the user did not choose is not worth a note.
+    if options.backend != Backend::Openai
+        && options.batch_size > info.max_batch
+        && options.batch_size != defaults.batch_size
+    {
         notes.push(format!(
             "the {} backend runs {} sequence{} at a time: batch size {} is ignored (llama.cpp, the default for GGUF files and Hugging Face repos, batches)",
             info.backend,
             info.max_batch,
             if info.max_batch == 1 { "" } else { "s" },
             options.batch_size
+        ));
+    }
+    let converted = Path::new(&info.source).starts_with(model::models_dir().join("converted"));
+    if options.quant != defaults.quant && options.backend != Backend::Openai && !converted {
+        notes.push(format!(
+            "--quant {} applies to Hugging Face models converted for llama.cpp; this model was not converted, so it is ignored",
+            options.quant
         ));
     }
     if info.backend == "candle" {
@@ -400,18 +417,26 @@ mod tests {
             max_batch: 1,
             device: "cpu".into(),
         };
+        // Defaults the user did not choose are not noted.
+        assert!(ignored(&LoadOptions::default(), &info).is_empty());
         let options = LoadOptions {
-            batch_size: 4,
+            batch_size: 8,
             flash_attention: FlashAttention::On,
+            quant: GgufType::Q4KM,
             ..LoadOptions::default()
         };
         let notes = ignored(&options, &info);
-        assert_eq!(notes.len(), 2, "{notes:?}");
-        assert!(notes[0].contains("batch size 4 is ignored"), "{notes:?}");
-        assert!(notes[1].contains("flash attention `on`"), "{notes:?}");
+        assert_eq!(notes.len(), 3, "{notes:?}");
+        assert!(notes[0].contains("batch size 8 is ignored"), "{notes:?}");
+        assert!(notes[1].contains("--quant q4_k_m"), "{notes:?}");
+        assert!(notes[2].contains("flash attention `on`"), "{notes:?}");
         let llama = crate::ModelInfo {
             backend: "llama.cpp",
-            max_batch: 4,
+            max_batch: 8,
+            source: model::models_dir()
+                .join("converted/x/y.q4_k_m.gguf")
+                .display()
+                .to_string(),
             ..info
         };
         assert!(ignored(&options, &llama).is_empty());

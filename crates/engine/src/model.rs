@@ -19,7 +19,7 @@ pub const DEFAULT_MODEL: &str = "guardreasoner-1b";
 pub enum ModelLocation {
     /// A GGUF file (llama.cpp, or candle's quantized model).
     Gguf(PathBuf),
-    /// A Hugging Face model directory: `config.json`, `tokenizer.json`, `*.safetensors`.
+    /// A Hugging Face model directory: `config.json`, `tokenizer.json`, `model*.safetensors`.
     HuggingFaceDir(PathBuf),
     /// A Hugging Face Hub repository id, not yet downloaded.
     HuggingFaceRepo(String),
@@ -126,7 +126,8 @@ pub fn resolve(spec: &str) -> Result<ModelLocation, EngineError> {
         }
         return Err(EngineError::InvalidModel {
             path: path.to_path_buf(),
-            message: "a model directory needs config.json, tokenizer.json and *.safetensors".into(),
+            message: "a model directory needs config.json, tokenizer.json and model*.safetensors"
+                .into(),
         });
     }
     let looks_like_repo =

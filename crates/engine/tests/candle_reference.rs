@@ -7,7 +7,7 @@ mod common;
 use std::collections::HashMap;
 
 use candle_core::{Device, Tensor};
-use guardreasoner_engine::backends::candle::load::GgufWeights;
+use guardreasoner_engine::backends::candle::load::Weights;
 use guardreasoner_engine::backends::candle::tokenizer::GuardTokenizer;
 use guardreasoner_engine::backends::candle::{CandleEngine, CandleOptions};
 use guardreasoner_engine::{DeviceSpec, Generate, SamplingParams};
@@ -77,7 +77,7 @@ fn smollm2_f32_matches_transformers_logits_tokens_and_greedy_text() {
     let options = CandleOptions {
         device: DeviceSpec::Cpu,
         context_per_sequence: 512,
-        gguf_weights: GgufWeights::Dequantized,
+        weights: Weights::F32,
     };
     let mut engine = CandleEngine::load_gguf(&path, options).unwrap();
     let reference = reference("smollm2_reference.safetensors");

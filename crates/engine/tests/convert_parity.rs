@@ -1,8 +1,9 @@
 //! `guardreasoner convert` against llama.cpp's own converter (`convert_hf_to_gguf.py`, summarised
-//! by `scripts/fixtures/reference_convert.py`): the same file byte for byte at f16, bf16 and Q8_0
+//! by `scripts/fixtures/reference_convert.py`): the same file byte for byte at f32, f16, bf16 and Q8_0
 //! on a tiny Llama-3-shaped model with the real Llama 3 tokenizer and a tiny SmolLM2-shaped one;
 //! the same token ids and greedy tokens from llama.cpp; and llama.cpp on the converted file
 //! agreeing with candle on the safetensors.
+#![cfg(all(feature = "candle", feature = "llama-cpp"))]
 
 mod common;
 
@@ -91,7 +92,7 @@ fn converted_files_are_byte_identical_to_llama_cpp_converter() {
         if common::write_convert_model(&model, name, None).is_none() {
             return;
         }
-        for kind in ["f16", "bf16", "q8_0"] {
+        for kind in ["f32", "f16", "bf16", "q8_0"] {
             let expected = &reference["models"][name][kind];
             let out = dir.path().join(format!("{name}.{kind}.gguf"));
             let report = convert(
@@ -118,7 +119,7 @@ fn converted_files_are_byte_identical_to_llama_cpp_converter() {
             compared += 1;
         }
     }
-    assert_eq!(compared, 6);
+    assert_eq!(compared, 8);
 }
 
 fn llama_cpp(path: &Path) -> LlamaCppEngine {

@@ -115,6 +115,21 @@ fn a_repo_id_downloads_into_the_hf_cache_and_loads() {
 
     // With the default backend the repo runs on llama.cpp: converted to Q8_0 once, into the
     // models cache, and reused after.
+    #[cfg(feature = "llama-cpp")]
+    runs_on_llama_cpp_through_a_cached_conversion(template);
+
+    // A repo the server does not have is an error naming it.
+    let error = guardreasoner_engine::hub::download("test-org/absent")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("test-org/absent") && error.contains("config.json"),
+        "{error}"
+    );
+}
+
+#[cfg(feature = "llama-cpp")]
+fn runs_on_llama_cpp_through_a_cached_conversion(template: &str) {
     let models = tempfile::tempdir().unwrap();
     std::env::set_var(guardreasoner_engine::model::MODELS_DIR_ENV, models.path());
     let options = guardreasoner_engine::load::LoadOptions {
@@ -162,14 +177,5 @@ fn a_repo_id_downloads_into_the_hf_cache_and_loads() {
             .unwrap(),
         written,
         "the second load reuses the conversion"
-    );
-
-    // A repo the server does not have is an error naming it.
-    let error = guardreasoner_engine::hub::download("test-org/absent")
-        .unwrap_err()
-        .to_string();
-    assert!(
-        error.contains("test-org/absent") && error.contains("config.json"),
-        "{error}"
     );
 }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor, Var};
 use guardreasoner_engine::backends::candle::llama::{Llama, LlamaConfig, RopeLayout, Weight};
-use guardreasoner_engine::backends::candle::load::GgufWeights;
+use guardreasoner_engine::backends::candle::load::Weights;
 use guardreasoner_engine::backends::candle::tokenizer::GuardTokenizer;
 use guardreasoner_engine::backends::candle::{CandleEngine, CandleOptions};
 use guardreasoner_engine::model::{self, ModelLocation};
@@ -115,7 +115,7 @@ impl TrainModel {
     ) -> Result<Self, TrainError> {
         let options = CandleOptions {
             context_per_sequence: max_positions,
-            gguf_weights: GgufWeights::Dequantized,
+            weights: Weights::F32,
             device,
         };
         let (engine, origin) = match model::resolve(spec)? {

@@ -4,8 +4,9 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use clap::{Subcommand, ValueEnum};
+use clap::Subcommand;
 use guardreasoner_engine::backends::candle::{CandleEngine, CandleOptions};
+use guardreasoner_engine::convert::GgufType;
 use guardreasoner_engine::DeviceSpec;
 
 #[derive(Subcommand)]
@@ -37,15 +38,6 @@ pub struct LlamaFactoryArgs {
     gpus: usize,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum GgufType {
-    F16,
-    #[value(name = "q8_0")]
-    Q8_0,
-    #[value(name = "q4_k_m")]
-    Q4KM,
-}
-
 #[derive(clap::Args)]
 pub struct GgufArgs {
     /// The model directory (Hugging Face layout) written by `train sft` or `train dpo`.
@@ -54,7 +46,9 @@ pub struct GgufArgs {
     /// The GGUF file to write.
     #[arg(long)]
     out: PathBuf,
-    #[arg(long = "type", value_enum, default_value_t = GgufType::Q8_0)]
+    /// The weights' type: `q8_0`, `q4_k_m` or `f16`; a model that began as safetensors also
+    /// takes `bf16` and `f32`.
+    #[arg(long = "type", default_value = "q8_0")]
     kind: GgufType,
     /// The GGUF file whose metadata (tokenizer, chat template) to use; default: the file the
     /// training started from, as the model directory records it. A model that started from
@@ -77,11 +71,7 @@ fn gguf(args: GgufArgs) -> Result<()> {
         .or_else(|| guardreasoner_train::export::gguf::origin_of(&args.model))
     else {
         // A model that began as Hugging Face safetensors: the converter maps its tokenizer.
-        let kind = match args.kind {
-            GgufType::F16 => guardreasoner_engine::convert::GgufType::F16,
-            GgufType::Q8_0 => guardreasoner_engine::convert::GgufType::Q8_0,
-            GgufType::Q4KM => guardreasoner_engine::convert::GgufType::Q4KM,
-        };
+        let kind = args.kind;
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         let report = guardreasoner_engine::convert::convert(
             &args.model,
@@ -99,6 +89,13 @@ fn gguf(args: GgufArgs) -> Result<()> {
         );
         return Ok(());
     };
+    if matches!(args.kind, GgufType::F32 | GgufType::Bf16) {
+        bail!(
+            "--type {}: a model trained from a GGUF file is written as f16 (then quantized); \
+             choose f16, q8_0 or q4_k_m",
+            args.kind
+        );
+    }
     let engine = CandleEngine::load_dir(
         &args.model,
         CandleOptions {
@@ -119,9 +116,9 @@ fn gguf(args: GgufArgs) -> Result<()> {
     {
         use guardreasoner_engine::backends::llama_cpp::{quantize, Quantization};
         let quantization = match args.kind {
-            GgufType::F16 => None,
             GgufType::Q8_0 => Some(Quantization::Q8_0),
             GgufType::Q4KM => Some(Quantization::Q4KM),
+            _ => None,
         };
         if let Some(quantization) = quantization {
             let threads = std::thread::available_parallelism().map_or(1, |n| n.get());

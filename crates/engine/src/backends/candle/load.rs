@@ -20,15 +20,16 @@ fn invalid(path: &Path, message: impl Into<String>) -> EngineError {
     }
 }
 
-/// Whether dense weights stay quantized (fast inference) or are dequantized to f32 (exact
-/// comparisons, training).
+/// Whether matrices keep the precision they are stored in (fast, compact inference) or become
+/// f32 (exact comparisons, training: its gradients and optimizer are f32).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum GgufWeights {
-    /// Keep quantized matrices quantized.
+pub enum Weights {
+    /// Quantized GGUF matrices stay quantized; on a GPU, bf16/f16 safetensors matrices stay
+    /// half precision (on the CPU they are f32 either way: candle has no bf16 CPU kernel).
     #[default]
-    Quantized,
-    /// Dequantize everything to f32.
-    Dequantized,
+    AsStored,
+    /// Everything f32.
+    F32,
 }
 
 /// A GGUF file read into memory: metadata and the llama model.
@@ -42,7 +43,7 @@ pub struct GgufModel {
 /// Loads a Llama-architecture GGUF file.
 pub fn load_gguf(
     path: &Path,
-    weights: GgufWeights,
+    weights: Weights,
     max_positions: usize,
     device: &Device,
 ) -> Result<GgufModel, EngineError> {
@@ -125,7 +126,7 @@ pub fn load_gguf(
     let candle_error = |e: candle_core::Error| invalid(path, e.to_string());
     let matrix = |t: candle_core::quantized::QTensor| -> Result<Weight, EngineError> {
         let dense = matches!(t.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
-        if weights == GgufWeights::Dequantized || dense {
+        if weights == Weights::F32 || dense {
             Ok(Weight::Dense(t.dequantize(device).map_err(candle_error)?))
         } else {
             Ok(Weight::Quantized(Arc::new(
@@ -137,8 +138,8 @@ pub fn load_gguf(
 
     let embedding_q = tensor("token_embd.weight")?;
     let embedding_table = match weights {
-        GgufWeights::Dequantized => embedding_q.dequantize(device).map_err(candle_error)?,
-        GgufWeights::Quantized => embedding_q.dequantize_f16(device).map_err(candle_error)?,
+        Weights::F32 => embedding_q.dequantize(device).map_err(candle_error)?,
+        Weights::AsStored => embedding_q.dequantize_f16(device).map_err(candle_error)?,
     };
     let lm_head = match tensor("output.weight") {
         Ok(output) => matrix(output)?,
@@ -278,6 +279,7 @@ pub fn load_safetensors_dir(
     dir: &Path,
     max_positions: usize,
     device: &Device,
+    weights: Weights,
 ) -> Result<Llama, EngineError> {
     let config_path = dir.join("config.json");
     let text =
@@ -332,7 +334,7 @@ pub fn load_safetensors_dir(
     };
 
     let shards = guardreasoner_convert::checkpoint::Checkpoint::open(dir)?;
-    let keep_half = device.is_cuda();
+    let keep_half = device.is_cuda() && weights == Weights::AsStored;
     // One tensor at a time out of the maps, its pages released after: loading holds the model
     // and one tensor, not the checkpoint beside it.
     let take = |name: &str, shape: &[usize], matrix: bool| -> Result<Tensor, EngineError> {

@@ -13,7 +13,7 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 
 use self::llama::{KvCache, Llama};
-use self::load::{load_gguf, load_safetensors_dir, GgufWeights};
+use self::load::{load_gguf, load_safetensors_dir, Weights};
 use self::tokenizer::GuardTokenizer;
 use crate::chat_template::ChatTemplate;
 use crate::device::{cuda_not_built, DeviceSpec, CUDA_BUILT};
@@ -44,8 +44,8 @@ fn tensor_error(error: candle_core::Error) -> EngineError {
 pub struct CandleOptions {
     /// Tokens one sequence may hold, prompt and generation together.
     pub context_per_sequence: usize,
-    /// For GGUF files: keep matrices quantized, or dequantize to f32.
-    pub gguf_weights: GgufWeights,
+    /// Matrices as stored (quantized GGUF; half-precision safetensors on a GPU), or f32.
+    pub weights: Weights,
     /// Where the model runs.
     pub device: DeviceSpec,
 }
@@ -54,7 +54,7 @@ impl Default for CandleOptions {
     fn default() -> Self {
         Self {
             context_per_sequence: 4096,
-            gguf_weights: GgufWeights::Quantized,
+            weights: Weights::AsStored,
             device: DeviceSpec::Auto,
         }
     }
@@ -107,12 +107,7 @@ impl CandleEngine {
             });
         }
         let device = candle_device(options.device)?;
-        let loaded = load_gguf(
-            path,
-            options.gguf_weights,
-            options.context_per_sequence,
-            &device,
-        )?;
+        let loaded = load_gguf(path, options.weights, options.context_per_sequence, &device)?;
         let tokenizer = GuardTokenizer::from_gguf(path, &loaded.metadata)?;
         let mut engine = Self::assemble(loaded.llama, tokenizer, path, device)?;
         engine.chat_template = gguf_chat_template(&loaded.metadata)?;
@@ -123,7 +118,8 @@ impl CandleEngine {
     /// Loads a Hugging Face model directory: `config.json`, `tokenizer.json`, `*.safetensors`.
     pub fn load_dir(dir: &Path, options: CandleOptions) -> Result<Self, EngineError> {
         let device = candle_device(options.device)?;
-        let model = load_safetensors_dir(dir, options.context_per_sequence, &device)?;
+        let model =
+            load_safetensors_dir(dir, options.context_per_sequence, &device, options.weights)?;
         let tokenizer = GuardTokenizer::from_file(&dir.join("tokenizer.json"), eos_ids(dir))?;
         let mut engine = Self::assemble(model, tokenizer, dir, device)?;
         engine.chat_template = config_chat_template(dir, &engine.tokenizer)?;
@@ -330,8 +326,8 @@ fn gguf_chat_template(
 
 /// The chat template of a Hugging Face directory: `tokenizer_config.json`'s `chat_template` (a
 /// string or a list of named templates, of which `default` is used), else `chat_template.jinja`
-/// (where transformers 4.43 and later save it), as transformers and llama.cpp's converter read
-/// them.
+/// (where newer transformers versions save it). This is the precedence of llama.cpp's converter,
+/// so both backends render the same template for the same directory.
 fn config_chat_template(
     dir: &Path,
     tokenizer: &GuardTokenizer,

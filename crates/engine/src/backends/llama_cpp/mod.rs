@@ -148,7 +148,12 @@ pub fn quantize(
         std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
             .map_err(|_| backend_error(format!("{}: a path with a NUL byte", path.display())))
     };
-    let partial = output.with_extension("gguf.partial");
+    // Hidden and unique to this process: two quantizations to one path never share it.
+    let file_name = output
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let partial = output.with_file_name(format!(".{file_name}.{}.partial", std::process::id()));
     let (c_input, c_partial) = (c_path(input)?, c_path(&partial)?);
     // SAFETY: default parameters from llama.cpp itself; the two paths outlive the call.
     let status = unsafe {
