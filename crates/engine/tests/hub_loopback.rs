@@ -11,8 +11,8 @@ use std::thread;
 use guardreasoner_engine::backends::candle::{CandleEngine, CandleOptions};
 
 /// Serves `root/<file>` at `/<repo>/resolve/main/<file>` with the headers hf-hub reads (commit,
-/// etag, content range), and byte ranges.
-fn serve_hub(root: PathBuf, repo: &'static str) -> String {
+/// etag, content range), and byte ranges; the files in `broken` answer 500.
+fn serve_hub(root: PathBuf, repo: &'static str, broken: &'static [&'static str]) -> String {
     let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
     let base = format!("http://{}", server.server_addr().to_ip().unwrap());
     thread::spawn(move || {
@@ -22,6 +22,10 @@ fn serve_hub(root: PathBuf, repo: &'static str) -> String {
                 let _ = request.respond(tiny_http::Response::empty(404));
                 continue;
             };
+            if broken.contains(&file.as_str()) {
+                let _ = request.respond(tiny_http::Response::empty(500));
+                continue;
+            }
             let Ok(bytes) = std::fs::read(root.join(&file)) else {
                 let _ = request.respond(tiny_http::Response::empty(404));
                 continue;
@@ -70,7 +74,12 @@ fn a_repo_id_downloads_into_the_hf_cache_and_loads() {
     // The chat template on its own, as transformers 4.43 and later save it.
     let template = "{% for m in messages %}<|start_header_id|>{{ m.role }}<|end_header_id|>\n\n{{ m.content }}<|eot_id|>{% endfor %}";
     std::fs::write(repo_dir.path().join("chat_template.jinja"), template).unwrap();
-    let base = serve_hub(repo_dir.path().to_path_buf(), "test-org/tiny-llama3");
+    let base = serve_hub(repo_dir.path().to_path_buf(), "test-org/tiny-llama3", &[]);
+    let broken = serve_hub(
+        repo_dir.path().to_path_buf(),
+        "test-org/tiny-llama3",
+        &["chat_template.jinja"],
+    );
     let hf_home = tempfile::tempdir().unwrap();
     // This test binary holds only this test, so setting the process environment is safe.
     std::env::set_var("HF_ENDPOINT", &base);
@@ -117,6 +126,18 @@ fn a_repo_id_downloads_into_the_hf_cache_and_loads() {
     // models cache, and reused after.
     #[cfg(feature = "llama-cpp")]
     runs_on_llama_cpp_through_a_cached_conversion(template);
+
+    // An optional file the repository has but cannot serve is an error naming it, not a model
+    // quietly without its chat template (a file it lacks, 404, is skipped, as above).
+    std::env::set_var("HF_ENDPOINT", &broken);
+    let other_home = tempfile::tempdir().unwrap();
+    std::env::set_var("HF_HOME", other_home.path());
+    let error = guardreasoner_engine::hub::download("test-org/tiny-llama3")
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("chat_template.jinja"), "{error}");
+    std::env::set_var("HF_ENDPOINT", &base);
+    std::env::set_var("HF_HOME", hf_home.path());
 
     // A repo the server does not have is an error naming it.
     let error = guardreasoner_engine::hub::download("test-org/absent")
