@@ -22,6 +22,8 @@ pub struct Entry {
     pub dtype: Dtype,
     /// Its shape.
     pub shape: Vec<usize>,
+    /// Where its bytes are in its shard's map (found once, when the header is read).
+    bytes: std::ops::Range<usize>,
 }
 
 /// Every tensor of a checkpoint, by Hugging Face name.
@@ -55,10 +57,12 @@ impl Checkpoint {
                 .tensors()
                 .into_iter()
                 .map(|(name, view)| {
+                    let start = view.data().as_ptr() as usize - map.as_ptr() as usize;
                     let entry = Entry {
                         shard: index,
                         dtype: view.dtype(),
                         shape: view.shape().to_vec(),
+                        bytes: start..start + view.data().len(),
                     };
                     (name, entry)
                 })
@@ -103,14 +107,9 @@ impl Checkpoint {
             let dir = self.shards[0].parent().unwrap_or(Path::new("."));
             ConvertError::file(dir, format!("the checkpoint has no tensor `{name}`"))
         })?;
-        let path = &self.shards[entry.shard];
-        let tensors = SafeTensors::deserialize(&self.maps[entry.shard])
-            .map_err(|e| ConvertError::file(path, e.to_string()))?;
-        let view = tensors
-            .tensor(name)
-            .map_err(|e| ConvertError::file(path, format!("tensor `{name}`: {e}")))?;
-        let result = f(view.dtype(), view.data());
-        self.release(entry.shard, view.data());
+        let bytes = &self.maps[entry.shard][entry.bytes.clone()];
+        let result = f(entry.dtype, bytes);
+        self.release(entry.shard, bytes);
         result
     }
 

@@ -35,15 +35,10 @@ impl GgufType {
     /// Every type, in the order the command line lists them.
     pub const ALL: [GgufType; 5] = [Self::F32, Self::F16, Self::Bf16, Self::Q8_0, Self::Q4KM];
 
-    /// The type's name on the command line and in cached file names.
+    /// The type's name on the command line and in cached file names (the converter's own for
+    /// the types it writes).
     pub fn name(self) -> &'static str {
-        match self {
-            Self::F32 => "f32",
-            Self::F16 => "f16",
-            Self::Bf16 => "bf16",
-            Self::Q8_0 => "q8_0",
-            Self::Q4KM => "q4_k_m",
-        }
+        self.direct().map_or("q4_k_m", OutType::name)
     }
 
     /// The converter's own type, where the converter writes this type itself.

@@ -81,17 +81,24 @@ fn differences(path: &Path, reference: &serde_json::Value) -> Vec<String> {
     out
 }
 
+/// The reference script's tiny model `name`, written in a temporary directory (kept alive by
+/// the first value); `None` without the cached tokenizer sources.
+fn tiny_model(name: &str) -> Option<(tempfile::TempDir, std::path::PathBuf)> {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join(name);
+    std::fs::create_dir(&model).unwrap();
+    common::write_convert_model(&model, name, None)?;
+    Some((dir, model))
+}
+
 #[test]
 fn converted_files_are_byte_identical_to_llama_cpp_converter() {
     let reference = common::convert_reference();
     let mut compared = 0;
     for name in MODELS {
-        let dir = tempfile::tempdir().unwrap();
-        let model = dir.path().join(name);
-        std::fs::create_dir(&model).unwrap();
-        if common::write_convert_model(&model, name, None).is_none() {
+        let Some((dir, model)) = tiny_model(name) else {
             return;
-        }
+        };
         for kind in ["f32", "f16", "bf16", "q8_0"] {
             let expected = &reference["models"][name][kind];
             let out = dir.path().join(format!("{name}.{kind}.gguf"));
@@ -148,12 +155,9 @@ fn greedy(tokens: usize) -> SamplingParams {
 fn llama_cpp_tokenizes_and_generates_as_on_the_reference_conversion() {
     let reference = common::convert_reference();
     for name in MODELS {
-        let dir = tempfile::tempdir().unwrap();
-        let model = dir.path().join(name);
-        std::fs::create_dir(&model).unwrap();
-        if common::write_convert_model(&model, name, None).is_none() {
+        let Some((dir, model)) = tiny_model(name) else {
             return;
-        }
+        };
         let out = dir.path().join("model.gguf");
         convert(&model, &out, GgufType::Q8_0, None, 2, &mut |_, _, _| {}).unwrap();
         let mut engine = llama_cpp(&out);
