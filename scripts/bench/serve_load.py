@@ -6,8 +6,10 @@ with `cache_prompt`, ours with its shared-prefix cache), flash attention off, th
 For each concurrency, rounds alternate between the two (so a slow spell of the machine falls on
 both); in a round, `concurrency` clients send real guard conversations from the benchmarks (each
 request a fresh one, rendered in the eval format, so only the instruction is reusable) to
-`/v1/completions`, streaming, greedy, a fixed number of new tokens (`ignore_eos` on both), for a
-fixed time. A request in flight at the deadline is awaited and counted. Prints checks/s, p50/p99
+llama-server's `/v1/completions` as the rendered prompt, and to ours as the conversation on the
+guard endpoint `/v1/guard` (which renders it, checks it and parses the verdict: the work a guard
+deployment asks of us; `--ours-endpoint completions` sends ours the rendered prompt instead),
+streaming, greedy, a fixed number of new tokens (`ignore_eos` on both), for a fixed time. A request in flight at the deadline is awaited and counted. Prints checks/s, p50/p99
 latency and p50/p99 time to first token per server and concurrency, the ratios, 5xx counts, and
 our server's memory before and after its rounds; writes them as JSON and an SVG chart.
 
@@ -41,12 +43,25 @@ PEER = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "guardre
 BENCHMARKS = ROOT.parent / "shared/data/benchmarks/benchmark"
 
 
+HUMAN, ASSISTANT, NO_RESPONSE = "Human user:\n", "\n\nAI assistant:\n", "None"
+
+
+def conversation(block):
+    """The input block read back into `{prompt, response?}`, as `Conversation::from_input_block`."""
+    body = block[len(HUMAN):-2] if block.startswith(HUMAN) and block.endswith("\n\n") else None
+    if body is None or ASSISTANT not in body:
+        sys.exit(f"error: not an input block: {block[:80]!r}")
+    prompt, response = body.split(ASSISTANT, 1)
+    return {"prompt": prompt} if response == NO_RESPONSE else {"prompt": prompt, "response": response}
+
+
 def prompts():
-    """Guard prompts (eval format) from every benchmark file, shuffled with a fixed seed."""
+    """Guard conversations from every benchmark file, shuffled with a fixed seed: each as its
+    rendered prompt (eval format, what llama-server is sent) and as the conversation."""
     out = []
     for path in sorted(BENCHMARKS.glob("*.json")):
         for record in json.loads(path.read_text()):
-            out.append(record["instruction"] + "\n" + record["input"])
+            out.append((record["instruction"] + "\n" + record["input"], conversation(record["input"])))
     if not out:
         sys.exit(f"error: no benchmark files under {BENCHMARKS}")
     random.Random(0).shuffle(out)
@@ -93,29 +108,52 @@ class Server:
             self.process.kill()
 
 
-def one_request(port, prompt, new_tokens, extra):
-    """Streams one completion; returns (status, latency, time to first token, headers)."""
-    body = {"prompt": prompt, "max_tokens": new_tokens, "temperature": 0, "ignore_eos": True, "stream": True, **extra}
+def one_request(port, text, new_tokens, extra):
+    """Streams one check; returns (status, latency, time to first token, headers). `text` is the
+    rendered prompt and the conversation; `extra["endpoint"]` says which the server is sent."""
+    rendered, conversation = text
+    extra = dict(extra)
+    guard = extra.pop("endpoint", "completions") == "guard"
+    if guard:
+        path = "/v1/guard"
+        body = {**conversation, "max_new_tokens": new_tokens, "ignore_eos": True, "stream": True}
+    else:
+        path = "/v1/completions"
+        body = {"prompt": rendered, "max_tokens": new_tokens, "temperature": 0, "ignore_eos": True, "stream": True,
+                **extra}
     started = time.perf_counter()
     first = None
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
-    connection.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
+    connection.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
     response = connection.getresponse()
     if response.status != 200:
         response.read()
         return response.status, time.perf_counter() - started, None, dict(response.getheaders())
+    status, event = 200, None
     for raw in response:
         line = raw.decode("utf-8", "replace").strip()
+        if line.startswith("event: "):
+            event = line[7:]
+            continue
         if not line.startswith("data: "):
             continue
         data = line[6:]
         if data == "[DONE]":
             break
         chunk = json.loads(data)
-        if first is None and any(c.get("text") for c in chunk.get("choices", [])):
+        if guard:
+            if event == "token" and first is None and chunk.get("text"):
+                first = time.perf_counter() - started
+            elif event == "error":
+                status = 500
+            elif event == "verdict":
+                # A verdict is a check answered; one without labels would be an error object.
+                status = 200 if "labels" in chunk else 500
+                break
+        elif first is None and any(c.get("text") for c in chunk.get("choices", [])):
             first = time.perf_counter() - started
     connection.close()
-    return 200, time.perf_counter() - started, first, {}
+    return status, time.perf_counter() - started, first, {}
 
 
 def load(server, texts, counter, concurrency, seconds, new_tokens, extra):
@@ -184,7 +222,7 @@ def overflow(model, args, texts):
                     + (["--threads", str(args.threads)] if args.threads else []), port, "/health")
     counter = [0]
     clients = args.parallel + 2 + 8
-    results, elapsed = load(server, texts, counter, clients, 5, args.new_tokens, {})
+    results, elapsed = load(server, texts, counter, clients, 5, args.new_tokens, {"endpoint": args.ours_endpoint})
     server.stop()
     statuses = {}
     for status, latency, _, headers in results:
@@ -231,6 +269,8 @@ def main():
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", default=None, help="write OUT.json and OUT.svg")
+    parser.add_argument("--ours-endpoint", choices=("guard", "completions"), default="guard",
+                        help="send ours conversations on /v1/guard (default) or rendered prompts on /v1/completions")
     args = parser.parse_args()
     for binary in (OURS, PEER):
         if not binary.exists():
@@ -246,14 +286,14 @@ def main():
                            "--cont-batching", "-fa", "off", "--host", "127.0.0.1", "--port", str(peer_port),
                            "-n", str(args.new_tokens)] + threads, peer_port, "/health")
     report = {"model": model, "parallel": args.parallel, "new_tokens": args.new_tokens, "seconds": args.seconds,
-              "rounds": args.rounds, "cpu": cpu_name(), "rows": []}
+              "rounds": args.rounds, "cpu": cpu_name(), "ours_endpoint": args.ours_endpoint, "rows": []}
     counters = {"ours": [0], "peer": [0]}
     try:
         for concurrency in [int(c) for c in args.concurrency.split(",")]:
             rounds = {"ours": [], "peer": []}
             memory = []
             for round_index in range(args.rounds):
-                order = [("ours", ours, {}), ("peer", peer, {"cache_prompt": True})]
+                order = [("ours", ours, {"endpoint": args.ours_endpoint}), ("peer", peer, {"cache_prompt": True})]
                 if round_index % 2:
                     order.reverse()
                 for name, server, extra in order:

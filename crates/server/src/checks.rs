@@ -5,6 +5,7 @@
 
 use axum::http::StatusCode;
 use guardreasoner_engine::schedule::{events, Event, EventReceiver};
+use guardreasoner_engine::SamplingParams;
 use guardreasoner_guard::{CheckResult, DecidedBy, GuardError, GuardHandle};
 use guardreasoner_protocol::Conversation;
 
@@ -15,10 +16,12 @@ use crate::state::AppState;
 pub type Verdict = Result<CheckResult, GuardError>;
 
 /// Queues `conversations` (all or none) and returns the guard and the receiver of their events.
-/// `overload` is the status for a full queue; `field` names the request's list in errors.
+/// `params` overrides the guard's sampling; `overload` is the status for a full queue; `field`
+/// names the request's list in errors.
 pub fn submit(
     state: &AppState,
     conversations: &[Conversation],
+    params: Option<&SamplingParams>,
     overload: StatusCode,
     field: &str,
 ) -> Result<(GuardHandle, EventReceiver), ApiError> {
@@ -36,7 +39,7 @@ pub fn submit(
     let guard = state.guard()?.clone();
     let (sender, receiver) = events();
     guard
-        .submit(conversations, None, sender)
+        .submit(conversations, params, sender)
         .map_err(|error| ApiError::from_submit(&error, overload, field))?;
     Ok((guard, receiver))
 }
@@ -64,10 +67,11 @@ pub fn judge(
 pub async fn check_all(
     state: &AppState,
     conversations: &[Conversation],
+    params: Option<&SamplingParams>,
     overload: StatusCode,
     field: &str,
 ) -> Result<Vec<Verdict>, ApiError> {
-    let (guard, mut receiver) = submit(state, conversations, overload, field)?;
+    let (guard, mut receiver) = submit(state, conversations, params, overload, field)?;
     let mut verdicts: Vec<Option<Verdict>> = conversations.iter().map(|_| None).collect();
     let mut left = conversations.len();
     let limit = state.config.request_timeout;

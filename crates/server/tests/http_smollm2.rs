@@ -133,6 +133,36 @@ fn every_endpoint_answers_in_its_shape() {
         "the stream is the output"
     );
 
+    // One conversation may shorten the budget and ignore end of text (load tests with a fixed
+    // number of new tokens); the budget cannot exceed the server's.
+    let fixed = post(
+        addr,
+        "/v1/guard",
+        &json!({"prompt": "hi", "max_new_tokens": 9, "ignore_eos": true}),
+    );
+    assert_eq!(fixed.status, 200, "{}", fixed.body);
+    let fixed = fixed.json();
+    assert_eq!(fixed["usage"]["completion_tokens"], 9, "{fixed}");
+    assert_eq!(fixed["stop"], "max_tokens", "{fixed}");
+    let over = assert_openai_error(
+        &post(
+            addr,
+            "/v1/guard",
+            &json!({"prompt": "hi", "max_new_tokens": 25}),
+        ),
+        422,
+    );
+    assert_eq!(over["error"]["param"], "max_new_tokens", "{over}");
+    let wrong = assert_openai_error(
+        &post(
+            addr,
+            "/v1/guard",
+            &json!({"prompt": "hi", "ignore_eos": "yes"}),
+        ),
+        400,
+    );
+    assert_eq!(wrong["error"]["param"], "ignore_eos", "{wrong}");
+
     // /v1/moderations: a string, a list, text parts; all 13 categories.
     for (input, count) in [
         (json!("hi"), 1),

@@ -1,7 +1,8 @@
 //! `POST /v1/guard`: the native endpoint. A conversation (`{prompt, response?}`) or a list of
 //! them in; per conversation the three answers, the decision and who made it, the reasoning in
 //! tasks and steps, usage and timings. `"stream": true` (one conversation) streams the reasoning
-//! as server-sent events (`token`), then the verdict (`verdict`).
+//! as server-sent events (`token`), then the verdict (`verdict`). One conversation may also set
+//! `max_new_tokens` (at most the server's) and `ignore_eos`.
 
 use std::convert::Infallible;
 
@@ -12,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::stream::{self, Stream};
 use guardreasoner_engine::schedule::{Event, EventReceiver};
-use guardreasoner_engine::Timings;
+use guardreasoner_engine::{SamplingParams, Timings};
 use guardreasoner_guard::{CheckResult, DecidedBy, GuardError, GuardHandle};
 use guardreasoner_protocol::parse::structured::TaskReasoning;
 use guardreasoner_protocol::{Conversation, Verdict};
@@ -145,9 +146,14 @@ async fn handle(state: AppState, body: serde_json::Value) -> Result<Response, Ap
                     json::field::<Item>(item, &format!("[{i}]")).map(Item::conversation)
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            let verdicts =
-                checks::check_all(&state, &conversations, StatusCode::TOO_MANY_REQUESTS, "")
-                    .await?;
+            let verdicts = checks::check_all(
+                &state,
+                &conversations,
+                None,
+                StatusCode::TOO_MANY_REQUESTS,
+                "",
+            )
+            .await?;
             let results: Vec<_> = verdicts.into_iter().map(item_json).collect();
             Ok(
                 Json(serde_json::json!({"id": id, "model": model, "results": results}))
@@ -155,16 +161,15 @@ async fn handle(state: AppState, body: serde_json::Value) -> Result<Response, Ap
             )
         }
         serde_json::Value::Object(mut fields) => {
-            let stream = match fields.remove("stream") {
-                None | Some(serde_json::Value::Null) => false,
-                Some(value) => json::field::<bool>(value, "stream")?,
-            };
+            let options = Options::take(&mut fields)?;
+            let params = options.params(&state)?;
             let item: Item = json::field(serde_json::Value::Object(fields), "body")?;
             let conversation = item.conversation();
-            if stream {
+            if options.stream {
                 let (guard, receiver) = checks::submit(
                     &state,
                     std::slice::from_ref(&conversation),
+                    params.as_ref(),
                     StatusCode::TOO_MANY_REQUESTS,
                     "prompt",
                 )?;
@@ -176,6 +181,7 @@ async fn handle(state: AppState, body: serde_json::Value) -> Result<Response, Ap
             let mut verdicts = checks::check_all(
                 &state,
                 std::slice::from_ref(&conversation),
+                params.as_ref(),
                 StatusCode::TOO_MANY_REQUESTS,
                 "prompt",
             )
@@ -185,6 +191,59 @@ async fn handle(state: AppState, body: serde_json::Value) -> Result<Response, Ap
         _ => Err(ApiError::bad_request(
             "the body is a conversation ({\"prompt\": ..., \"response\": ...}) or a list of them",
         )),
+    }
+}
+
+/// What a single-conversation request may set besides the conversation. The guard samples as it
+/// was configured (greedy by default); a client may only shorten the budget, or keep generating
+/// past end of text (`ignore_eos`, llama-server's and vLLM's extension, for load tests with a fixed
+/// number of new tokens: the verdict is then read from wherever the answers block ended up).
+#[derive(Debug, Default)]
+struct Options {
+    stream: bool,
+    max_new_tokens: Option<u64>,
+    ignore_eos: Option<bool>,
+}
+
+impl Options {
+    /// Removes the option fields from the body, so that what is left is the conversation.
+    fn take(fields: &mut serde_json::Map<String, serde_json::Value>) -> Result<Self, ApiError> {
+        fn take<T: serde::de::DeserializeOwned>(
+            fields: &mut serde_json::Map<String, serde_json::Value>,
+            name: &str,
+        ) -> Result<Option<T>, ApiError> {
+            match fields.remove(name) {
+                None | Some(serde_json::Value::Null) => Ok(None),
+                Some(value) => json::field(value, name).map(Some),
+            }
+        }
+        Ok(Self {
+            stream: take(fields, "stream")?.unwrap_or(false),
+            max_new_tokens: take(fields, "max_new_tokens")?,
+            ignore_eos: take(fields, "ignore_eos")?,
+        })
+    }
+
+    /// The guard's sampling with these overrides, or `None` when nothing is overridden.
+    fn params(&self, state: &AppState) -> Result<Option<SamplingParams>, ApiError> {
+        if self.max_new_tokens.is_none() && self.ignore_eos.is_none() {
+            return Ok(None);
+        }
+        let limit = state.config.max_new_tokens;
+        let mut params = state.guard()?.config().params.clone();
+        if let Some(max) = self.max_new_tokens {
+            if max == 0 || max > limit as u64 {
+                return Err(ApiError::unprocessable(format!(
+                    "max_new_tokens is {max}; this server generates between 1 and {limit} tokens"
+                ))
+                .with_param("max_new_tokens"));
+            }
+            params.max_new_tokens = max as usize;
+        }
+        if let Some(ignore_eos) = self.ignore_eos {
+            params.ignore_eos = ignore_eos;
+        }
+        Ok(Some(params))
     }
 }
 

@@ -126,6 +126,7 @@ async fn handle(state: AppState, request: Request) -> Result<Value, ApiError> {
     let verdict = checks::check_all(
         &state,
         std::slice::from_ref(&conversation),
+        None,
         StatusCode::SERVICE_UNAVAILABLE,
         "texts",
     )

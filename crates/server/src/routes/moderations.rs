@@ -120,6 +120,7 @@ async fn handle(state: AppState, request: Request) -> Result<Value, ApiError> {
     let verdicts = checks::check_all(
         &state,
         &conversations,
+        None,
         StatusCode::TOO_MANY_REQUESTS,
         "input",
     )
