@@ -1,5 +1,5 @@
 //! The training commands end to end on the SmolLM2 test model: R-SFT with a checkpoint and an
-//! exact resume, the Hugging Face output through `check`, GGUF export through llama.cpp, HS-DPO,
+//! exact resume (LoRA too), the Hugging Face output through `check`, GGUF export through llama.cpp, HS-DPO,
 //! mining with resume, traces from released outputs, the LLaMA-Factory export, and bad input.
 
 use std::fs;
@@ -60,14 +60,7 @@ fn records(dir: &Path) -> PathBuf {
 }
 
 fn weights(dir: &Path) -> Vec<(String, Vec<f32>)> {
-    let tensors =
-        candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap();
-    let mut out: Vec<(String, Vec<f32>)> = tensors
-        .into_iter()
-        .map(|(name, t)| (name, t.flatten_all().unwrap().to_vec1().unwrap()))
-        .collect();
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    out
+    tensors(dir, "model.safetensors")
 }
 
 fn sft(model: &str, data: &Path, out: &Path, extra: &[&str]) -> Output {
@@ -313,6 +306,96 @@ fn sft_resumes_exactly_exports_to_gguf_and_feeds_dpo_and_mining() {
         "nothing sampled again: {second}"
     );
     assert!(mined.is_file() && dir.path().join("mined.report.json").is_file());
+}
+
+/// The safetensors file `file` of `dir`, every tensor flattened, sorted by name.
+fn tensors(dir: &Path, file: &str) -> Vec<(String, Vec<f32>)> {
+    let tensors = candle_core::safetensors::load(dir.join(file), &Device::Cpu).unwrap();
+    let mut out: Vec<(String, Vec<f32>)> = tensors
+        .into_iter()
+        .map(|(name, t)| (name, t.flatten_all().unwrap().to_vec1().unwrap()))
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+fn assert_close(a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)], what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}");
+    for ((name, x), (other, y)) in a.iter().zip(b) {
+        assert_eq!(name, other, "{what}");
+        let worst = x
+            .iter()
+            .zip(y)
+            .map(|(u, v)| (u - v).abs())
+            .fold(0f32, f32::max);
+        assert!(worst < 1e-5, "{what}: {name} differs by {worst}");
+    }
+}
+
+#[test]
+fn lora_checkpoints_hold_the_adapter_and_resume_exactly() {
+    let Some(model) = test_model() else {
+        return;
+    };
+    let model = p(&model).to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let data = records(dir.path());
+    let lora = ["--lora-rank", "4", "--lora-alpha", "8"];
+
+    // Two steps straight, a checkpoint after the first: the adapter in PEFT's layout, no model.
+    let straight = dir.path().join("straight");
+    let mut args = lora.to_vec();
+    args.extend(["--save-every", "1"]);
+    ok(sft(&model, &data, &straight, &args));
+    let checkpoint = straight.join("checkpoint-1");
+    for file in [
+        "adapter_model.safetensors",
+        "adapter_config.json",
+        "optimizer.safetensors",
+        "trainer_state.json",
+    ] {
+        assert!(checkpoint.join(file).is_file(), "no {file}");
+    }
+    assert!(!checkpoint.join("model.safetensors").exists());
+    // B starts at zero; after a step it is not: the checkpoint carries what was learned.
+    let saved = tensors(&checkpoint, "adapter_model.safetensors");
+    assert!(saved
+        .iter()
+        .any(|(name, values)| name.contains("lora_B") && values.iter().any(|v| *v != 0.0)));
+
+    // The second step again, from the checkpoint: the same adapter and the same merged model.
+    let resumed = dir.path().join("resumed");
+    let mut args = lora.to_vec();
+    args.extend(["--resume", p(&checkpoint)]);
+    let said = ok(sft(&model, &data, &resumed, &args));
+    assert!(said.contains("resuming after step 1"), "{said}");
+    assert_eq!(
+        fs::read_to_string(resumed.join("loss.csv"))
+            .unwrap()
+            .lines()
+            .count(),
+        2,
+        "only the second step ran"
+    );
+    let adapter = |dir: &Path| tensors(&dir.join("adapter"), "adapter_model.safetensors");
+    assert_close(&adapter(&straight), &adapter(&resumed), "the adapter");
+    assert_close(&weights(&straight), &weights(&resumed), "the merged model");
+
+    // Resuming as another kind of run is refused, naming why.
+    let resume_with = |extra: &[&str], model: &str| {
+        let mut args = extra.to_vec();
+        args.extend(["--resume", p(&checkpoint)]);
+        failed(sft(model, &data, &dir.path().join("x"), &args))
+    };
+    let error = resume_with(&[], &model);
+    assert!(error.contains("a LoRA checkpoint"), "{error}");
+    let error = resume_with(&["--lora-rank", "8", "--lora-alpha", "8"], &model);
+    assert!(
+        error.contains("rank 4") && error.contains("rank 8"),
+        "{error}"
+    );
+    let error = resume_with(&lora, p(&data));
+    assert!(error.contains("the adapter was trained on"), "{error}");
 }
 
 #[test]

@@ -1,20 +1,23 @@
-//! Checkpoints of a run (the model as a Hugging Face directory, the optimizer's moments, where
-//! the run was) and resuming from one.
+//! Checkpoints of a run (the weights, the optimizer's moments, where the run was) and resuming
+//! from one.
 //!
-//! A checkpoint directory is itself a model directory, so `--model` and `check --model` take it.
-//! Resuming reloads the weights from it, restores AdamW's moments and step, and skips the steps
-//! already taken: the data order is a function of the seed, so the run continues on the same
-//! batches it would have seen.
+//! A full fine-tuning checkpoint is itself a model directory, so `--model` and `check --model`
+//! take it, and resuming reloads the weights from it. A LoRA checkpoint holds only the adapter,
+//! in PEFT's layout (`adapter_model.safetensors`, `adapter_config.json`, as transformers'
+//! Trainer writes a PEFT checkpoint): resuming loads the base model from `--model` again and the
+//! adapter from the checkpoint. Either way AdamW's moments and step are restored and the steps
+//! already taken are skipped: the data order is a function of the seed, so the run continues on
+//! the same batches it would have seen.
 
 use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use guardreasoner_engine::backends::candle::llama::RopeLayout;
 use serde::{Deserialize, Serialize};
 
 use crate::error::TrainError;
-use crate::model::{unpermute_rows, TrainModel};
+use crate::lora::{self, LoraConfig};
+use crate::model::{hf_layout, model_layout, TrainModel};
 use crate::optim::AdamW;
 
 /// Where a run stood when its checkpoint was written.
@@ -26,6 +29,12 @@ pub struct TrainerState {
     pub total_steps: usize,
     /// The data order seed.
     pub seed: u64,
+    /// The `--model` the run started from (a LoRA resume loads it again as the base).
+    #[serde(default)]
+    pub model: String,
+    /// The adapter's settings, for a LoRA run.
+    #[serde(default)]
+    pub lora: Option<LoraConfig>,
 }
 
 const OPTIMIZER_FILE: &str = "optimizer.safetensors";
@@ -43,7 +52,10 @@ pub fn save(
     if partial.exists() {
         std::fs::remove_dir_all(&partial).map_err(|e| TrainError::io(&partial, e))?;
     }
-    model.save(&partial, DType::F32)?;
+    match &state.lora {
+        Some(config) => lora::save_adapter(&partial, &model.trainable, config, &state.model)?,
+        None => model.save(&partial, DType::F32)?,
+    }
     let config = &model.trainable.model.config;
     let mut tensors = HashMap::new();
     let moments = optimizer
@@ -51,20 +63,9 @@ pub fn save(
         .map_err(TrainError::tensor("reading the optimizer's moments"))?;
     for ((name, _), (m, v)) in model.trainable.vars.iter().zip(moments) {
         // Moments follow their parameter's layout, and the saved Q/K are in Hugging Face's.
-        let heads = match name.rsplit('.').next() {
-            Some("wq") => Some(config.num_heads),
-            Some("wk") => Some(config.num_kv_heads),
-            _ => None,
-        };
-        let (m, v) = match heads {
-            Some(heads) if config.rope_layout == RopeLayout::Interleaved => (
-                unpermute_rows(&m, heads).map_err(TrainError::tensor("moments"))?,
-                unpermute_rows(&v, heads).map_err(TrainError::tensor("moments"))?,
-            ),
-            _ => (m, v),
-        };
-        tensors.insert(format!("{name}.m"), m);
-        tensors.insert(format!("{name}.v"), v);
+        let layout = |t| hf_layout(config, name, t).map_err(TrainError::tensor("moments"));
+        tensors.insert(format!("{name}.m"), layout(m)?);
+        tensors.insert(format!("{name}.v"), layout(v)?);
     }
     let path = partial.join(OPTIMIZER_FILE);
     candle_core::safetensors::save(&tensors, &path)
@@ -78,35 +79,95 @@ pub fn save(
     std::fs::rename(&partial, dir).map_err(|e| TrainError::io(dir, e))
 }
 
-/// Reads a checkpoint's state and restores `optimizer` (built over `model`, which was loaded from
-/// the checkpoint directory).
-pub fn restore(
-    dir: &Path,
-    model: &TrainModel,
-    optimizer: &mut AdamW,
-) -> Result<TrainerState, TrainError> {
+/// Reads a checkpoint's state, without touching a model: which model to load for the resume
+/// (the checkpoint itself, or the base of a LoRA run) depends on it.
+pub fn state(dir: &Path) -> Result<TrainerState, TrainError> {
     let path = dir.join(STATE_FILE);
     let text = std::fs::read_to_string(&path).map_err(|e| TrainError::io(&path, e))?;
-    let state: TrainerState = serde_json::from_str(&text).map_err(|e| {
+    serde_json::from_str(&text).map_err(|e| {
         TrainError::file(
             &path,
             format!("not a trainer state (line {}): {e}", e.line()),
         )
-    })?;
+    })
+}
+
+/// Checks that a run with `seed` and `lora` can resume from the checkpoint whose state is
+/// `state`: the same data order and the same kind of training.
+pub fn check_compatible(
+    dir: &Path,
+    state: &TrainerState,
+    seed: u64,
+    lora: Option<&LoraConfig>,
+) -> Result<(), TrainError> {
+    let refuse = |why: String| Err(TrainError::file(dir, why));
+    if state.seed != seed {
+        return refuse(format!(
+            "the checkpoint was made with --seed {}, not {seed}: the data order would differ",
+            state.seed
+        ));
+    }
+    match (&state.lora, lora) {
+        (None, None) => Ok(()),
+        (Some(_), None) => refuse(
+            "a LoRA checkpoint: resume it with the run's --lora-rank, --lora-alpha and \
+             --lora-targets"
+                .into(),
+        ),
+        (None, Some(_)) => refuse(
+            "a full fine-tuning checkpoint: resume it without --lora-rank (or start a LoRA run \
+             from it with --model)"
+                .into(),
+        ),
+        (Some(saved), Some(asked)) => {
+            let differs = saved.rank != asked.rank
+                || saved.alpha != asked.alpha
+                || saved.targets != asked.targets;
+            if differs {
+                refuse(format!(
+                    "the adapter was rank {}, alpha {}, targets {}; this run asks for rank {}, \
+                     alpha {}, targets {}",
+                    saved.rank,
+                    saved.alpha,
+                    saved.targets.join(","),
+                    asked.rank,
+                    asked.alpha,
+                    asked.targets.join(",")
+                ))
+            } else {
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Restores a checkpoint into `model` and `optimizer` (built over `model`). A full fine-tuning
+/// model was loaded from the checkpoint directory; a LoRA model from its base, and its adapter is
+/// read here.
+pub fn restore(
+    dir: &Path,
+    state: &TrainerState,
+    model: &TrainModel,
+    optimizer: &mut AdamW,
+) -> Result<(), TrainError> {
+    if state.lora.is_some() {
+        lora::load_adapter(dir, &model.trainable)?;
+    }
+    let config = &model.trainable.model.config;
     let path = dir.join(OPTIMIZER_FILE);
     let mut tensors = candle_core::safetensors::load(&path, &Device::Cpu)
         .map_err(TrainError::tensor(format!("reading {}", path.display())))?;
     let mut moments: Vec<(Tensor, Tensor)> = Vec::new();
     for (name, _) in &model.trainable.vars {
         let mut take = |suffix: &str| {
-            tensors.remove(&format!("{name}.{suffix}")).ok_or_else(|| {
+            let moment = tensors.remove(&format!("{name}.{suffix}")).ok_or_else(|| {
                 TrainError::file(&path, format!("no moment `{name}.{suffix}` for this model"))
-            })
+            })?;
+            model_layout(config, name, moment).map_err(TrainError::tensor("moments"))
         };
         moments.push((take("m")?, take("v")?));
     }
     optimizer
         .restore(moments, state.step)
-        .map_err(TrainError::tensor(format!("restoring {}", path.display())))?;
-    Ok(state)
+        .map_err(TrainError::tensor(format!("restoring {}", path.display())))
 }

@@ -23,7 +23,7 @@ pub const TARGETS: [(&str, &str); 7] = [
 ];
 
 /// LoRA's settings.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LoraConfig {
     /// The rank r.
     pub rank: usize,
@@ -145,6 +145,55 @@ pub fn merged(weight: &Weight) -> candle_core::Result<Weight> {
     }
 }
 
+/// The adapter weights' file in PEFT's layout.
+const ADAPTER_FILE: &str = "adapter_model.safetensors";
+
+/// PEFT's name for one of our adapter variables (`blocks.3.wq.lora_a` is
+/// `base_model.model.model.layers.3.self_attn.q_proj.lora_A.weight`).
+fn peft_name(name: &str) -> Result<String, TrainError> {
+    let not_adapter = || TrainError::Invalid(format!("`{name}` is not an adapter"));
+    let (layer_part, matrix) = name.rsplit_once('.').ok_or_else(not_adapter)?;
+    let hf = crate::model::hf_name(layer_part).ok_or_else(not_adapter)?;
+    let hf = hf.strip_suffix(".weight").ok_or_else(not_adapter)?;
+    let suffix = match matrix {
+        "lora_a" => "lora_A",
+        "lora_b" => "lora_B",
+        _ => return Err(not_adapter()),
+    };
+    Ok(format!("base_model.model.{hf}.{suffix}.weight"))
+}
+
+/// Reads an adapter written by [`save_adapter`] from `dir` into `trainable`'s adapter variables
+/// (made by [`with_adapters`] with the same settings); an error names a missing or misshapen
+/// matrix.
+pub fn load_adapter(dir: &std::path::Path, trainable: &Trainable) -> Result<(), TrainError> {
+    let path = dir.join(ADAPTER_FILE);
+    let device = trainable.device();
+    let mut tensors = candle_core::safetensors::load(&path, &device)
+        .map_err(TrainError::tensor(format!("reading {}", path.display())))?;
+    for (name, var) in &trainable.vars {
+        let key = peft_name(name)?;
+        let tensor = tensors
+            .remove(&key)
+            .ok_or_else(|| TrainError::file(&path, format!("no `{key}` in the adapter")))?;
+        if tensor.dims() != var.dims() {
+            return Err(TrainError::file(
+                &path,
+                format!(
+                    "`{key}` is {:?}; this run's adapter needs {:?}",
+                    tensor.dims(),
+                    var.dims()
+                ),
+            ));
+        }
+        crate::model::model_layout(&trainable.model.config, name, tensor)
+            .and_then(|t| t.to_dtype(var.dtype()))
+            .and_then(|t| var.set(&t))
+            .map_err(TrainError::tensor(format!("loading `{key}`")))?;
+    }
+    Ok(())
+}
+
 /// Writes the adapters in PEFT's layout: `adapter_model.safetensors`
 /// (`base_model.model.model.layers.{i}.self_attn.q_proj.lora_A.weight`, ...) and
 /// `adapter_config.json`, which `peft.PeftModel.from_pretrained` loads onto the base model.
@@ -158,28 +207,13 @@ pub fn save_adapter(
     let model_config = &trainable.model.config;
     let mut tensors = std::collections::HashMap::new();
     for (name, var) in &trainable.vars {
-        let (layer_part, matrix) = name
-            .rsplit_once('.')
-            .ok_or_else(|| TrainError::Invalid(format!("`{name}` is not an adapter")))?;
-        let hf = crate::model::hf_name(layer_part)
-            .and_then(|n| n.strip_suffix(".weight").map(str::to_string))
-            .ok_or_else(|| TrainError::Invalid(format!("`{name}` is not an adapter")))?;
-        let (suffix, tensor) = match matrix {
-            "lora_a" => ("lora_A", var.as_tensor().clone()),
-            // B's rows are the base weight's output rows: in Hugging Face's order for Q and K.
-            "lora_b" => (
-                "lora_B",
-                crate::model::hf_layout(model_config, layer_part, var.as_tensor().clone())
-                    .map_err(TrainError::tensor("an adapter"))?,
-            ),
-            _ => return Err(TrainError::Invalid(format!("`{name}` is not an adapter"))),
-        };
-        let tensor = tensor
-            .to_device(&Device::Cpu)
+        // B's rows are the base weight's output rows: in Hugging Face's order for Q and K.
+        let tensor = crate::model::hf_layout(model_config, name, var.as_tensor().clone())
+            .and_then(|t| t.to_device(&Device::Cpu))
             .map_err(TrainError::tensor("an adapter"))?;
-        tensors.insert(format!("base_model.model.{hf}.{suffix}.weight"), tensor);
+        tensors.insert(peft_name(name)?, tensor);
     }
-    let path = dir.join("adapter_model.safetensors");
+    let path = dir.join(ADAPTER_FILE);
     candle_core::safetensors::save(&tensors, &path)
         .map_err(TrainError::tensor(format!("writing {}", path.display())))?;
     let adapter_config = serde_json::json!({

@@ -215,6 +215,17 @@ pub fn unpermute_rows(weight: &Tensor, heads: usize) -> candle_core::Result<Tens
         .reshape((rows, columns))
 }
 
+/// llama.cpp's Q/K row permutation (`convert_hf_to_gguf.py`'s `permute`), the inverse of
+/// [`unpermute_rows`].
+pub fn permute_rows(weight: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
+    let (rows, columns) = weight.dims2()?;
+    weight
+        .reshape((heads, 2, rows / heads / 2, columns))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((rows, columns))
+}
+
 /// Every weight of `model` under our variable names (adapters merged), and whether the output
 /// projection is the embedding (tied).
 pub fn named_weights(model: &Llama) -> candle_core::Result<(Vec<(String, Tensor)>, bool)> {
@@ -247,15 +258,38 @@ pub fn named_weights(model: &Llama) -> candle_core::Result<(Vec<(String, Tensor)
     Ok((out, tied))
 }
 
-/// The Hugging Face row order of a weight of ours: Q and K rows put back where llama.cpp's
-/// conversion permuted them.
-pub fn hf_layout(config: &LlamaConfig, name: &str, tensor: Tensor) -> candle_core::Result<Tensor> {
-    if config.rope_layout != RopeLayout::Interleaved {
-        return Ok(tensor);
-    }
+/// How many heads a weight's rows hold when its rows are RoPE's (Q, K, and a LoRA B on them,
+/// whose rows are its base's output rows); `None` for every other weight.
+fn rope_heads(config: &LlamaConfig, name: &str) -> Option<usize> {
+    let name = name.strip_suffix(".lora_b").unwrap_or(name);
     match name.rsplit('.').next() {
-        Some("wq") => unpermute_rows(&tensor, config.num_heads),
-        Some("wk") => unpermute_rows(&tensor, config.num_kv_heads),
+        Some("wq") => Some(config.num_heads),
+        Some("wk") => Some(config.num_kv_heads),
+        _ => None,
+    }
+}
+
+/// The Hugging Face row order of a weight of ours (`name` is our variable name, adapters'
+/// included): Q and K rows put back where llama.cpp's conversion permuted them.
+pub fn hf_layout(config: &LlamaConfig, name: &str, tensor: Tensor) -> candle_core::Result<Tensor> {
+    match rope_heads(config, name) {
+        Some(heads) if config.rope_layout == RopeLayout::Interleaved => {
+            unpermute_rows(&tensor, heads)
+        }
+        _ => Ok(tensor),
+    }
+}
+
+/// The inverse of [`hf_layout`]: a weight in Hugging Face's row order, in the model's.
+pub fn model_layout(
+    config: &LlamaConfig,
+    name: &str,
+    tensor: Tensor,
+) -> candle_core::Result<Tensor> {
+    match rope_heads(config, name) {
+        Some(heads) if config.rope_layout == RopeLayout::Interleaved => {
+            permute_rows(&tensor, heads)
+        }
         _ => Ok(tensor),
     }
 }
@@ -417,6 +451,10 @@ mod tests {
             .unwrap()
             .reshape((8, 6))
             .unwrap();
+        assert_eq!(
+            permute_rows(&hf, 2).unwrap().to_vec2::<f32>().unwrap(),
+            gguf.to_vec2::<f32>().unwrap()
+        );
         let back = unpermute_rows(&gguf, 2).unwrap();
         assert_eq!(back.to_vec2::<f32>().unwrap(), hf.to_vec2::<f32>().unwrap());
     }

@@ -107,7 +107,8 @@ pub struct RunArgs {
     /// Stop after N steps.
     #[arg(long)]
     max_steps: Option<usize>,
-    /// Write a checkpoint every N steps (out/checkpoint-N); 0 for none.
+    /// Write a checkpoint every N steps (out/checkpoint-N; with LoRA, the adapter only); 0 for
+    /// none.
     #[arg(long, default_value_t = 0)]
     save_every: usize,
     /// Resume from a checkpoint directory written by --save-every.
@@ -225,16 +226,36 @@ impl RunArgs {
         if !(0.0..1.0).contains(&self.held_out) {
             bail!("--held-out must be in [0, 1): {}", self.held_out);
         }
-        if self.lora_rank.is_some() && (self.resume.is_some() || self.save_every > 0) {
-            bail!("checkpoints (--save-every, --resume) are not supported with --lora-rank yet");
-        }
-        let start = self
-            .resume
-            .as_ref()
-            .map_or(self.model.clone(), |dir| dir.display().to_string());
+        // A full fine-tuning checkpoint is the model to go on from; a LoRA checkpoint holds only
+        // the adapter, which `resume` reads onto the base model.
+        let start = match self.checkpoint()? {
+            Some((dir, state)) if state.lora.is_none() => dir.display().to_string(),
+            Some((dir, state)) => {
+                if !same_model(&state.model, &self.model) {
+                    bail!(
+                        "{}: the adapter was trained on --model {}, not {}",
+                        dir.display(),
+                        state.model,
+                        self.model
+                    );
+                }
+                self.model.clone()
+            }
+            None => self.model.clone(),
+        };
         eprintln!("loading {start} for training");
         TrainModel::load(&start, self.max_length, self.device, self.lora().as_ref())
             .with_context(|| format!("cannot load --model {start}"))
+    }
+
+    /// The --resume checkpoint and its state, checked against this run's settings.
+    fn checkpoint(&self) -> Result<Option<(&Path, TrainerState)>> {
+        let Some(dir) = &self.resume else {
+            return Ok(None);
+        };
+        let state = checkpoint::state(dir)?;
+        checkpoint::check_compatible(dir, &state, self.seed, self.lora().as_ref())?;
+        Ok(Some((dir, state)))
     }
 
     /// Splits `items` into training and held-out parts (a seeded shuffle first).
@@ -245,23 +266,15 @@ impl RunArgs {
         (items, held_out)
     }
 
-    /// Restores the optimizer and the step from --resume, if given.
+    /// Restores the adapter (LoRA), the optimizer and the step from --resume, if given.
     fn resume(
         &self,
         model: &TrainModel,
         optimizer: &mut AdamW,
         schedule: &mut Schedule,
     ) -> Result<()> {
-        if let Some(dir) = &self.resume {
-            let state = checkpoint::restore(dir, model, optimizer)?;
-            if state.seed != self.seed {
-                bail!(
-                    "{}: the checkpoint was made with --seed {}, not {}: the data order would differ",
-                    dir.display(),
-                    state.seed,
-                    self.seed
-                );
-            }
+        if let Some((dir, state)) = self.checkpoint()? {
+            checkpoint::restore(dir, &state, model, optimizer)?;
             schedule.start_step = state.step;
             eprintln!("resuming after step {}", state.step);
         }
@@ -309,6 +322,8 @@ impl RunArgs {
                     step: step.step,
                     total_steps: total,
                     seed: self.seed,
+                    model: self.model.clone(),
+                    lora: self.lora(),
                 };
                 checkpoint::save(&dir, model, optimizer, &state)?;
             }
@@ -360,6 +375,15 @@ impl RunArgs {
         println!("{}", serde_json::to_string_pretty(&report)?);
         eprintln!("model written to {}", self.out.display());
         Ok(())
+    }
+}
+
+/// Whether two `--model` values name the same model: the same file or directory where both are
+/// paths, else the same text (a repository id or an alias).
+fn same_model(a: &str, b: &str) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
     }
 }
 
@@ -462,10 +486,11 @@ fn run_dpo(args: DpoArgs) -> Result<()> {
         "reference log-probabilities of {} pairs",
         encoded.pairs.len()
     );
-    // The reference is the model the run started from: on resume, --model, not the checkpoint.
-    let reference_model = match &run.resume {
-        Some(_) => TrainModel::load(&run.model, run.max_length, run.device, None)?.frozen,
-        None => model.frozen.clone(),
+    // The reference is the model the run started from: on resuming full fine-tuning, --model,
+    // not the checkpoint (a LoRA run's frozen model is --model already: its base).
+    let reference_model = match (&run.resume, run.lora_rank) {
+        (Some(_), None) => TrainModel::load(&run.model, run.max_length, run.device, None)?.frozen,
+        _ => model.frozen.clone(),
     };
     let reference = dpo::reference_logprobs(&reference_model, &train, run.batch_size, &device)?;
     let held_reference =

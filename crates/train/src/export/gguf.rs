@@ -3,9 +3,8 @@
 //!
 //! The metadata (tokenizer, chat template, architecture) is the GGUF file the training started
 //! from: a model trained from a GGUF keeps its vocabulary and shape, so only the tensors change.
-//! Converting a model that began as Hugging Face safetensors needs the tokenizer mapped to GGUF's
-//! keys, which is the converter's job (`guardreasoner convert`, or llama.cpp's
-//! `convert_hf_to_gguf.py` until then).
+//! A model that began as Hugging Face safetensors needs its tokenizer mapped to GGUF's keys: the
+//! CLI sends it through the converter (`guardreasoner_convert`) instead.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -35,24 +34,13 @@ pub fn gguf_name(name: &str) -> Option<String> {
     crate::model::hf_name(name).and_then(|hf| guardreasoner_convert::tensors::gguf_name(&hf))
 }
 
-/// llama.cpp's Q/K row permutation (`convert_hf_to_gguf.py`'s `permute`), for a model held in
-/// Hugging Face's order.
-fn permute_rows(weight: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
-    let (rows, columns) = weight.dims2()?;
-    weight
-        .reshape((heads, 2, rows / heads / 2, columns))?
-        .transpose(1, 2)?
-        .contiguous()?
-        .reshape((rows, columns))
-}
-
 fn gguf_layout(config: &LlamaConfig, name: &str, tensor: Tensor) -> candle_core::Result<Tensor> {
     if config.rope_layout == RopeLayout::Interleaved {
         return Ok(tensor);
     }
     match name.rsplit('.').next() {
-        Some("wq") => permute_rows(&tensor, config.num_heads),
-        Some("wk") => permute_rows(&tensor, config.num_kv_heads),
+        Some("wq") => crate::model::permute_rows(&tensor, config.num_heads),
+        Some("wk") => crate::model::permute_rows(&tensor, config.num_kv_heads),
         _ => Ok(tensor),
     }
 }
@@ -116,21 +104,4 @@ pub fn write_f16(model: &Llama, source: &Path, out: &Path) -> Result<(), TrainEr
         .map_err(TrainError::tensor(format!("writing {}", partial.display())))?;
     drop(writer);
     std::fs::rename(&partial, out).map_err(|e| TrainError::io(out, e))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn permuting_then_unpermuting_is_the_identity() {
-        let w = Tensor::arange(0f32, 96.0, &Device::Cpu)
-            .unwrap()
-            .reshape((16, 6))
-            .unwrap();
-        let there = permute_rows(&w, 2).unwrap();
-        assert_ne!(there.to_vec2::<f32>().unwrap(), w.to_vec2::<f32>().unwrap());
-        let back = crate::model::unpermute_rows(&there, 2).unwrap();
-        assert_eq!(back.to_vec2::<f32>().unwrap(), w.to_vec2::<f32>().unwrap());
-    }
 }
