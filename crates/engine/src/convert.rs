@@ -76,13 +76,13 @@ pub use guardreasoner_convert::Report;
 
 /// Converts the Hugging Face model directory `dir` into `out`. `name` stands in for the
 /// directory's name in the file's `general.name` (a hub snapshot's directory is a commit hash);
-/// `threads` is for llama.cpp's quantizer; `progress` hears of each tensor.
+/// `threads` is for llama.cpp's quantizer (`None`: every core); `progress` hears of each tensor.
 pub fn convert(
     dir: &Path,
     out: &Path,
     kind: GgufType,
     name: Option<&str>,
-    threads: usize,
+    threads: Option<usize>,
     progress: &mut dyn FnMut(usize, usize, &str),
 ) -> Result<Report, EngineError> {
     if let Some(direct) = kind.direct() {
@@ -138,13 +138,13 @@ pub fn convert(
 }
 
 #[cfg(feature = "llama-cpp")]
-fn quantize_q4_k_m(input: &Path, out: &Path, threads: usize) -> Result<(), EngineError> {
+fn quantize_q4_k_m(input: &Path, out: &Path, threads: Option<usize>) -> Result<(), EngineError> {
     use crate::backends::llama_cpp::{quantize, Quantization};
     quantize(input, out, Quantization::Q4KM, threads)
 }
 
 #[cfg(not(feature = "llama-cpp"))]
-fn quantize_q4_k_m(input: &Path, _: &Path, _: usize) -> Result<(), EngineError> {
+fn quantize_q4_k_m(input: &Path, _: &Path, _: Option<usize>) -> Result<(), EngineError> {
     Err(quantizer_missing(input))
 }
 
@@ -170,7 +170,7 @@ pub fn cached(
     label: &str,
     name: Option<&str>,
     kind: GgufType,
-    threads: usize,
+    threads: Option<usize>,
     progress: &mut dyn FnMut(usize, usize, &str),
 ) -> Result<PathBuf, EngineError> {
     let fingerprint = fingerprint(dir, kind)?;

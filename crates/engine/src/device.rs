@@ -10,6 +10,11 @@ use std::str::FromStr;
 /// Whether this build has the `cuda` feature.
 pub const CUDA_BUILT: bool = cfg!(feature = "cuda");
 
+/// The CPU threads to use: the number asked for, or every core the process may run on.
+pub fn cpu_threads(requested: Option<usize>) -> usize {
+    requested.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
 /// Where a model runs, as a user names it (`auto`, `cpu`, `cuda`, `cuda:N`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DeviceSpec {

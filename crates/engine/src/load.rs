@@ -184,13 +184,15 @@ fn plan(options: &LoadOptions) -> Result<Plan, EngineError> {
             timeout: Duration::from_secs(3600),
         }));
     }
-    let threads = options.threads.unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-    });
     let to_gguf = |dir: &Path, label: &str, name: Option<&str>| {
-        crate::convert::cached(dir, label, name, options.quant, threads, &mut |_, _, _| {})
+        crate::convert::cached(
+            dir,
+            label,
+            name,
+            options.quant,
+            options.threads,
+            &mut |_, _, _| {},
+        )
     };
     Ok(match (model::resolve(&options.model)?, options.backend) {
         (ModelLocation::Gguf(path), Backend::Candle) => Plan::CandleGguf(path),

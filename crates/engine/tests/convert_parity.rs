@@ -107,7 +107,7 @@ fn converted_files_are_byte_identical_to_llama_cpp_converter() {
                 &out,
                 kind.parse().unwrap(),
                 None,
-                2,
+                Some(2),
                 &mut |_, _, _| {},
             )
             .unwrap();
@@ -159,7 +159,15 @@ fn llama_cpp_tokenizes_and_generates_as_on_the_reference_conversion() {
             return;
         };
         let out = dir.path().join("model.gguf");
-        convert(&model, &out, GgufType::Q8_0, None, 2, &mut |_, _, _| {}).unwrap();
+        convert(
+            &model,
+            &out,
+            GgufType::Q8_0,
+            None,
+            Some(2),
+            &mut |_, _, _| {},
+        )
+        .unwrap();
         let mut engine = llama_cpp(&out);
         let expected = &reference["llama_cpp"][name];
         let tokens = expected["tokens"].as_object().unwrap();
@@ -276,7 +284,15 @@ fn llama_cpp_on_the_converted_file_agrees_with_candle_on_the_safetensors() {
         return;
     }
     let out = dir.path().join("model.f32.gguf");
-    let report = convert(&model, &out, GgufType::F32, None, 2, &mut |_, _, _| {}).unwrap();
+    let report = convert(
+        &model,
+        &out,
+        GgufType::F32,
+        None,
+        Some(2),
+        &mut |_, _, _| {},
+    )
+    .unwrap();
     assert_eq!(report.pre_tokenizer, "smollm");
     let mut candle = CandleEngine::load_dir(
         &model,
@@ -309,7 +325,7 @@ fn edit(path: &Path, from: &str, to: &str) {
 
 /// Converts `dir` to q8_0 and returns the error's text (with its causes).
 fn convert_error(dir: &Path, out: &Path) -> String {
-    let error = convert(dir, out, GgufType::Q8_0, None, 2, &mut |_, _, _| {}).unwrap_err();
+    let error = convert(dir, out, GgufType::Q8_0, None, Some(2), &mut |_, _, _| {}).unwrap_err();
     assert!(!out.exists(), "a failed conversion left {}", out.display());
     guardreasoner_engine::error::with_causes(&error)
 }
@@ -420,9 +436,16 @@ fn an_interrupted_conversion_never_leaves_a_file_that_looks_finished() {
     let out = root.path().join("model.gguf");
     // Killed part-way: the progress callback stops the conversion at the fifth tensor.
     let stopped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        convert(&dir, &out, GgufType::Q8_0, None, 2, &mut |index, _, _| {
-            assert!(index < 5, "stopped");
-        })
+        convert(
+            &dir,
+            &out,
+            GgufType::Q8_0,
+            None,
+            Some(2),
+            &mut |index, _, _| {
+                assert!(index < 5, "stopped");
+            },
+        )
     }));
     assert!(stopped.is_err());
     assert!(
@@ -438,6 +461,6 @@ fn an_interrupted_conversion_never_leaves_a_file_that_looks_finished() {
     assert_eq!(leftovers.len(), 1, "{leftovers:?}");
     assert!(leftovers[0].starts_with('.'), "hidden: {leftovers:?}");
     // The next run writes the whole file.
-    convert(&dir, &out, GgufType::Q8_0, None, 2, &mut |_, _, _| {}).unwrap();
+    convert(&dir, &out, GgufType::Q8_0, None, Some(2), &mut |_, _, _| {}).unwrap();
     llama_cpp(&out);
 }

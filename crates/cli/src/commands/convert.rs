@@ -47,11 +47,6 @@ pub fn run(args: Args) -> Result<()> {
             args.out.display()
         );
     }
-    let threads = args.threads.unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-    });
     let bar = super::progress::bar(0, "tensors");
     let started = std::time::Instant::now();
     let report = convert::convert(
@@ -59,7 +54,7 @@ pub fn run(args: Args) -> Result<()> {
         &args.out,
         args.kind,
         name.as_deref(),
-        threads,
+        args.threads,
         &mut |index, count, tensor| {
             bar.set_length(count as u64);
             bar.set_position(index as u64);

@@ -72,13 +72,12 @@ fn gguf(args: GgufArgs) -> Result<()> {
     else {
         // A model that began as Hugging Face safetensors: the converter maps its tokenizer.
         let kind = args.kind;
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         let report = guardreasoner_engine::convert::convert(
             &args.model,
             &args.out,
             kind,
             None,
-            threads,
+            None,
             &mut |_, _, _| {},
         )
         .with_context(|| format!("converting {}", args.model.display()))?;
@@ -121,8 +120,7 @@ fn gguf(args: GgufArgs) -> Result<()> {
             _ => None,
         };
         if let Some(quantization) = quantization {
-            let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-            let result = quantize(&f16, &args.out, quantization, threads);
+            let result = quantize(&f16, &args.out, quantization, None);
             std::fs::remove_file(&f16).ok();
             result?;
         }

@@ -141,7 +141,7 @@ pub fn quantize(
     input: &Path,
     output: &Path,
     quantization: Quantization,
-    threads: usize,
+    threads: Option<usize>,
 ) -> Result<(), EngineError> {
     backend()?;
     let c_path = |path: &Path| {
@@ -158,7 +158,7 @@ pub fn quantize(
     // SAFETY: default parameters from llama.cpp itself; the two paths outlive the call.
     let status = unsafe {
         let mut params = llama_cpp_sys_2::llama_model_quantize_default_params();
-        params.nthread = threads as i32;
+        params.nthread = crate::device::cpu_threads(threads) as i32;
         params.ftype = match quantization {
             Quantization::Q8_0 => llama_cpp_sys_2::LLAMA_FTYPE_MOSTLY_Q8_0,
             Quantization::Q4KM => llama_cpp_sys_2::LLAMA_FTYPE_MOSTLY_Q4_K_M,
@@ -277,9 +277,7 @@ impl LlamaCppEngine {
         })?;
         let model = Arc::new(model);
         let chat_template = chat_template(&model)?;
-        let threads = options
-            .threads
-            .unwrap_or_else(|| thread::available_parallelism().map_or(1, |n| n.get()));
+        let threads = crate::device::cpu_threads(options.threads);
         let context_per_sequence = options
             .context_per_sequence
             .min(model.n_ctx_train() as usize)
