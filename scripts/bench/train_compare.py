@@ -96,7 +96,7 @@ def main():
     parser.add_argument("--steps", type=int, default=4, help="steps per round; the first is warm-up")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="f32", choices=["f32", "bf16"], help="PyTorch's dtype (ours is f32)")
+    parser.add_argument("--dtype", default="f32", choices=["f32", "bf16"], help="PyTorch's dtype; ours computes in the same (bf16: mixed, f32 master weights)")
     parser.add_argument("--ours", help="the sft_step_bench binary (default: build it)")
     parser.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"],
                         help="transformers' attention implementation (sdpa is its default)")
@@ -116,7 +116,7 @@ def main():
     for round_ in range(args.rounds):
         for name in ("guardreasoner", "pytorch"):
             if name == "guardreasoner":
-                lines = run([ours, *common, "--device", args.device])
+                lines = run([ours, *common, "--device", args.device, "--precision", args.dtype])
             else:
                 lines = run([sys.executable, __file__, "--torch-worker", *common, "--device", args.device,
                              "--dtype", args.dtype, "--attn", args.attn])
@@ -136,7 +136,7 @@ def main():
                ("tokens_per_s", "forward_s", "backward_s", "optimizer_s")}
         med["peak_rss_mib"] = max(l["peak_rss_mib"] for l in lines)
         summary[name] = med
-        label = (name if name == "guardreasoner"
+        label = (f"guardreasoner ({args.dtype})" if name == "guardreasoner"
                  else f"PyTorch {lines[0].get('torch', '')} eager, {args.attn} attention ({args.dtype})")
         print(f"| {label} | {med['tokens_per_s']:.1f} | {med['forward_s']:.3f} | {med['backward_s']:.3f} | "
               f"{med['optimizer_s']:.3f} | {med['peak_rss_mib']:.0f} |")

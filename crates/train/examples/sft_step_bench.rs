@@ -12,7 +12,7 @@ use guardreasoner_engine::backends::candle::llama::{
     Block, Embedding, Llama, Llama3RopeScaling, LlamaConfig, RopeLayout, Weight,
 };
 use guardreasoner_train::loss::{self, Batch};
-use guardreasoner_train::model::Trainable;
+use guardreasoner_train::model::{Precision, Trainable};
 use guardreasoner_train::optim::{self, AdamW, AdamWConfig};
 
 fn shape(name: &str) -> LlamaConfig {
@@ -110,6 +110,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "cpu".to_string(),
         1usize,
     );
+    let mut precision = Precision::F32;
     while let Some(flag) = args.next() {
         let value = args.next().ok_or("a flag without its value")?;
         match flag.as_str() {
@@ -118,6 +119,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "--steps" => steps = value.parse()?,
             "--device" => device_name = value,
             "--batch" => batch = value.parse()?,
+            "--precision" => precision = value.parse()?,
             other => return Err(format!("unknown flag {other}").into()),
         }
     }
@@ -128,7 +130,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let config = shape(&shape_name);
     let vocab = config.vocab_size;
-    let model = Trainable::new(&random_model(config, length + 1, &device)?)?;
+    let mut model = Trainable::new(&random_model(config, length + 1, &device)?)?;
+    model.precision = precision;
     let parameters: usize = model.vars.iter().map(|(_, v)| v.elem_count()).sum();
     let mut optimizer = AdamW::new(model.var_list(), AdamWConfig::default())?;
     // Fixed pseudo-random tokens; the loss over all but the first 16 positions (a short prompt).
@@ -145,7 +148,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let started = Instant::now();
         let data = Batch::new(&views, 0, &device)?;
         let scored = data.mask.sum_all()?.to_scalar::<f32>()? as f64;
-        let loss = loss::nll_sum(&model.model, &data)?;
+        let loss = loss::nll_sum(&model.step_model()?, &data)?;
         let loss_value = loss.to_scalar::<f32>()? as f64 / scored;
         let forward = started.elapsed().as_secs_f64();
         let grads = loss.backward()?;
@@ -158,7 +161,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         device.synchronize()?;
         let total = started.elapsed().as_secs_f64();
         println!(
-            "{{\"impl\": \"guardreasoner\", \"shape\": \"{shape_name}\", \"device\": \"{device_name}\", \
+            "{{\"impl\": \"guardreasoner\", \"shape\": \"{shape_name}\", \"device\": \"{device_name}\", \"precision\": \"{precision}\", \
              \"parameters\": {parameters}, \"length\": {length}, \"batch\": {batch}, \"step\": {step}, \
              \"loss\": {loss_value:.5}, \"forward_s\": {forward:.4}, \"backward_s\": {backward:.4}, \
              \"optimizer_s\": {:.4}, \"step_s\": {total:.4}, \"tokens_per_s\": {:.2}, \"peak_rss_mib\": {:.0}}}",

@@ -191,7 +191,10 @@ pub fn train(
     let micro = |indices: &[usize]| -> Result<Micro, TrainError> {
         let items: Vec<&PairExample> = indices.iter().map(|&i| &pairs[i]).collect();
         let references: Vec<(f64, f64)> = indices.iter().map(|&i| reference[i]).collect();
-        let (loss, metrics) = pair_terms(&model.model, &items, &references, settings, &device)?;
+        let step_model = model
+            .step_model()
+            .map_err(TrainError::tensor("the step's model"))?;
+        let (loss, metrics) = pair_terms(&step_model, &items, &references, settings, &device)?;
         Ok(Micro {
             loss,
             normalizer: items.len() as f64,

@@ -127,6 +127,7 @@ pub fn with_adapters(model: &Llama, config: &LoraConfig) -> Result<Trainable, Tr
     Ok(Trainable {
         model: adapted,
         vars,
+        precision: crate::model::Precision::F32,
     })
 }
 

@@ -29,6 +29,58 @@ pub enum Origin {
     Gguf(PathBuf),
 }
 
+/// The precision a training step computes in. The weights themselves (the optimizer's master
+/// copy) and AdamW's moments are f32 either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// Everything in f32.
+    #[default]
+    F32,
+    /// Mixed precision, PyTorch autocast's rule for linear layers: the blocks' seven projections
+    /// multiply in bf16 (a bf16 copy of each weight made in the step's graph, so that gradients
+    /// flow back to the f32 variable); activations, norms, attention, the embedding, the output
+    /// projection and the loss stay f32. What a GPU's tensor cores are fast at; on a CPU without
+    /// bf16 units it is slower than f32.
+    Bf16,
+}
+
+impl Precision {
+    /// The default on `device`: bf16 on a GPU, f32 on the CPU.
+    pub fn auto(device: &Device) -> Self {
+        if device.is_cpu() {
+            Self::F32
+        } else {
+            Self::Bf16
+        }
+    }
+
+    /// The name used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::Bf16 => "bf16",
+        }
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "f32" => Ok(Self::F32),
+            "bf16" => Ok(Self::Bf16),
+            other => Err(format!("unknown precision `{other}`: expected f32 or bf16")),
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// A model whose dense weights are variables, with their names.
 #[derive(Clone)]
 pub struct Trainable {
@@ -36,6 +88,8 @@ pub struct Trainable {
     pub model: Llama,
     /// The variables, named as [`Llama::trainable`] names them.
     pub vars: Vec<(String, Var)>,
+    /// The precision of the training steps' forward and backward passes.
+    pub precision: Precision,
 }
 
 impl Trainable {
@@ -44,7 +98,47 @@ impl Trainable {
         let (model, vars) = model
             .trainable()
             .map_err(TrainError::tensor("making the weights trainable"))?;
-        Ok(Self { model, vars })
+        Ok(Self {
+            model,
+            vars,
+            precision: Precision::F32,
+        })
+    }
+
+    /// The model a training step runs, in [`Self::precision`]: the model itself in f32; in bf16,
+    /// a copy whose projections are bf16 casts of the variables, made anew each call so that
+    /// they follow the optimizer's updates.
+    pub fn step_model(&self) -> candle_core::Result<Llama> {
+        fn half(weight: &Weight) -> candle_core::Result<Weight> {
+            Ok(match weight {
+                Weight::Dense(t) => Weight::Dense(t.to_dtype(DType::BF16)?),
+                // The frozen base multiplies in bf16; the small adapter path stays f32.
+                Weight::Lora { base, a, b, scale } => Weight::Lora {
+                    base: Box::new(half(base)?),
+                    a: a.clone(),
+                    b: b.clone(),
+                    scale: *scale,
+                },
+                Weight::Quantized(_) => weight.clone(),
+            })
+        }
+        let mut model = self.model.clone();
+        if self.precision == Precision::Bf16 {
+            for block in &mut model.blocks {
+                for w in [
+                    &mut block.wq,
+                    &mut block.wk,
+                    &mut block.wv,
+                    &mut block.wo,
+                    &mut block.w_gate,
+                    &mut block.w_up,
+                    &mut block.w_down,
+                ] {
+                    *w = half(w)?;
+                }
+            }
+        }
+        Ok(model)
     }
 
     /// The device the model is on.

@@ -25,7 +25,10 @@ pub fn train(
     let micro = |indices: &[usize]| -> Result<Micro, TrainError> {
         let items: Vec<&Example> = indices.iter().map(|&i| &train[i]).collect();
         let batch = batch_of(&items, &device)?;
-        let loss = loss::nll_sum(&model.model, &batch).map_err(TrainError::tensor("forward"))?;
+        let loss = model
+            .step_model()
+            .and_then(|step_model| loss::nll_sum(&step_model, &batch))
+            .map_err(TrainError::tensor("forward"))?;
         Ok(Micro {
             loss,
             normalizer: items.iter().map(|e| e.output_tokens()).sum::<usize>() as f64,
