@@ -22,6 +22,8 @@ use std::sync::Arc;
 use candle_core::quantized::QMatMul;
 use candle_core::{DType, Device, Module, Result, Tensor, Var, D};
 
+use super::ops;
+
 /// Llama 3's frequency-dependent RoPE scaling (`rope_scaling.rope_type == "llama3"`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Llama3RopeScaling {
@@ -367,12 +369,20 @@ impl Llama {
         let group = c.num_heads / c.num_kv_heads;
         let k = repeat_kv(&k, group)?;
         let v = repeat_kv(&v, group)?;
-        let scores = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? / (c.head_dim as f64).sqrt())?;
-        let scores = match mask {
-            Some(mask) => scores.broadcast_add(mask)?,
-            None => scores,
+        let scores = q.contiguous()?.matmul(&k.t()?.contiguous()?)?;
+        let scale = 1.0 / (c.head_dim as f64).sqrt();
+        let weights = if scores.track_op() && scores.dtype() == DType::F32 {
+            // Training: one operation with its own backward instead of four kept in the graph.
+            ops::causal_softmax(&scores, scale)?
+        } else {
+            let scores = (scores * scale)?;
+            let scores = match mask {
+                Some(mask) => scores.broadcast_add(mask)?,
+                None => scores,
+            };
+            ops::plain_softmax(&scores)?
         };
-        let attended = softmax_last(&scores)?.matmul(&v.contiguous()?)?;
+        let attended = weights.matmul(&v.contiguous()?)?;
         let merged =
             attended
                 .transpose(1, 2)?
@@ -403,18 +413,16 @@ impl Vars {
     }
 }
 
-/// `x / sqrt(mean(x^2) + eps) * weight`, in plain operations (differentiable).
+/// `x / sqrt(mean(x^2) + eps) * weight`. Where an f32 input tracks gradients (training), one
+/// operation with its own backward ([`ops::rms_norm`]); otherwise plain operations.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    let weight = weight.to_dtype(DType::F32)?;
+    if (x.track_op() || weight.track_op()) && x.dtype() == DType::F32 {
+        return ops::rms_norm(x, &weight, eps);
+    }
     let mean_square = x.sqr()?.mean_keepdim(D::Minus1)?;
     let normalized = x.broadcast_div(&(mean_square + eps)?.sqrt()?)?;
-    normalized.broadcast_mul(&weight.to_dtype(DType::F32)?)
-}
-
-/// Softmax over the last dimension, in plain operations (differentiable).
-pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
-    let shifted = x.broadcast_sub(&x.max_keepdim(D::Minus1)?)?;
-    let exp = shifted.exp()?;
-    exp.broadcast_div(&exp.sum_keepdim(D::Minus1)?)
+    normalized.broadcast_mul(&weight)
 }
 
 /// Rotates `x` `[batch, heads, length, d]` by the angles of its positions.
@@ -456,19 +464,7 @@ fn causal_mask(length: usize, start: usize, device: &Device) -> Result<Option<Te
     if length == 1 {
         return Ok(None);
     }
-    let total = start + length;
-    let mask: Vec<f32> = (0..length)
-        .flat_map(|i| {
-            (0..total).map(move |j| {
-                if j > start + i {
-                    f32::NEG_INFINITY
-                } else {
-                    0.0
-                }
-            })
-        })
-        .collect();
-    Tensor::from_vec(mask, (1, 1, length, total), device).map(Some)
+    ops::causal_mask(length, start, device).map(Some)
 }
 
 #[cfg(test)]

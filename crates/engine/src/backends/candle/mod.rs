@@ -5,6 +5,7 @@
 
 pub mod llama;
 pub mod load;
+pub mod ops;
 pub mod tokenizer;
 
 use std::path::Path;

@@ -1,0 +1,325 @@
+//! RMSNorm and the causal attention softmax as single operations with hand-written backward
+//! passes, for training.
+//!
+//! Composed of candle's elementwise operations, each keeps every intermediate alive in the
+//! autograd graph until the backward pass: the squares, means and normalized rows of RMSNorm, the
+//! scaled, masked, shifted scores of attention and their exponentials (several copies of
+//! `heads x length x length` floats per layer). The backward pass then runs one operation per
+//! intermediate. Here each is one graph node that keeps only its inputs and its result:
+//! - on the CPU the forward is a plain loop over rows;
+//! - on a GPU it is candle's own operations, run detached;
+//! - the backward is the analytic formula, written in candle operations, so it runs on every
+//!   device.
+//!
+//! The model uses them only where an input tracks gradients; inference runs the plain operations.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, D};
+
+/// `x / sqrt(mean(x^2) + eps) * weight` over the last dimension, differentiable in `x` and
+/// `weight`; `x` and `weight` f32.
+pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    let x = x.contiguous()?;
+    let weight = weight.contiguous()?;
+    let on_gpu = (!x.device().is_cpu()).then(|| plain_rms_norm(&x.detach(), &weight.detach(), eps));
+    x.apply_op2(
+        &weight,
+        RmsNorm {
+            eps,
+            on_gpu: on_gpu.transpose()?,
+        },
+    )
+}
+
+fn plain_rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    let inverse = inverse_rms(x, eps)?;
+    x.broadcast_mul(&inverse)?.broadcast_mul(weight)
+}
+
+/// `1 / sqrt(mean(x^2) + eps)` per row, `[..., 1]`.
+fn inverse_rms(x: &Tensor, eps: f64) -> Result<Tensor> {
+    (x.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?.recip()
+}
+
+struct RmsNorm {
+    eps: f64,
+    /// The result, computed with candle's operations where the input is not on the CPU.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    on_gpu: Option<Tensor>,
+}
+
+impl CustomOp2 for RmsNorm {
+    fn name(&self) -> &'static str {
+        "rms-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        x_layout: &Layout,
+        weight: &CpuStorage,
+        weight_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(x), CpuStorage::F32(weight)) = (x, weight) else {
+            candle_core::bail!("rms-norm: f32 only");
+        };
+        let hidden = *x_layout.dims().last().unwrap_or(&0);
+        if weight_layout.dims() != [hidden] {
+            candle_core::bail!(
+                "rms-norm: weight {:?} for rows of {hidden}",
+                weight_layout.dims()
+            );
+        }
+        let x = contiguous_slice(x, x_layout)?;
+        let weight = contiguous_slice(weight, weight_layout)?;
+        let mut out = vec![0f32; x.len()];
+        for (row, out_row) in x.chunks_exact(hidden).zip(out.chunks_exact_mut(hidden)) {
+            let mean_square = row.iter().map(|v| v * v).sum::<f32>() / hidden as f32;
+            let inverse = 1.0 / (mean_square + self.eps as f32).sqrt();
+            for ((o, v), w) in out_row.iter_mut().zip(row).zip(weight) {
+                *o = v * inverse * w;
+            }
+        }
+        Ok((CpuStorage::F32(out), x_layout.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        stored_result(self.on_gpu.as_ref(), self.name())
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        _: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        // With r = 1 / rms(x) and n = x r (the normalized row): y = n w, so
+        // d weight = sum over rows of g n, and d x = r (g w - n mean(g w n)).
+        let (x, weight, grad) = (x.detach(), weight.detach(), grad.detach());
+        let inverse = inverse_rms(&x, self.eps)?;
+        let normalized = x.broadcast_mul(&inverse)?;
+        let hidden = weight.dim(0)?;
+        let d_weight = (&grad * &normalized)?.reshape(((), hidden))?.sum(0)?;
+        let g_w = grad.broadcast_mul(&weight)?;
+        let projection = (&g_w * &normalized)?.mean_keepdim(D::Minus1)?;
+        let d_x = (g_w - normalized.broadcast_mul(&projection)?)?.broadcast_mul(&inverse)?;
+        Ok((Some(d_x), Some(d_weight)))
+    }
+}
+
+/// `softmax(scores * scale)` over the last dimension with the causal mask: the query at row `i`
+/// of `scores` `[batch, heads, length, total]` sees keys `0..=start + i`, where `start` is
+/// `total - length` (the cached positions). Differentiable in `scores`, which must be f32;
+/// `scale` must be positive.
+pub fn causal_softmax(scores: &Tensor, scale: f64) -> Result<Tensor> {
+    if scale <= 0.0 {
+        candle_core::bail!("causal-softmax: scale {scale} is not positive");
+    }
+    let scores = scores.contiguous()?;
+    let (_, _, length, total) = scores.dims4()?;
+    if total < length {
+        candle_core::bail!("causal-softmax: {length} queries over {total} keys");
+    }
+    let on_gpu = if scores.device().is_cpu() {
+        None
+    } else {
+        let mask = causal_mask(length, total - length, scores.device())?;
+        Some(plain_softmax(
+            &(scores.detach() * scale)?.broadcast_add(&mask)?,
+        )?)
+    };
+    scores.apply_op1(CausalSoftmax { scale, on_gpu })
+}
+
+/// The additive causal mask `[1, 1, length, start + length]`: `-inf` where a query at
+/// `start + i` would see a key after it.
+pub fn causal_mask(length: usize, start: usize, device: &candle_core::Device) -> Result<Tensor> {
+    let total = start + length;
+    let mask: Vec<f32> = (0..length)
+        .flat_map(|i| {
+            (0..total).map(move |j| {
+                if j > start + i {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+        })
+        .collect();
+    Tensor::from_vec(mask, (1, 1, length, total), device)
+}
+
+/// Softmax over the last dimension in candle's operations.
+pub fn plain_softmax(x: &Tensor) -> Result<Tensor> {
+    let shifted = x.broadcast_sub(&x.max_keepdim(D::Minus1)?)?;
+    let exp = shifted.exp()?;
+    exp.broadcast_div(&exp.sum_keepdim(D::Minus1)?)
+}
+
+struct CausalSoftmax {
+    scale: f64,
+    /// The result, computed with candle's operations where the input is not on the CPU.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    on_gpu: Option<Tensor>,
+}
+
+impl CustomOp1 for CausalSoftmax {
+    fn name(&self) -> &'static str {
+        "causal-softmax"
+    }
+
+    fn cpu_fwd(&self, scores: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(scores) = scores else {
+            candle_core::bail!("causal-softmax: f32 only");
+        };
+        let scores = contiguous_slice(scores, layout)?;
+        let dims = layout.dims();
+        let (length, total) = (dims[2], dims[3]);
+        let start = total - length;
+        let scale = self.scale as f32;
+        let mut out = vec![0f32; scores.len()];
+        for (r, (row, out_row)) in scores
+            .chunks_exact(total)
+            .zip(out.chunks_exact_mut(total))
+            .enumerate()
+        {
+            // Keys after the query stay 0: exp(-inf).
+            let seen = start + r % length + 1;
+            let max = row[..seen].iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v)) * scale;
+            let mut sum = 0f32;
+            for (o, v) in out_row[..seen].iter_mut().zip(&row[..seen]) {
+                *o = (v * scale - max).exp();
+                sum += *o;
+            }
+            for o in &mut out_row[..seen] {
+                *o /= sum;
+            }
+        }
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        stored_result(self.on_gpu.as_ref(), self.name())
+    }
+
+    fn bwd(&self, _: &Tensor, result: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        // y = softmax(s x + mask): d x = s y (g - sum(g y)); masked keys have y = 0.
+        let (y, grad) = (result.detach(), grad.detach());
+        let inner = (&grad * &y)?.sum_keepdim(D::Minus1)?;
+        let d = (y * grad.broadcast_sub(&inner)?)?;
+        Ok(Some((d * self.scale)?))
+    }
+}
+
+/// The elements of a contiguous layout (the operations above make their inputs contiguous).
+fn contiguous_slice<'a>(values: &'a [f32], layout: &Layout) -> Result<&'a [f32]> {
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&values[start..end]),
+        None => candle_core::bail!("expected a contiguous tensor"),
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn stored_result(result: Option<&Tensor>, name: &str) -> Result<(candle_core::CudaStorage, Shape)> {
+    use candle_core::backend::BackendStorage;
+    let Some(result) = result else {
+        candle_core::bail!("{name}: no result computed for the GPU");
+    };
+    let (storage, layout) = result.storage_and_layout();
+    match &*storage {
+        candle_core::Storage::Cuda(s) => Ok((s.try_clone(layout)?, result.shape().clone())),
+        _ => candle_core::bail!("{name}: the result is not on the GPU"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Var};
+
+    use super::*;
+
+    fn values(shape: &[usize], seed: f64) -> Tensor {
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n)
+            .map(|i| ((i as f64 * 0.37 + seed).sin() * 2.0) as f32)
+            .collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    fn assert_close(a: &Tensor, b: &Tensor, what: &str) {
+        let a: Vec<f32> = a.flatten_all().unwrap().to_vec1().unwrap();
+        let b: Vec<f32> = b.flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(a.len(), b.len(), "{what}");
+        let worst = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(worst < 1e-5, "{what}: differs by {worst}");
+    }
+
+    /// Value and gradients of an operation against the same function in candle's composed
+    /// operations, for a loss that weighs every output differently.
+    fn check(
+        inputs: &[Tensor],
+        fused: impl Fn(&[Tensor]) -> Result<Tensor>,
+        plain: impl Fn(&[Tensor]) -> Result<Tensor>,
+        what: &str,
+    ) {
+        let vars: Vec<Var> = inputs
+            .iter()
+            .map(|t| Var::from_tensor(t).unwrap())
+            .collect();
+        let tensors: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+        let (a, b) = (fused(&tensors).unwrap(), plain(&tensors).unwrap());
+        assert_close(&a, &b, what);
+        let weights = values(a.dims(), 0.5);
+        let loss = |t: &Tensor| (t * &weights).unwrap().sum_all().unwrap();
+        let (ga, gb) = (loss(&a).backward().unwrap(), loss(&b).backward().unwrap());
+        for (i, t) in tensors.iter().enumerate() {
+            assert_close(
+                ga.get(t).unwrap(),
+                gb.get(t).unwrap(),
+                &format!("{what}: gradient of input {i}"),
+            );
+        }
+    }
+
+    #[test]
+    fn rms_norm_matches_the_composed_operations_and_their_gradients() {
+        check(
+            &[values(&[2, 3, 8], 0.0), values(&[8], 1.0)],
+            |t| rms_norm(&t[0], &t[1], 1e-5),
+            |t| plain_rms_norm(&t[0], &t[1], 1e-5),
+            "rms-norm",
+        );
+    }
+
+    #[test]
+    fn causal_softmax_matches_the_composed_operations_and_their_gradients() {
+        // Queries without a cache (square) and after 3 cached positions.
+        for (length, total) in [(5, 5), (4, 7)] {
+            check(
+                &[values(&[2, 3, length, total], 0.3)],
+                |t| causal_softmax(&t[0], 0.35),
+                |t| {
+                    let mask = causal_mask(length, total - length, &Device::Cpu)?;
+                    plain_softmax(&(&t[0] * 0.35)?.broadcast_add(&mask)?)
+                },
+                &format!("causal-softmax {length}x{total}"),
+            );
+        }
+    }
+}
