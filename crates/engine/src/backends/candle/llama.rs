@@ -425,27 +425,14 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     normalized.broadcast_mul(&weight)
 }
 
-/// Rotates `x` `[batch, heads, length, d]` by the angles of its positions.
+/// Rotates `x` `[batch, heads, length, d]` by the angles of its positions (`cos`, `sin`:
+/// `[length, d / 2]`). Where an f32 input tracks gradients (training), one operation with its own
+/// backward ([`ops::rope`]); otherwise plain operations.
 pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, layout: RopeLayout) -> Result<Tensor> {
-    let (batch, heads, length, d) = x.dims4()?;
-    let half = d / 2;
-    match layout {
-        RopeLayout::Half => {
-            let x1 = x.narrow(D::Minus1, 0, half)?;
-            let x2 = x.narrow(D::Minus1, half, half)?;
-            let rotated_1 = (x1.broadcast_mul(cos)? - x2.broadcast_mul(sin)?)?;
-            let rotated_2 = (x2.broadcast_mul(cos)? + x1.broadcast_mul(sin)?)?;
-            Tensor::cat(&[&rotated_1, &rotated_2], D::Minus1)
-        }
-        RopeLayout::Interleaved => {
-            let pairs = x.reshape((batch, heads, length, half, 2))?;
-            let x0 = pairs.narrow(D::Minus1, 0, 1)?.squeeze(D::Minus1)?;
-            let x1 = pairs.narrow(D::Minus1, 1, 1)?.squeeze(D::Minus1)?;
-            let rotated_0 = (x0.broadcast_mul(cos)? - x1.broadcast_mul(sin)?)?;
-            let rotated_1 = (x0.broadcast_mul(sin)? + x1.broadcast_mul(cos)?)?;
-            Tensor::stack(&[&rotated_0, &rotated_1], D::Minus1)?.reshape((batch, heads, length, d))
-        }
+    if x.track_op() && x.dtype() == DType::F32 {
+        return ops::rope(x, cos, sin, layout);
     }
+    ops::plain_rope(x, cos, sin, layout)
 }
 
 /// Repeats each key/value head `group` times so that every query head has one.

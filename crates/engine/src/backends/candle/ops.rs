@@ -1,10 +1,10 @@
-//! RMSNorm and the causal attention softmax as single operations with hand-written backward
+//! RMSNorm, RoPE and the causal attention softmax as single operations with hand-written backward
 //! passes, for training.
 //!
 //! Composed of candle's elementwise operations, each keeps every intermediate alive in the
 //! autograd graph until the backward pass: the squares, means and normalized rows of RMSNorm, the
-//! scaled, masked, shifted scores of attention and their exponentials (several copies of
-//! `heads x length x length` floats per layer). The backward pass then runs one operation per
+//! halves and products of RoPE, the scaled, masked, shifted scores of attention and their
+//! exponentials (several copies of `heads x length x length` floats per layer). The backward pass then runs one operation per
 //! intermediate. Here each is one graph node that keeps only its inputs and its result:
 //! - on the CPU the forward is a plain loop over rows;
 //! - on a GPU it is candle's own operations, run detached;
@@ -14,6 +14,8 @@
 //! The model uses them only where an input tracks gradients; inference runs the plain operations.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, D};
+
+use super::llama::RopeLayout;
 
 /// `x / sqrt(mean(x^2) + eps) * weight` over the last dimension, differentiable in `x` and
 /// `weight`; `x` and `weight` f32.
@@ -223,6 +225,127 @@ impl CustomOp1 for CausalSoftmax {
     }
 }
 
+/// Rotates `x` `[batch, heads, length, d]` (f32) by the angles of its positions, `cos` and `sin`
+/// `[length, d / 2]`, in `layout`'s pairing; differentiable in `x` (the tables are constants).
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, layout: RopeLayout) -> Result<Tensor> {
+    let (_, _, length, d) = x.dims4()?;
+    if cos.dims() != [length, d / 2] || sin.dims() != [length, d / 2] {
+        candle_core::bail!(
+            "rope: tables {:?} and {:?} for {length} positions of {d}",
+            cos.dims(),
+            sin.dims()
+        );
+    }
+    let x = x.contiguous()?;
+    let op = Rope::new(cos, sin, layout)?;
+    let on_gpu = if x.device().is_cpu() {
+        None
+    } else {
+        Some(plain_rope(&x.detach(), cos, sin, layout)?)
+    };
+    x.apply_op1(Rope { on_gpu, ..op })
+}
+
+/// [`rope`] in candle's operations.
+pub fn plain_rope(x: &Tensor, cos: &Tensor, sin: &Tensor, layout: RopeLayout) -> Result<Tensor> {
+    let (batch, heads, length, d) = x.dims4()?;
+    let half = d / 2;
+    match layout {
+        RopeLayout::Half => {
+            let x1 = x.narrow(D::Minus1, 0, half)?;
+            let x2 = x.narrow(D::Minus1, half, half)?;
+            let rotated_1 = (x1.broadcast_mul(cos)? - x2.broadcast_mul(sin)?)?;
+            let rotated_2 = (x2.broadcast_mul(cos)? + x1.broadcast_mul(sin)?)?;
+            Tensor::cat(&[&rotated_1, &rotated_2], D::Minus1)
+        }
+        RopeLayout::Interleaved => {
+            let pairs = x.reshape((batch, heads, length, half, 2))?;
+            let x0 = pairs.narrow(D::Minus1, 0, 1)?.squeeze(D::Minus1)?;
+            let x1 = pairs.narrow(D::Minus1, 1, 1)?.squeeze(D::Minus1)?;
+            let rotated_0 = (x0.broadcast_mul(cos)? - x1.broadcast_mul(sin)?)?;
+            let rotated_1 = (x0.broadcast_mul(sin)? + x1.broadcast_mul(cos)?)?;
+            Tensor::stack(&[&rotated_0, &rotated_1], D::Minus1)?.reshape((batch, heads, length, d))
+        }
+    }
+}
+
+struct Rope {
+    cos: Tensor,
+    sin: Tensor,
+    layout: RopeLayout,
+    /// The result, computed with candle's operations where the input is not on the CPU.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    on_gpu: Option<Tensor>,
+}
+
+impl Rope {
+    fn new(cos: &Tensor, sin: &Tensor, layout: RopeLayout) -> Result<Self> {
+        Ok(Self {
+            cos: cos.detach().contiguous()?,
+            sin: sin.detach().contiguous()?,
+            layout,
+            on_gpu: None,
+        })
+    }
+}
+
+impl CustomOp1 for Rope {
+    fn name(&self) -> &'static str {
+        "rope"
+    }
+
+    fn cpu_fwd(&self, x: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(x) = x else {
+            candle_core::bail!("rope: f32 only");
+        };
+        let x = contiguous_slice(x, layout)?;
+        let dims = layout.dims();
+        let (length, d) = (dims[2], dims[3]);
+        let half = d / 2;
+        let cos = self.cos.flatten_all()?.to_vec1::<f32>()?;
+        let sin = self.sin.flatten_all()?.to_vec1::<f32>()?;
+        let mut out = vec![0f32; x.len()];
+        for (r, (row, out_row)) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)).enumerate() {
+            let position = r % length;
+            let (c, s) = (
+                &cos[position * half..(position + 1) * half],
+                &sin[position * half..(position + 1) * half],
+            );
+            for i in 0..half {
+                // The pair (a, b) turned by the position's angle: (a c - b s, a s + b c).
+                let (ia, ib) = match self.layout {
+                    RopeLayout::Half => (i, i + half),
+                    RopeLayout::Interleaved => (2 * i, 2 * i + 1),
+                };
+                let (a, b) = (row[ia], row[ib]);
+                out_row[ia] = a * c[i] - b * s[i];
+                out_row[ib] = a * s[i] + b * c[i];
+            }
+        }
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        stored_result(self.on_gpu.as_ref(), self.name())
+    }
+
+    fn bwd(&self, _: &Tensor, _: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        // A rotation's transpose turns by the opposite angle: the same rotation with -sin.
+        let grad = grad.detach().contiguous()?;
+        let back = Rope::new(&self.cos, &self.sin.neg()?, self.layout)?;
+        if grad.device().is_cpu() {
+            grad.apply_op1_no_bwd(&back).map(Some)
+        } else {
+            plain_rope(&grad, &back.cos, &back.sin, self.layout).map(Some)
+        }
+    }
+}
+
 /// The elements of a contiguous layout (the operations above make their inputs contiguous).
 fn contiguous_slice<'a>(values: &'a [f32], layout: &Layout) -> Result<&'a [f32]> {
     match layout.contiguous_offsets() {
@@ -305,6 +428,20 @@ mod tests {
             |t| plain_rms_norm(&t[0], &t[1], 1e-5),
             "rms-norm",
         );
+    }
+
+    #[test]
+    fn rope_matches_the_composed_operations_and_their_gradients() {
+        let angles = values(&[5, 4], 0.7);
+        let (cos, sin) = (angles.cos().unwrap(), angles.sin().unwrap());
+        for layout in [RopeLayout::Half, RopeLayout::Interleaved] {
+            check(
+                &[values(&[2, 3, 5, 8], 0.2)],
+                |t| rope(&t[0], &cos, &sin, layout),
+                |t| plain_rope(&t[0], &cos, &sin, layout),
+                &format!("rope {layout:?}"),
+            );
+        }
     }
 
     #[test]
