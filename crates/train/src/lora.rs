@@ -91,16 +91,11 @@ pub fn with_adapters(model: &Llama, config: &LoraConfig) -> Result<Trainable, Tr
     let mut adapted = model.clone();
     let mut vars = Vec::new();
     for (i, block) in adapted.blocks.iter_mut().enumerate() {
-        for part in &parts {
-            let weight = match *part {
-                "wq" => &mut block.wq,
-                "wk" => &mut block.wk,
-                "wv" => &mut block.wv,
-                "wo" => &mut block.wo,
-                "w_gate" => &mut block.w_gate,
-                "w_up" => &mut block.w_up,
-                _ => &mut block.w_down,
-            };
+        let names = guardreasoner_engine::backends::candle::llama::Block::PROJECTIONS;
+        for (part, weight) in names.iter().zip(block.projections_mut()) {
+            if !parts.contains(part) {
+                continue;
+            }
             let base = dense(weight)?;
             let (out, input) = base.dims2().map_err(TrainError::tensor("a LoRA base"))?;
             let bound = 1.0 / (input as f64).sqrt();

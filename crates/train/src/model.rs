@@ -125,15 +125,7 @@ impl Trainable {
         let mut model = self.model.clone();
         if self.precision == Precision::Bf16 {
             for block in &mut model.blocks {
-                for w in [
-                    &mut block.wq,
-                    &mut block.wk,
-                    &mut block.wv,
-                    &mut block.wo,
-                    &mut block.w_gate,
-                    &mut block.w_up,
-                    &mut block.w_down,
-                ] {
+                for w in block.projections_mut() {
                     *w = half(w)?;
                 }
             }
@@ -167,15 +159,7 @@ impl Trainable {
         for block in &mut model.blocks {
             block.attention_norm = block.attention_norm.detach();
             block.mlp_norm = block.mlp_norm.detach();
-            for w in [
-                &mut block.wq,
-                &mut block.wk,
-                &mut block.wv,
-                &mut block.wo,
-                &mut block.w_gate,
-                &mut block.w_up,
-                &mut block.w_down,
-            ] {
+            for w in block.projections_mut() {
                 *w = dense(w);
             }
         }

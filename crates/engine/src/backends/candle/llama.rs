@@ -187,6 +187,25 @@ pub struct Block {
     pub w_down: Weight,
 }
 
+impl Block {
+    /// The names of the seven projections, in [`Self::projections_mut`]'s order.
+    pub const PROJECTIONS: [&'static str; 7] = ["wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down"];
+
+    /// The seven projections (what training casts, detaches or adapts), named by
+    /// [`Self::PROJECTIONS`].
+    pub fn projections_mut(&mut self) -> [&mut Weight; 7] {
+        [
+            &mut self.wq,
+            &mut self.wk,
+            &mut self.wv,
+            &mut self.wo,
+            &mut self.w_gate,
+            &mut self.w_up,
+            &mut self.w_down,
+        ]
+    }
+}
+
 /// The keys and values of the positions seen so far, per block: `[batch, kv_heads, positions, d]`.
 #[derive(Debug, Clone, Default)]
 pub struct KvCache {
