@@ -96,7 +96,7 @@ def main():
     parser.add_argument("--steps", type=int, default=4, help="steps per round; the first is warm-up")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="f32", choices=["f32", "bf16"], help="PyTorch's dtype; ours computes in the same (bf16: mixed, f32 master weights)")
+    parser.add_argument("--dtype", default="f32", choices=["f32", "bf16"], help="PyTorch's dtype (bf16: the whole model and AdamW's state in bf16); ours runs --precision of the same name (bf16: mixed, projections in bf16 over f32 master weights, so more f32 work than PyTorch's)")
     parser.add_argument("--ours", help="the sft_step_bench binary (default: build it)")
     parser.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"],
                         help="transformers' attention implementation (sdpa is its default)")

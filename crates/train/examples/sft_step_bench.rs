@@ -131,7 +131,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let config = shape(&shape_name);
     let vocab = config.vocab_size;
     let mut model = Trainable::new(&random_model(config, length + 1, &device)?)?;
-    model.precision = precision;
+    model.set_precision(precision)?;
     let parameters: usize = model.vars.iter().map(|(_, v)| v.elem_count()).sum();
     let mut optimizer = AdamW::new(model.var_list(), AdamWConfig::default())?;
     // Fixed pseudo-random tokens; the loss over all but the first 16 positions (a short prompt).

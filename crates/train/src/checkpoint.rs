@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::TrainError;
 use crate::lora::{self, LoraConfig};
-use crate::model::{hf_layout, model_layout, TrainModel};
+use crate::model::{hf_layout, model_layout, Precision, TrainModel};
 use crate::optim::AdamW;
 
 /// Where a run stood when its checkpoint was written.
@@ -35,6 +35,12 @@ pub struct TrainerState {
     /// The adapter's settings, for a LoRA run.
     #[serde(default)]
     pub lora: Option<LoraConfig>,
+    /// The peak learning rate (absent in checkpoints written before it was recorded).
+    #[serde(default)]
+    pub lr: Option<f64>,
+    /// The precision of the steps (absent in checkpoints written before it was recorded).
+    #[serde(default)]
+    pub precision: Option<Precision>,
 }
 
 const OPTIMIZER_FILE: &str = "optimizer.safetensors";
@@ -92,22 +98,49 @@ pub fn state(dir: &Path) -> Result<TrainerState, TrainError> {
     })
 }
 
-/// Checks that a run with `seed` and `lora` can resume from the checkpoint whose state is
-/// `state`: the same data order and the same kind of training.
+/// Checks that a run whose settings are `run` (its step and, where not known yet, its
+/// `total_steps` 0) can resume from the checkpoint in `dir` whose state is `saved`: the same data
+/// order, schedule, starting model, kind of training and precision. Settings a checkpoint did not
+/// record are not compared.
 pub fn check_compatible(
     dir: &Path,
-    state: &TrainerState,
-    seed: u64,
-    lora: Option<&LoraConfig>,
+    saved: &TrainerState,
+    run: &TrainerState,
 ) -> Result<(), TrainError> {
     let refuse = |why: String| Err(TrainError::file(dir, why));
-    if state.seed != seed {
+    if saved.seed != run.seed {
         return refuse(format!(
-            "the checkpoint was made with --seed {}, not {seed}: the data order would differ",
-            state.seed
+            "the checkpoint was made with --seed {}, not {}: the data order would differ",
+            saved.seed, run.seed
         ));
     }
-    match (&state.lora, lora) {
+    if run.total_steps > 0 && saved.total_steps != run.total_steps {
+        return refuse(format!(
+            "the run was set to {} steps; this one comes to {} (another batch size,              accumulation, epoch count, --max-steps or data): the schedule would differ",
+            saved.total_steps, run.total_steps
+        ));
+    }
+    if let (Some(saved_lr), Some(lr)) = (saved.lr, run.lr) {
+        if (saved_lr - lr).abs() > 1e-12 * saved_lr.abs().max(lr.abs()) {
+            return refuse(format!(
+                "the run's learning rate was {saved_lr:e}, not {lr:e}"
+            ));
+        }
+    }
+    if let (Some(saved_precision), Some(precision)) = (saved.precision, run.precision) {
+        if saved_precision != precision {
+            return refuse(format!(
+                "the run computed in {saved_precision}, not {precision} (--precision)"
+            ));
+        }
+    }
+    if !saved.model.is_empty() && !same_model(&saved.model, &run.model) {
+        return refuse(format!(
+            "the run started from --model {}, not {}",
+            saved.model, run.model
+        ));
+    }
+    match (&saved.lora, &run.lora) {
         (None, None) => Ok(()),
         (Some(_), None) => refuse(
             "a LoRA checkpoint: resume it with the run's --lora-rank, --lora-alpha and \
@@ -120,9 +153,14 @@ pub fn check_compatible(
                 .into(),
         ),
         (Some(saved), Some(asked)) => {
+            let parts = |config: &LoraConfig| -> Result<Vec<&'static str>, TrainError> {
+                let mut parts = config.parts()?;
+                parts.sort_unstable();
+                Ok(parts)
+            };
             let differs = saved.rank != asked.rank
                 || saved.alpha != asked.alpha
-                || saved.targets != asked.targets;
+                || parts(saved)? != parts(asked)?;
             if differs {
                 refuse(format!(
                     "the adapter was rank {}, alpha {}, targets {}; this run asks for rank {}, \
@@ -138,6 +176,15 @@ pub fn check_compatible(
                 Ok(())
             }
         }
+    }
+}
+
+/// Whether two `--model` values name the same model: the same file or directory where both are
+/// paths, else the same text (a repository id or an alias).
+pub fn same_model(a: &str, b: &str) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
     }
 }
 
@@ -170,4 +217,112 @@ pub fn restore(
     optimizer
         .restore(moments, state.step)
         .map_err(TrainError::tensor(format!("restoring {}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> TrainerState {
+        TrainerState {
+            step: 3,
+            total_steps: 10,
+            seed: 42,
+            model: "smollm2-135m".into(),
+            lora: None,
+            lr: Some(5e-5),
+            precision: Some(Precision::F32),
+        }
+    }
+
+    fn refused(saved: &TrainerState, run: &TrainerState) -> String {
+        check_compatible(Path::new("ckpt"), saved, run)
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn a_resume_that_would_not_continue_the_same_run_is_refused_naming_why() {
+        let saved = state();
+        assert!(check_compatible(Path::new("ckpt"), &saved, &state()).is_ok());
+        // Not known yet (before the data is split): not compared.
+        let early = TrainerState {
+            total_steps: 0,
+            lr: None,
+            precision: None,
+            ..state()
+        };
+        assert!(check_compatible(Path::new("ckpt"), &saved, &early).is_ok());
+        let cases = [
+            (TrainerState { seed: 7, ..state() }, "--seed 42, not 7"),
+            (
+                TrainerState {
+                    total_steps: 12,
+                    ..state()
+                },
+                "10 steps",
+            ),
+            (
+                TrainerState {
+                    lr: Some(1e-4),
+                    ..state()
+                },
+                "learning rate",
+            ),
+            (
+                TrainerState {
+                    precision: Some(Precision::Bf16),
+                    ..state()
+                },
+                "computed in f32, not bf16",
+            ),
+            (
+                TrainerState {
+                    model: "other".into(),
+                    ..state()
+                },
+                "started from --model smollm2-135m, not other",
+            ),
+            (
+                TrainerState {
+                    lora: Some(LoraConfig::default()),
+                    ..state()
+                },
+                "a full fine-tuning checkpoint",
+            ),
+        ];
+        for (run, why) in cases {
+            let error = refused(&saved, &run);
+            assert!(error.contains(why), "{error}");
+        }
+    }
+
+    #[test]
+    fn lora_targets_compare_as_a_set_of_projections() {
+        let lora = |targets: &[&str], rank| LoraConfig {
+            rank,
+            targets: targets.iter().map(|t| t.to_string()).collect(),
+            ..LoraConfig::default()
+        };
+        let saved = TrainerState {
+            lora: Some(lora(&["q_proj", "v_proj"], 8)),
+            ..state()
+        };
+        let same = TrainerState {
+            lora: Some(lora(&["v_proj", "wq"], 8)),
+            ..state()
+        };
+        assert!(check_compatible(Path::new("ckpt"), &saved, &same).is_ok());
+        let other = TrainerState {
+            lora: Some(lora(&["q_proj", "k_proj"], 8)),
+            ..state()
+        };
+        assert!(refused(&saved, &other).contains("targets q_proj,v_proj"));
+        let rank = TrainerState {
+            lora: Some(lora(&["q_proj", "v_proj"], 4)),
+            ..state()
+        };
+        assert!(refused(&saved, &rank).contains("rank 8"));
+        assert!(refused(&saved, &state()).contains("a LoRA checkpoint"));
+    }
 }

@@ -119,11 +119,7 @@ pub fn with_adapters(model: &Llama, config: &LoraConfig) -> Result<Trainable, Tr
             vars.push((format!("blocks.{i}.{part}.lora_b"), b));
         }
     }
-    Ok(Trainable {
-        model: adapted,
-        vars,
-        precision: crate::model::Precision::F32,
-    })
+    Ok(Trainable::from_parts(adapted, vars))
 }
 
 /// `W + scale * B A` as one dense matrix (an adapter merged into its base).
@@ -157,6 +153,17 @@ fn peft_name(name: &str) -> Result<String, TrainError> {
         _ => return Err(not_adapter()),
     };
     Ok(format!("base_model.model.{hf}.{suffix}.weight"))
+}
+
+/// The targets by PEFT's module names (`--lora-targets` also takes ours, `wq`, ...), in the
+/// model's order.
+fn peft_targets(config: &LoraConfig) -> Result<Vec<&'static str>, TrainError> {
+    let parts = config.parts()?;
+    Ok(TARGETS
+        .iter()
+        .filter(|(_, ours)| parts.contains(ours))
+        .map(|(peft, _)| *peft)
+        .collect())
 }
 
 /// Reads an adapter written by [`save_adapter`] from `dir` into `trainable`'s adapter variables
@@ -221,7 +228,7 @@ pub fn save_adapter(
         "lora_dropout": 0.0,
         "bias": "none",
         "fan_in_fan_out": false,
-        "target_modules": config.targets,
+        "target_modules": peft_targets(config)?,
         "inference_mode": true,
     });
     let path = dir.join("adapter_config.json");

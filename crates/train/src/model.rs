@@ -31,7 +31,8 @@ pub enum Origin {
 
 /// The precision a training step computes in. The weights themselves (the optimizer's master
 /// copy) and AdamW's moments are f32 either way.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Precision {
     /// Everything in f32.
     #[default]
@@ -81,6 +82,37 @@ impl std::fmt::Display for Precision {
     }
 }
 
+/// `model` with its blocks' projections cast for `precision` (bf16: what a mixed-precision step
+/// multiplies with; a cast of a variable stays in the graph, so its gradient reaches the f32
+/// variable). Everything else is shared with `model`.
+pub fn autocast(model: &Llama, precision: Precision) -> candle_core::Result<Llama> {
+    let mut model = model.clone();
+    if precision == Precision::Bf16 {
+        for block in &mut model.blocks {
+            for w in block.projections_mut() {
+                *w = half(w, true)?;
+            }
+        }
+    }
+    Ok(model)
+}
+
+/// A projection in bf16: dense matrices cast, LoRA's base cast and its small adapter path left
+/// f32; a variable only where `variables` says so (the frozen parts can be cast once ahead).
+fn half(weight: &Weight, variables: bool) -> candle_core::Result<Weight> {
+    Ok(match weight {
+        Weight::Dense(t) if t.is_variable() && !variables => weight.clone(),
+        Weight::Dense(t) => Weight::Dense(t.to_dtype(DType::BF16)?),
+        Weight::Lora { base, a, b, scale } => Weight::Lora {
+            base: Box::new(half(base, variables)?),
+            a: a.clone(),
+            b: b.clone(),
+            scale: *scale,
+        },
+        Weight::Quantized(_) => weight.clone(),
+    })
+}
+
 /// A model whose dense weights are variables, with their names.
 #[derive(Clone)]
 pub struct Trainable {
@@ -89,7 +121,10 @@ pub struct Trainable {
     /// The variables, named as [`Llama::trainable`] names them.
     pub vars: Vec<(String, Var)>,
     /// The precision of the training steps' forward and backward passes.
-    pub precision: Precision,
+    precision: Precision,
+    /// In bf16, [`Self::model`] with its frozen projections (LoRA's bases, matrices that are not
+    /// variables) cast once; each step casts only the variables.
+    step_base: Option<Llama>,
 }
 
 impl Trainable {
@@ -98,39 +133,50 @@ impl Trainable {
         let (model, vars) = model
             .trainable()
             .map_err(TrainError::tensor("making the weights trainable"))?;
-        Ok(Self {
+        Ok(Self::from_parts(model, vars))
+    }
+
+    /// A trainable model from its parts, in f32.
+    pub fn from_parts(model: Llama, vars: Vec<(String, Var)>) -> Self {
+        Self {
             model,
             vars,
             precision: Precision::F32,
-        })
+            step_base: None,
+        }
+    }
+
+    /// The precision of the training steps.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Sets the precision of the training steps (in bf16, casting the frozen projections once).
+    pub fn set_precision(&mut self, precision: Precision) -> candle_core::Result<()> {
+        self.step_base = match precision {
+            Precision::F32 => None,
+            Precision::Bf16 => {
+                let mut base = self.model.clone();
+                for block in &mut base.blocks {
+                    for w in block.projections_mut() {
+                        *w = half(w, false)?;
+                    }
+                }
+                Some(base)
+            }
+        };
+        self.precision = precision;
+        Ok(())
     }
 
     /// The model a training step runs, in [`Self::precision`]: the model itself in f32; in bf16,
-    /// a copy whose projections are bf16 casts of the variables, made anew each call so that
-    /// they follow the optimizer's updates.
+    /// a copy whose projections are bf16, the variables' casts made anew each call so that they
+    /// follow the optimizer's updates.
     pub fn step_model(&self) -> candle_core::Result<Llama> {
-        fn half(weight: &Weight) -> candle_core::Result<Weight> {
-            Ok(match weight {
-                Weight::Dense(t) => Weight::Dense(t.to_dtype(DType::BF16)?),
-                // The frozen base multiplies in bf16; the small adapter path stays f32.
-                Weight::Lora { base, a, b, scale } => Weight::Lora {
-                    base: Box::new(half(base)?),
-                    a: a.clone(),
-                    b: b.clone(),
-                    scale: *scale,
-                },
-                Weight::Quantized(_) => weight.clone(),
-            })
+        match &self.step_base {
+            None => Ok(self.model.clone()),
+            Some(base) => autocast(base, Precision::Bf16),
         }
-        let mut model = self.model.clone();
-        if self.precision == Precision::Bf16 {
-            for block in &mut model.blocks {
-                for w in block.projections_mut() {
-                    *w = half(w)?;
-                }
-            }
-        }
-        Ok(model)
     }
 
     /// The device the model is on.

@@ -130,7 +130,7 @@ fn bf16_steps_track_f32_loss_and_gradients() {
         (loss.to_scalar::<f32>().unwrap(), loss.backward().unwrap())
     };
     let (loss32, grads32) = run(&model);
-    model.precision = Precision::Bf16;
+    model.set_precision(Precision::Bf16).unwrap();
     // The step's projections are bf16 copies; the model's own weights stay f32.
     let step_model = model.step_model().unwrap();
     assert!(matches!(&step_model.blocks[0].wq, Weight::Dense(w) if w.dtype() == DType::BF16));
@@ -165,7 +165,7 @@ fn sft_in_bf16_drives_the_loss_on_eight_samples_near_zero() {
 
 fn sft_overfits(precision: Precision) {
     let mut model = Trainable::new(&common::tiny_model(0)).unwrap();
-    model.precision = precision;
+    model.set_precision(precision).unwrap();
     let examples: Vec<Example> = (0..8)
         .map(|i| Example {
             ids: common::ramp(5 + 2 * i, 3 * i + 1, 16),
@@ -317,8 +317,19 @@ fn lora_trains_only_adapter_variables_with_gradients_matching_finite_differences
     }
     // In bf16 the frozen bases multiply in bf16; the adapters' f32 gradients agree with f32's.
     let mut half = model.clone();
-    half.precision = Precision::Bf16;
+    half.set_precision(Precision::Bf16).unwrap();
     let half_grads = mean_nll(&half, &batch).backward().unwrap();
+    // The frozen bases are cast once, not at every step.
+    let base = |model: &Trainable| match &model.step_model().unwrap().blocks[0].wq {
+        Weight::Lora { base, .. } => match base.as_ref() {
+            Weight::Dense(t) => (t.id(), t.dtype()),
+            other => panic!("{other:?}"),
+        },
+        other => panic!("{other:?}"),
+    };
+    let (first, dtype) = base(&half);
+    assert_eq!(dtype, DType::BF16);
+    assert_eq!(base(&half).0, first);
     for (name, var) in &model.vars {
         let cosine = cosine(
             &gradient(&grads, name, var),

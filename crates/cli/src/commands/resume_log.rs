@@ -50,8 +50,11 @@ pub struct Appender {
 }
 
 impl Appender {
-    /// Opens (or creates) `path` for appending.
+    /// Opens (or creates, with its directory) `path` for appending.
     pub fn open(path: &Path) -> Result<Self> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
         let file = OpenOptions::new()
             .create(true)
             .append(true)

@@ -231,40 +231,64 @@ impl RunArgs {
             bail!("--held-out must be in [0, 1): {}", self.held_out);
         }
         // A full fine-tuning checkpoint is the model to go on from; a LoRA checkpoint holds only
-        // the adapter, which `resume` reads onto the base model.
-        let start = match self.checkpoint()? {
-            Some((dir, state)) if state.lora.is_none() => dir.display().to_string(),
-            Some((dir, state)) => {
-                if !same_model(&state.model, &self.model) {
-                    bail!(
-                        "{}: the adapter was trained on --model {}, not {}",
-                        dir.display(),
-                        state.model,
-                        self.model
-                    );
-                }
-                self.model.clone()
+        // the adapter, which `resume` reads onto the base model. A resumed run computes in the
+        // checkpoint's precision unless told otherwise.
+        let (start, saved_precision) = match self.checkpoint(self.precision, 0, None)? {
+            Some((dir, state)) if state.lora.is_none() => {
+                (dir.display().to_string(), state.precision)
             }
-            None => self.model.clone(),
+            Some((_, state)) => (self.model.clone(), state.precision),
+            None => (self.model.clone(), None),
         };
         eprintln!("loading {start} for training");
         let mut model =
             TrainModel::load(&start, self.max_length, self.device, self.lora().as_ref())
                 .with_context(|| format!("cannot load --model {start}"))?;
-        model.trainable.precision = self
+        let precision = self
             .precision
+            .or(saved_precision)
             .unwrap_or_else(|| Precision::auto(&model.trainable.device()));
+        model.trainable.set_precision(precision).map_err(
+            guardreasoner_train::TrainError::tensor("casting for the precision"),
+        )?;
         Ok(model)
     }
 
-    /// The --resume checkpoint and its state, checked against this run's settings.
-    fn checkpoint(&self) -> Result<Option<(&Path, TrainerState)>> {
+    /// What this run records in its checkpoints, after `step` of `total` steps at peak learning
+    /// rate `lr`.
+    fn state(
+        &self,
+        step: usize,
+        total: usize,
+        lr: Option<f64>,
+        precision: Option<Precision>,
+    ) -> TrainerState {
+        TrainerState {
+            step,
+            total_steps: total,
+            seed: self.seed,
+            model: self.model.clone(),
+            lora: self.lora(),
+            lr,
+            precision,
+        }
+    }
+
+    /// The --resume checkpoint and its state, checked against this run's settings (`total` 0
+    /// and `lr` `None` where not known yet).
+    fn checkpoint(
+        &self,
+        precision: Option<Precision>,
+        total: usize,
+        lr: Option<f64>,
+    ) -> Result<Option<(&Path, TrainerState)>> {
         let Some(dir) = &self.resume else {
             return Ok(None);
         };
-        let state = checkpoint::state(dir)?;
-        checkpoint::check_compatible(dir, &state, self.seed, self.lora().as_ref())?;
-        Ok(Some((dir, state)))
+        let saved = checkpoint::state(dir)?;
+        let run = self.state(0, total, lr, precision);
+        checkpoint::check_compatible(dir, &saved, &run)?;
+        Ok(Some((dir, saved)))
     }
 
     /// Splits `items` into training and held-out parts (a seeded shuffle first).
@@ -275,14 +299,18 @@ impl RunArgs {
         (items, held_out)
     }
 
-    /// Restores the adapter (LoRA), the optimizer and the step from --resume, if given.
+    /// Restores the adapter (LoRA), the optimizer and the step from --resume, if given, for a
+    /// run over `items` training items.
     fn resume(
         &self,
         model: &TrainModel,
         optimizer: &mut AdamW,
         schedule: &mut Schedule,
+        items: usize,
     ) -> Result<()> {
-        if let Some((dir, state)) = self.checkpoint()? {
+        let total = schedule.total_steps(items);
+        let precision = Some(model.trainable.precision());
+        if let Some((dir, state)) = self.checkpoint(precision, total, Some(schedule.adamw.lr))? {
             checkpoint::restore(dir, &state, model, optimizer)?;
             schedule.start_step = state.step;
             eprintln!("resuming after step {}", state.step);
@@ -295,6 +323,7 @@ impl RunArgs {
         &'a self,
         model: &'a TrainModel,
         total: usize,
+        lr: f64,
         metric_names: &'a [&'a str],
     ) -> Result<impl FnMut(&Step, &AdamW) -> Result<bool, guardreasoner_train::TrainError> + 'a>
     {
@@ -327,13 +356,8 @@ impl RunArgs {
             if self.save_every > 0 && step.step.is_multiple_of(self.save_every) && step.step < total
             {
                 let dir = self.out.join(format!("checkpoint-{}", step.step));
-                let state = TrainerState {
-                    step: step.step,
-                    total_steps: total,
-                    seed: self.seed,
-                    model: self.model.clone(),
-                    lora: self.lora(),
-                };
+                let precision = Some(model.trainable.precision());
+                let state = self.state(step.step, total, Some(lr), precision);
                 checkpoint::save(&dir, model, optimizer, &state)?;
             }
             Ok(true)
@@ -376,7 +400,7 @@ impl RunArgs {
             "seconds": seconds,
             "tokens_per_second": tokens as f64 / seconds.max(1e-9),
             "lora": self.lora().map(|l| json!({"rank": l.rank, "alpha": l.alpha, "targets": l.targets})),
-            "precision": model.trainable.precision.name(),
+            "precision": model.trainable.precision().name(),
         });
         if let (Value::Object(report), Value::Object(extra)) = (&mut report, extra) {
             report.extend(extra);
@@ -385,15 +409,6 @@ impl RunArgs {
         println!("{}", serde_json::to_string_pretty(&report)?);
         eprintln!("model written to {}", self.out.display());
         Ok(())
-    }
-}
-
-/// Whether two `--model` values name the same model: the same file or directory where both are
-/// paths, else the same text (a repository id or an alias).
-fn same_model(a: &str, b: &str) -> bool {
-    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => a == b,
     }
 }
 
@@ -427,17 +442,17 @@ fn run_sft(args: SftArgs) -> Result<()> {
     let (train, held_out) = run.split(encoded.examples.clone());
     let mut schedule = run.schedule(3, 5e-5);
     let mut optimizer = sft::optimizer(&model.trainable, &schedule)?;
-    run.resume(&model, &mut optimizer, &mut schedule)?;
+    run.resume(&model, &mut optimizer, &mut schedule, train.len())?;
     let total = schedule.total_steps(train.len());
     eprintln!(
         "R-SFT on {} sequences ({} held out) for {total} steps on {:?} in {}",
         train.len(),
         held_out.len(),
         model.trainable.device().location(),
-        model.trainable.precision
+        model.trainable.precision()
     );
     let started = std::time::Instant::now();
-    let on_step = run.on_step(&model, total, &[])?;
+    let on_step = run.on_step(&model, total, schedule.adamw.lr, &[])?;
     let steps = sft::train(
         &model.trainable,
         &mut optimizer,
@@ -498,27 +513,34 @@ fn run_dpo(args: DpoArgs) -> Result<()> {
         encoded.pairs.len()
     );
     // The reference is the model the run started from: on resuming full fine-tuning, --model,
-    // not the checkpoint (a LoRA run's frozen model is --model already: its base).
+    // not the checkpoint (a LoRA run's frozen model is --model already: its base). It computes
+    // in the policy's precision, as TRL's reference runs under the same autocast, so that the
+    // implicit rewards start at zero.
     let reference_model = match (&run.resume, run.lora_rank) {
         (Some(_), None) => TrainModel::load(&run.model, run.max_length, run.device, None)?.frozen,
         _ => model.frozen.clone(),
     };
+    let reference_model =
+        guardreasoner_train::model::autocast(&reference_model, model.trainable.precision())
+            .map_err(guardreasoner_train::TrainError::tensor(
+                "casting the reference",
+            ))?;
     let reference = dpo::reference_logprobs(&reference_model, &train, run.batch_size, &device)?;
     let held_reference =
         dpo::reference_logprobs(&reference_model, &held_out, run.batch_size, &device)?;
     drop(reference_model);
     let mut optimizer = sft::optimizer(&model.trainable, &schedule)?;
-    run.resume(&model, &mut optimizer, &mut schedule)?;
+    run.resume(&model, &mut optimizer, &mut schedule, train.len())?;
     let total = schedule.total_steps(train.len());
     eprintln!(
         "HS-DPO on {} pairs ({} held out) for {total} steps on {:?} in {}",
         train.len(),
         held_out.len(),
         device.location(),
-        model.trainable.precision
+        model.trainable.precision()
     );
     let started = std::time::Instant::now();
-    let on_step = run.on_step(&model, total, &dpo::METRICS)?;
+    let on_step = run.on_step(&model, total, schedule.adamw.lr, &dpo::METRICS)?;
     let steps = dpo::train(
         &model.trainable,
         &mut optimizer,

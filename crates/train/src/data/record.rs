@@ -240,8 +240,12 @@ pub fn write_records(path: &Path, records: &[TrainRecord]) -> Result<(), TrainEr
     )
 }
 
-/// Writes `value` as pretty JSON through a temporary file in the same directory.
+/// Writes `value` as pretty JSON through a temporary file in the same directory (created if
+/// missing).
 pub(crate) fn write_json_atomically(path: &Path, value: &Value) -> Result<(), TrainError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
+    }
     let partial = path.with_extension("json.partial");
     let file = File::create(&partial).map_err(|e| TrainError::io(&partial, e))?;
     let mut writer = BufWriter::new(file);

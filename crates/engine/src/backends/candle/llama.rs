@@ -1,9 +1,11 @@
 //! The Llama architecture (Llama 2/3, SmolLM2, GuardReasoner), written top to bottom as the
-//! equations read, with candle's differentiable operations only.
+//! equations read, every operation differentiable.
 //!
 //! candle-transformers' llama uses fused kernels (RMS norm, softmax, rotary embedding, attention)
 //! that have no backward pass, so a gradient reaches almost none of its weights; the training
-//! pipeline differentiates through this file instead. Quantized weights (GGUF) run through
+//! pipeline differentiates through this file instead. Where an input tracks gradients, RMSNorm,
+//! RoPE and the attention softmax run as single operations with hand-written backward passes
+//! ([`super::ops`]); otherwise as candle's plain operations. Quantized weights (GGUF) run through
 //! `QMatMul` for inference; dense weights (safetensors, or GGUF dequantized) can be trainable
 //! variables.
 //!

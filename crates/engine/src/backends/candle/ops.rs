@@ -27,7 +27,7 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
         &weight,
         RmsNorm {
             eps,
-            on_gpu: on_gpu.transpose()?,
+            on_gpu: std::sync::Mutex::new(on_gpu.transpose()?),
         },
     )
 }
@@ -44,9 +44,10 @@ fn inverse_rms(x: &Tensor, eps: f64) -> Result<Tensor> {
 
 struct RmsNorm {
     eps: f64,
-    /// The result, computed with candle's operations where the input is not on the CPU.
+    /// The result, computed with candle's operations where the input is not on the CPU; taken
+    /// by the forward, so that the graph node does not keep a second copy.
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-    on_gpu: Option<Tensor>,
+    on_gpu: OnGpu,
 }
 
 impl CustomOp2 for RmsNorm {
@@ -92,7 +93,7 @@ impl CustomOp2 for RmsNorm {
         _: &candle_core::CudaStorage,
         _: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        stored_result(self.on_gpu.as_ref(), self.name())
+        stored_result(&self.on_gpu, self.name())
     }
 
     fn bwd(
@@ -137,7 +138,10 @@ pub fn causal_softmax(scores: &Tensor, scale: f64) -> Result<Tensor> {
             &(scores.detach() * scale)?.broadcast_add(&mask)?,
         )?)
     };
-    scores.apply_op1(CausalSoftmax { scale, on_gpu })
+    scores.apply_op1(CausalSoftmax {
+        scale,
+        on_gpu: std::sync::Mutex::new(on_gpu),
+    })
 }
 
 /// The additive causal mask `[1, 1, length, start + length]`: `-inf` where a query at
@@ -167,9 +171,10 @@ pub fn plain_softmax(x: &Tensor) -> Result<Tensor> {
 
 struct CausalSoftmax {
     scale: f64,
-    /// The result, computed with candle's operations where the input is not on the CPU.
+    /// The result, computed with candle's operations where the input is not on the CPU; taken
+    /// by the forward, so that the graph node does not keep a second copy.
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-    on_gpu: Option<Tensor>,
+    on_gpu: OnGpu,
 }
 
 impl CustomOp1 for CausalSoftmax {
@@ -213,7 +218,7 @@ impl CustomOp1 for CausalSoftmax {
         _: &candle_core::CudaStorage,
         _: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        stored_result(self.on_gpu.as_ref(), self.name())
+        stored_result(&self.on_gpu, self.name())
     }
 
     fn bwd(&self, _: &Tensor, result: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
@@ -243,7 +248,10 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, layout: RopeLayout) -> Resul
     } else {
         Some(plain_rope(&x.detach(), cos, sin, layout)?)
     };
-    x.apply_op1(Rope { on_gpu, ..op })
+    x.apply_op1(Rope {
+        on_gpu: std::sync::Mutex::new(on_gpu),
+        ..op
+    })
 }
 
 /// [`rope`] in candle's operations.
@@ -273,9 +281,10 @@ struct Rope {
     cos: Tensor,
     sin: Tensor,
     layout: RopeLayout,
-    /// The result, computed with candle's operations where the input is not on the CPU.
+    /// The result, computed with candle's operations where the input is not on the CPU; taken
+    /// by the forward, so that the graph node does not keep a second copy.
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-    on_gpu: Option<Tensor>,
+    on_gpu: OnGpu,
 }
 
 impl Rope {
@@ -284,7 +293,7 @@ impl Rope {
             cos: cos.detach().contiguous()?,
             sin: sin.detach().contiguous()?,
             layout,
-            on_gpu: None,
+            on_gpu: std::sync::Mutex::new(None),
         })
     }
 }
@@ -331,7 +340,7 @@ impl CustomOp1 for Rope {
         _: &candle_core::CudaStorage,
         _: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        stored_result(self.on_gpu.as_ref(), self.name())
+        stored_result(&self.on_gpu, self.name())
     }
 
     fn bwd(&self, _: &Tensor, _: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
@@ -354,9 +363,13 @@ fn contiguous_slice<'a>(values: &'a [f32], layout: &Layout) -> Result<&'a [f32]>
     }
 }
 
+/// A result computed ahead for a GPU forward pass.
+type OnGpu = std::sync::Mutex<Option<Tensor>>;
+
 #[cfg(feature = "cuda")]
-fn stored_result(result: Option<&Tensor>, name: &str) -> Result<(candle_core::CudaStorage, Shape)> {
+fn stored_result(result: &OnGpu, name: &str) -> Result<(candle_core::CudaStorage, Shape)> {
     use candle_core::backend::BackendStorage;
+    let result = result.lock().ok().and_then(|mut r| r.take());
     let Some(result) = result else {
         candle_core::bail!("{name}: no result computed for the GPU");
     };
