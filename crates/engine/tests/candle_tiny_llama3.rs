@@ -127,7 +127,8 @@ fn a_backward_pass_reaches_every_weight() {
         .unsqueeze(0)
         .unwrap();
     let logits = trainable.forward(&tokens, &mut KvCache::default()).unwrap();
-    // The same numbers as the inference model.
+    // The same numbers as the inference model, up to summation order: with gradients tracked,
+    // RMSNorm, RoPE and the softmax run as hand-written operations (`ops.rs`).
     let plain = engine
         .model()
         .forward(&tokens, &mut KvCache::default())
@@ -140,7 +141,10 @@ fn a_backward_pass_reaches_every_weight() {
         .unwrap()
         .to_scalar()
         .unwrap();
-    assert_eq!(difference, 0.0);
+    assert!(
+        difference < 1e-4,
+        "the trainable model's logits differ by {difference}"
+    );
 
     // Next-token cross-entropy, written with differentiable operations.
     let (_, length, _) = logits.dims3().unwrap();

@@ -56,7 +56,18 @@ fn shape(name: &str) -> LlamaConfig {
 }
 
 fn random_model(c: LlamaConfig, length: usize, device: &Device) -> candle_core::Result<Llama> {
-    let w = |rows: usize, cols: usize| Tensor::randn(0f32, 0.02, (rows, cols), device);
+    // Seeded on the CPU, then moved: the same weights on every device and in every run, so that
+    // runs on the CPU and on a GPU can be compared loss for loss. Uniform with a standard
+    // deviation of 0.02.
+    use rand::{Rng, SeedableRng};
+    let rng = std::cell::RefCell::new(rand::rngs::StdRng::seed_from_u64(7));
+    let bound = 0.02f32 * 3f32.sqrt();
+    let w = |rows: usize, cols: usize| {
+        let values: Vec<f32> = (0..rows * cols)
+            .map(|_| rng.borrow_mut().random_range(-bound..bound))
+            .collect();
+        Tensor::from_vec(values, (rows, cols), &Device::Cpu)?.to_device(device)
+    };
     let ones = |n: usize| Tensor::ones(n, DType::F32, device);
     let (h, i, d) = (c.hidden_size, c.intermediate_size, c.head_dim);
     let table = w(c.vocab_size, h)?;
