@@ -92,14 +92,7 @@ impl CustomOp3 for LinearLogprobs {
         _: &candle_core::CudaStorage,
         _: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        use candle_core::backend::BackendStorage;
-        let (storage, layout) = self.result.storage_and_layout();
-        match &*storage {
-            candle_core::Storage::Cuda(s) => {
-                Ok((s.try_clone(layout)?, self.result.shape().clone()))
-            }
-            _ => candle_core::bail!("linear-logprobs: the result is not on the GPU"),
-        }
+        guardreasoner_engine::backends::candle::ops::gpu_copy(&self.result, self.name())
     }
 
     fn bwd(

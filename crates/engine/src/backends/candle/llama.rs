@@ -352,9 +352,8 @@ impl Llama {
             let a = rms_norm(&h, &block.attention_norm, self.config.rms_norm_eps)?;
             h = (h + self.attention(block, &a, &cos, &sin, mask.as_ref(), layer_cache)?)?;
             let m = rms_norm(&h, &block.mlp_norm, self.config.rms_norm_eps)?;
-            let gate = block.w_gate.forward(&m)?.silu()?;
-            let up = block.w_up.forward(&m)?;
-            h = (h + block.w_down.forward(&(gate * up)?)?)?;
+            let gated = swiglu(&block.w_gate.forward(&m)?, &block.w_up.forward(&m)?)?;
+            h = (h + block.w_down.forward(&gated)?)?;
         }
         rms_norm(&h, &self.norm, self.config.rms_norm_eps)
     }
@@ -444,6 +443,15 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     let mean_square = x.sqr()?.mean_keepdim(D::Minus1)?;
     let normalized = x.broadcast_div(&(mean_square + eps)?.sqrt()?)?;
     normalized.broadcast_mul(&weight)
+}
+
+/// `silu(gate) * up`. Where an f32 input tracks gradients (training), one operation with its own
+/// backward ([`ops::swiglu`]); otherwise plain operations.
+fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    if (gate.track_op() || up.track_op()) && gate.dtype() == DType::F32 {
+        return ops::swiglu(gate, up);
+    }
+    ops::plain_swiglu(gate, up)
 }
 
 /// Rotates `x` `[batch, heads, length, d]` by the angles of its positions (`cos`, `sin`:

@@ -1,11 +1,12 @@
-//! RMSNorm, RoPE and the causal attention softmax as single operations with hand-written backward
-//! passes, for training.
+//! RMSNorm, RoPE, the causal attention softmax and SwiGLU as single operations with hand-written
+//! backward passes, for training.
 //!
 //! Composed of candle's elementwise operations, each keeps every intermediate alive in the
 //! autograd graph until the backward pass: the squares, means and normalized rows of RMSNorm, the
 //! halves and products of RoPE, the scaled, masked, shifted scores of attention and their
-//! exponentials (several copies of `heads x length x length` floats per layer). The backward pass then runs one operation per
-//! intermediate. Here each is one graph node that keeps only its inputs and its result:
+//! exponentials (several copies of `heads x length x length` floats per layer), the activated
+//! gate of the MLP. The backward pass then runs one operation per intermediate. Here each is one
+//! graph node that keeps only its inputs and its result:
 //! - on the CPU the forward is a plain loop over rows;
 //! - on a GPU it is candle's own operations, run detached;
 //! - the backward is the analytic formula, written in candle operations, so it runs on every
@@ -13,7 +14,9 @@
 //!
 //! The model uses them only where an input tracks gradients; inference runs the plain operations.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, D};
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Storage, Tensor, D,
+};
 
 use super::llama::RopeLayout;
 
@@ -311,8 +314,16 @@ impl CustomOp1 for Rope {
         let dims = layout.dims();
         let (length, d) = (dims[2], dims[3]);
         let half = d / 2;
-        let cos = self.cos.flatten_all()?.to_vec1::<f32>()?;
-        let sin = self.sin.flatten_all()?.to_vec1::<f32>()?;
+        // The tables are read where they lie: this runs once per layer and direction each step.
+        let (cos_storage, cos_layout) = self.cos.storage_and_layout();
+        let (sin_storage, sin_layout) = self.sin.storage_and_layout();
+        let (Storage::Cpu(CpuStorage::F32(cos)), Storage::Cpu(CpuStorage::F32(sin))) =
+            (&*cos_storage, &*sin_storage)
+        else {
+            candle_core::bail!("rope: the angle tables must be f32 on the CPU");
+        };
+        let cos = contiguous_slice(cos, cos_layout)?;
+        let sin = contiguous_slice(sin, sin_layout)?;
         let mut out = vec![0f32; x.len()];
         for (r, (row, out_row)) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)).enumerate() {
             let position = r % length;
@@ -355,6 +366,141 @@ impl CustomOp1 for Rope {
     }
 }
 
+/// `silu(gate) * up`, the MLP's gated activation, differentiable in both; f32 tensors of one shape.
+/// Composed, the graph would also keep `silu(gate)`, and its backward would run five
+/// elementwise operations for the sigmoid's derivative alone; here one pass gives both gradients.
+pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    if gate.dims() != up.dims() {
+        candle_core::bail!("swiglu: gate {:?} and up {:?}", gate.dims(), up.dims());
+    }
+    let gate = gate.contiguous()?;
+    let up = up.contiguous()?;
+    let on_gpu = (!gate.device().is_cpu()).then(|| plain_swiglu(&gate.detach(), &up.detach()));
+    gate.apply_op2(
+        &up,
+        SwiGlu {
+            on_gpu: std::sync::Mutex::new(on_gpu.transpose()?),
+        },
+    )
+}
+
+/// [`swiglu`] in candle's operations.
+pub fn plain_swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    gate.silu()? * up
+}
+
+/// `sigmoid(x)` and `silu(x) = x sigmoid(x)`.
+fn sigmoid_silu(x: f32) -> (f32, f32) {
+    let sigmoid = 1.0 / (1.0 + (-x).exp());
+    (sigmoid, x * sigmoid)
+}
+
+struct SwiGlu {
+    /// The result, computed with candle's operations where the input is not on the CPU; taken
+    /// by the forward, so that the graph node does not keep a second copy.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    on_gpu: OnGpu,
+}
+
+impl CustomOp2 for SwiGlu {
+    fn name(&self) -> &'static str {
+        "swiglu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        gate: &CpuStorage,
+        gate_layout: &Layout,
+        up: &CpuStorage,
+        up_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(gate), CpuStorage::F32(up)) = (gate, up) else {
+            candle_core::bail!("swiglu: f32 only");
+        };
+        let gate = contiguous_slice(gate, gate_layout)?;
+        let up = contiguous_slice(up, up_layout)?;
+        let out = gate
+            .iter()
+            .zip(up)
+            .map(|(&g, &u)| sigmoid_silu(g).1 * u)
+            .collect();
+        Ok((CpuStorage::F32(out), gate_layout.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        stored_result(&self.on_gpu, self.name())
+    }
+
+    fn bwd(
+        &self,
+        gate: &Tensor,
+        up: &Tensor,
+        _: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        // With s = sigmoid(x): silu'(x) = s + x s (1 - s) = s + silu(x) (1 - s), so
+        // d gate = g u silu'(gate) and d up = g silu(gate).
+        let (gate, up, grad) = (gate.detach(), up.detach(), grad.detach().contiguous()?);
+        if gate.device().is_cpu() {
+            // Both gradients from one pass, side by side in one buffer.
+            let both = gate.apply_op3_no_bwd(&up, &grad, &SwiGluBackward)?;
+            let n = gate.elem_count();
+            let d_gate = both.narrow(0, 0, n)?.reshape(gate.shape())?;
+            let d_up = both.narrow(0, n, n)?.reshape(gate.shape())?;
+            return Ok((Some(d_gate), Some(d_up)));
+        }
+        let sigmoid = (gate.neg()?.exp()? + 1.0)?.recip()?;
+        let silu = (&gate * &sigmoid)?;
+        let derivative = (&sigmoid + (&silu * (1.0 - &sigmoid)?)?)?;
+        let d_gate = ((&grad * &up)? * derivative)?;
+        let d_up = (grad * silu)?;
+        Ok((Some(d_gate), Some(d_up)))
+    }
+}
+
+/// [`SwiGlu`]'s gradients on the CPU: `[2 n]`, the gate's then the up projection's.
+struct SwiGluBackward;
+
+impl CustomOp3 for SwiGluBackward {
+    fn name(&self) -> &'static str {
+        "swiglu-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        gate: &CpuStorage,
+        gate_layout: &Layout,
+        up: &CpuStorage,
+        up_layout: &Layout,
+        grad: &CpuStorage,
+        grad_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(gate), CpuStorage::F32(up), CpuStorage::F32(grad)) = (gate, up, grad)
+        else {
+            candle_core::bail!("swiglu-backward: f32 only");
+        };
+        let gate = contiguous_slice(gate, gate_layout)?;
+        let up = contiguous_slice(up, up_layout)?;
+        let grad = contiguous_slice(grad, grad_layout)?;
+        let n = gate.len();
+        let mut out = vec![0f32; 2 * n];
+        let (d_gate, d_up) = out.split_at_mut(n);
+        for i in 0..n {
+            let (sigmoid, silu) = sigmoid_silu(gate[i]);
+            d_gate[i] = grad[i] * up[i] * (sigmoid + silu * (1.0 - sigmoid));
+            d_up[i] = grad[i] * silu;
+        }
+        Ok((CpuStorage::F32(out), Shape::from(2 * n)))
+    }
+}
+
 /// The elements of a contiguous layout (the operations above make their inputs contiguous).
 fn contiguous_slice<'a>(values: &'a [f32], layout: &Layout) -> Result<&'a [f32]> {
     match layout.contiguous_offsets() {
@@ -368,11 +514,19 @@ type OnGpu = std::sync::Mutex<Option<Tensor>>;
 
 #[cfg(feature = "cuda")]
 fn stored_result(result: &OnGpu, name: &str) -> Result<(candle_core::CudaStorage, Shape)> {
-    use candle_core::backend::BackendStorage;
     let result = result.lock().ok().and_then(|mut r| r.take());
     let Some(result) = result else {
         candle_core::bail!("{name}: no result computed for the GPU");
     };
+    gpu_copy(&result, name)
+}
+
+/// The storage of `result`, computed ahead with candle's operations, as a custom operation's
+/// CUDA forward returns it: custom operations here compute on the GPU that way rather than with
+/// kernels of their own.
+#[cfg(feature = "cuda")]
+pub fn gpu_copy(result: &Tensor, name: &str) -> Result<(candle_core::CudaStorage, Shape)> {
+    use candle_core::backend::BackendStorage;
     let (storage, layout) = result.storage_and_layout();
     match &*storage {
         candle_core::Storage::Cuda(s) => Ok((s.try_clone(layout)?, result.shape().clone())),
@@ -455,6 +609,16 @@ mod tests {
                 &format!("rope {layout:?}"),
             );
         }
+    }
+
+    #[test]
+    fn swiglu_matches_the_composed_operations_and_their_gradients() {
+        check(
+            &[values(&[2, 3, 8], 0.1), values(&[2, 3, 8], 0.9)],
+            |t| swiglu(&t[0], &t[1]),
+            |t| plain_swiglu(&t[0], &t[1]),
+            "swiglu",
+        );
     }
 
     #[test]
