@@ -120,9 +120,7 @@ pub struct Trainable {
     pub model: Llama,
     /// The variables, named as [`Llama::trainable`] names them.
     pub vars: Vec<(String, Var)>,
-    /// The precision of the training steps' forward and backward passes.
-    precision: Precision,
-    /// In bf16, [`Self::model`] with its frozen projections (LoRA's bases, matrices that are not
+    /// In bf16 (and only then: it is what makes the steps mixed precision), [`Self::model`] with its frozen projections (LoRA's bases, matrices that are not
     /// variables) cast once; each step casts only the variables.
     step_base: Option<Llama>,
 }
@@ -141,14 +139,16 @@ impl Trainable {
         Self {
             model,
             vars,
-            precision: Precision::F32,
             step_base: None,
         }
     }
 
     /// The precision of the training steps.
     pub fn precision(&self) -> Precision {
-        self.precision
+        match self.step_base {
+            Some(_) => Precision::Bf16,
+            None => Precision::F32,
+        }
     }
 
     /// Sets the precision of the training steps (in bf16, casting the frozen projections once).
@@ -165,7 +165,6 @@ impl Trainable {
                 Some(base)
             }
         };
-        self.precision = precision;
         Ok(())
     }
 
