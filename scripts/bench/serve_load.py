@@ -10,8 +10,11 @@ llama-server's `/v1/completions` as the rendered prompt, and to ours as the conv
 guard endpoint `/v1/guard` (which renders it, checks it and parses the verdict: the work a guard
 deployment asks of us; `--ours-endpoint completions` sends ours the rendered prompt instead),
 streaming, greedy, a fixed number of new tokens (`ignore_eos` on both), for a fixed time. A request in flight at the deadline is awaited and counted. Prints checks/s, p50/p99
-latency and p50/p99 time to first token per server and concurrency, the ratios, 5xx counts, and
-our server's memory before and after its rounds; writes them as JSON and an SVG chart.
+latency and p50/p99 time to first token per server and concurrency, the ratios, 5xx counts, each
+server's CPU time per check and per prompt character (user + system time of its process over its
+rounds: steadier than checks/s where the cores are shared with other tenants, and the second does
+not depend on which long or short conversations a server happened to finish), and our server's memory before and after
+its rounds; writes them as JSON and an SVG chart.
 
 Then an overflow phase against ours alone, with a small queue: more clients than slots plus
 queue, to show that overflow is answered at once with 429 and `Retry-After`, and that every
@@ -100,6 +103,13 @@ class Server:
                 return int(line.split()[1]) / 1024
         return float("nan")
 
+    def cpu_seconds(self):
+        """User + system CPU time of the server process (all its threads) so far. Unlike the wall
+        clock, it does not count the time the process waits while another tenant of a shared
+        machine holds the cores, so its ratio between servers is steadier than checks/s."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self):
         self.process.send_signal(signal.SIGTERM)
         try:
@@ -171,7 +181,8 @@ def load(server, texts, counter, concurrency, seconds, new_tokens, extra):
             except OSError as error:
                 outcome = (0, 0.0, None, {"error": str(error)})
             with lock:
-                results.append(outcome)
+                # The prompt's length rides along: the work a check costs is mostly its prefill.
+                results.append((*outcome, len(prompt[0])))
 
     started = time.perf_counter()
     threads = [threading.Thread(target=client) for _ in range(concurrency)]
@@ -199,6 +210,7 @@ def summary(results, elapsed):
         "5xx": sum(1 for r in results if r[0] >= 500),
         "errors": sum(1 for r in results if r[0] == 0),
         "checks_per_s": len(ok) / elapsed,
+        "prompt_chars": sum(r[4] for r in ok),
         "p50_s": percentile(latencies, 50),
         "p99_s": percentile(latencies, 99),
         "ttft_p50_s": percentile(ttfts, 50),
@@ -225,7 +237,7 @@ def overflow(model, args, texts):
     results, elapsed = load(server, texts, counter, clients, 5, args.new_tokens, {"endpoint": args.ours_endpoint})
     server.stop()
     statuses = {}
-    for status, latency, _, headers in results:
+    for status, *_ in results:
         statuses[status] = statuses.get(status, 0) + 1
     rejected = [r for r in results if r[0] == 429]
     return {
@@ -291,27 +303,36 @@ def main():
     try:
         for concurrency in [int(c) for c in args.concurrency.split(",")]:
             rounds = {"ours": [], "peer": []}
+            cpu = {"ours": 0.0, "peer": 0.0}
             memory = []
             for round_index in range(args.rounds):
                 order = [("ours", ours, {"endpoint": args.ours_endpoint}), ("peer", peer, {"cache_prompt": True})]
                 if round_index % 2:
                     order.reverse()
                 for name, server, extra in order:
-                    before = ours.rss_mib()
+                    before, cpu_before = ours.rss_mib(), server.cpu_seconds()
                     rounds[name].append(load(server, texts, counters[name], concurrency, args.seconds, args.new_tokens, extra))
+                    cpu[name] += server.cpu_seconds() - cpu_before
                     if name == "ours":
                         memory.append((before, ours.rss_mib()))
             row = {"concurrency": concurrency, "ours": merge(rounds["ours"]), "peer": merge(rounds["peer"]),
                    "ours_rss_mib": memory}
             row["ratio_checks"] = row["ours"]["checks_per_s"] / max(row["peer"]["checks_per_s"], 1e-9)
             row["ratio_p99"] = row["ours"]["p99_s"] / max(row["peer"]["p99_s"], 1e-9)
+            for name in ("ours", "peer"):
+                row[name]["cpu_s"] = cpu[name]
+                row[name]["cpu_s_per_check"] = cpu[name] / max(row[name]["ok"], 1)
+                # The servers draw the same prompts in the same order but finish different numbers
+                # of them, long and short: CPU time per prompt character compares like with like.
+                row[name]["cpu_ms_per_1k_chars"] = 1e6 * cpu[name] / max(row[name]["prompt_chars"], 1)
+            row["ratio_cpu_per_char"] = row["ours"]["cpu_ms_per_1k_chars"] / max(row["peer"]["cpu_ms_per_1k_chars"], 1e-9)
             report["rows"].append(row)
             print(f"{concurrency:>3} clients: ours {row['ours']['checks_per_s']:.2f} checks/s "
                   f"(p50 {row['ours']['p50_s']:.2f}s p99 {row['ours']['p99_s']:.2f}s ttft p50 {row['ours']['ttft_p50_s']:.2f}s, "
                   f"5xx {row['ours']['5xx']}), llama-server {row['peer']['checks_per_s']:.2f} "
                   f"(p50 {row['peer']['p50_s']:.2f}s p99 {row['peer']['p99_s']:.2f}s ttft p50 {row['peer']['ttft_p50_s']:.2f}s, "
                   f"5xx {row['peer']['5xx']}); ratio {row['ratio_checks']:.2f}x checks/s, "
-                  f"{row['ratio_p99']:.2f}x p99; our RSS {memory[0][0]:.0f} -> {memory[-1][1]:.0f} MiB", flush=True)
+                  f"{row['ratio_p99']:.2f}x p99, {row['ratio_cpu_per_char']:.2f}x CPU time per prompt character; our RSS {memory[0][0]:.0f} -> {memory[-1][1]:.0f} MiB", flush=True)
     finally:
         ours.stop()
         peer.stop()
