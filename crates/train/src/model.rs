@@ -120,7 +120,8 @@ pub struct Trainable {
     pub model: Llama,
     /// The variables, named as [`Llama::trainable`] names them.
     pub vars: Vec<(String, Var)>,
-    /// In bf16 (and only then: it is what makes the steps mixed precision), [`Self::model`] with its frozen projections (LoRA's bases, matrices that are not
+    /// In bf16, and only then (its presence is what makes the steps mixed precision):
+    /// [`Self::model`] with its frozen projections (LoRA's bases, matrices that are not
     /// variables) cast once; each step casts only the variables.
     step_base: Option<Llama>,
 }
