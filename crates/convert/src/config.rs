@@ -1,4 +1,5 @@
-//! The model's `config.json`: the hyperparameters of a Hugging Face Llama.
+//! The model's `config.json`: the hyperparameters of a Hugging Face Llama, read for the
+//! converter and for the candle backend's loader alike (one reader, one set of checks).
 
 use std::path::{Path, PathBuf};
 
@@ -76,6 +77,7 @@ struct Raw {
     num_key_value_heads: Option<usize>,
     head_dim: Option<usize>,
     max_position_embeddings: Option<u64>,
+    #[serde(default = "default_rms_norm_eps")]
     rms_norm_eps: f64,
     rope_theta: Option<f64>,
     rope_scaling: Option<serde_json::Value>,
@@ -83,8 +85,15 @@ struct Raw {
     tie_word_embeddings: bool,
 }
 
+/// transformers' `LlamaConfig` default.
+fn default_rms_norm_eps() -> f64 {
+    1e-6
+}
+
 impl Config {
-    /// Reads `dir/config.json` and checks it is an architecture converted here.
+    /// Reads `dir/config.json` and checks it is a Llama (`architectures` naming
+    /// `LlamaForCausalLM`, or, without `architectures`, `model_type` `llama`) of sizes a Llama can
+    /// have.
     pub fn read(dir: &Path) -> Result<Self, ConvertError> {
         let path = dir.join("config.json");
         let text = std::fs::read_to_string(&path).map_err(ConvertError::io(&path))?;
@@ -95,22 +104,26 @@ impl Config {
             .and_then(|a| a.as_str())
             .unwrap_or("")
             .to_string();
-        if !SUPPORTED_ARCHITECTURES.contains(&architecture.as_str()) {
+        let model_type = value["model_type"].as_str().unwrap_or("");
+        let is_llama = SUPPORTED_ARCHITECTURES.contains(&architecture.as_str())
+            || (architecture.is_empty() && model_type == "llama");
+        if !is_llama {
             let named = if architecture.is_empty() {
-                "no `architectures`".to_string()
+                format!("no `architectures` (model_type `{model_type}`)")
             } else {
                 format!("architecture `{architecture}`")
             };
             return Err(ConvertError::file(
                 &path,
                 format!(
-                    "{named}: this converter takes {} (Llama 3.x, SmolLM); llama.cpp's \
-                     convert_hf_to_gguf.py converts many more",
+                    "{named} is not supported: Llama models are ({}: Llama 3.x, SmolLM); \
+                     llama.cpp's convert_hf_to_gguf.py converts many more",
                     SUPPORTED_ARCHITECTURES.join(", ")
                 ),
             ));
         }
-        let raw: Raw = serde_json::from_value(value.clone())
+        // From the text, not the value, so that an error names its line.
+        let raw: Raw = serde_json::from_str(&text)
             .map_err(|e| ConvertError::file(&path, format!("a Llama config needs {e}")))?;
         let rope_scaling = rope_scaling(&path, raw.rope_scaling.as_ref())?;
         let config = Self {

@@ -216,6 +216,17 @@ fn bad_model_directories_are_clear_errors() {
         "{error}"
     );
 
+    // Sizes no Llama has are refused before anything divides by them.
+    std::fs::write(dir.path().join("config.json"), r#"{"model_type": "llama", "vocab_size": 10, "hidden_size": 8, "intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": 0, "head_dim": 8}"#).unwrap();
+    let error = CandleEngine::load_dir(dir.path(), CandleOptions::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        error.contains("config.json") && error.contains("num_attention_heads"),
+        "{error}"
+    );
+
     std::fs::write(
         dir.path().join("config.json"),
         "{\"model_type\": \"llama\",\n \"vocab_size\": \"ten\"}",

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use candle_core::quantized::{gguf_file, GgmlDType, QMatMul};
 use candle_core::{DType, Device, Tensor};
 use guardreasoner_convert::checkpoint::Dtype;
-use serde::Deserialize;
+use guardreasoner_convert::config::{Config, RopeScaling};
 
 use super::llama::{Block, Embedding, Llama, Llama3RopeScaling, LlamaConfig, RopeLayout, Weight};
 use crate::error::EngineError;
@@ -218,58 +218,6 @@ pub fn dequantize_gguf(source: &Path, target: &Path) -> Result<(), EngineError> 
     std::io::Write::flush(&mut out).map_err(|e| invalid(target, e.to_string()))
 }
 
-/// The parts of a Hugging Face `config.json` a Llama needs.
-#[derive(Debug, Deserialize)]
-struct HfConfig {
-    #[serde(default)]
-    model_type: Option<String>,
-    #[serde(default)]
-    architectures: Vec<String>,
-    vocab_size: usize,
-    hidden_size: usize,
-    intermediate_size: usize,
-    num_hidden_layers: usize,
-    num_attention_heads: usize,
-    #[serde(default)]
-    num_key_value_heads: Option<usize>,
-    #[serde(default)]
-    head_dim: Option<usize>,
-    #[serde(default = "default_eps")]
-    rms_norm_eps: f64,
-    #[serde(default = "default_theta")]
-    rope_theta: f64,
-    #[serde(default)]
-    rope_scaling: Option<HfRopeScaling>,
-    #[serde(default)]
-    tie_word_embeddings: bool,
-    #[serde(default = "default_positions")]
-    max_position_embeddings: usize,
-}
-
-fn default_eps() -> f64 {
-    1e-6
-}
-fn default_theta() -> f64 {
-    10_000.0
-}
-fn default_positions() -> usize {
-    4096
-}
-
-#[derive(Debug, Deserialize)]
-struct HfRopeScaling {
-    #[serde(alias = "type")]
-    rope_type: String,
-    #[serde(default)]
-    factor: f64,
-    #[serde(default)]
-    low_freq_factor: f64,
-    #[serde(default)]
-    high_freq_factor: f64,
-    #[serde(default)]
-    original_max_position_embeddings: f64,
-}
-
 /// Loads a Hugging Face Llama directory (`config.json`, `*.safetensors`). The shards are
 /// memory-mapped and each tensor is read as it is placed, so loading holds the model and one
 /// tensor, never a whole shard beside it. On a GPU the matrices keep the checkpoint's bf16 or
@@ -281,37 +229,22 @@ pub fn load_safetensors_dir(
     device: &Device,
     weights: Weights,
 ) -> Result<Llama, EngineError> {
-    let config_path = dir.join("config.json");
-    let text =
-        std::fs::read_to_string(&config_path).map_err(|e| invalid(&config_path, e.to_string()))?;
-    let hf: HfConfig = serde_json::from_str(&text)
-        .map_err(|e| invalid(&config_path, format!("line {}: {e}", e.line())))?;
-    let is_llama = hf.model_type.as_deref() == Some("llama")
-        || hf.architectures.iter().any(|a| a == "LlamaForCausalLM");
-    if !is_llama {
-        return Err(invalid(
-            &config_path,
-            format!(
-                "architecture {:?} (model_type {:?}) is not supported: only Llama models (LlamaForCausalLM)",
-                hf.architectures, hf.model_type
-            ),
-        ));
-    }
+    // The converter's reader: the same checks of architecture and sizes (a count of 0, heads
+    // that do not split into key/value groups) for a model loaded as for a model converted.
+    let hf = Config::read(dir)?;
     let rope_scaling = match &hf.rope_scaling {
-        None => None,
-        Some(s) if s.rope_type == "llama3" => Some(Llama3RopeScaling {
+        RopeScaling::None => None,
+        RopeScaling::Llama3(s) => Some(Llama3RopeScaling {
             factor: s.factor,
             low_freq_factor: s.low_freq_factor,
             high_freq_factor: s.high_freq_factor,
-            original_max_position_embeddings: s.original_max_position_embeddings,
+            original_max_position_embeddings: s.original_context,
         }),
-        Some(s) => {
+        RopeScaling::Linear(_) => {
             return Err(invalid(
-                &config_path,
-                format!(
-                    "field `rope_scaling`: type `{}` is not supported (only llama3)",
-                    s.rope_type
-                ),
+                &hf.path,
+                "field `rope_scaling`: type `linear` is not supported here (only llama3); \
+                 llama.cpp runs it: convert the model to GGUF",
             ))
         }
     };
@@ -319,18 +252,20 @@ pub fn load_safetensors_dir(
         vocab_size: hf.vocab_size,
         hidden_size: hf.hidden_size,
         intermediate_size: hf.intermediate_size,
-        num_layers: hf.num_hidden_layers,
-        num_heads: hf.num_attention_heads,
-        num_kv_heads: hf.num_key_value_heads.unwrap_or(hf.num_attention_heads),
-        head_dim: hf
-            .head_dim
-            .unwrap_or(hf.hidden_size / hf.num_attention_heads),
+        num_layers: hf.layers,
+        num_heads: hf.heads,
+        num_kv_heads: hf.kv_heads,
+        head_dim: hf.head_dim(),
         rms_norm_eps: hf.rms_norm_eps,
-        rope_theta: hf.rope_theta,
+        // transformers' LlamaConfig default.
+        rope_theta: hf.rope_theta.unwrap_or(10_000.0),
         rope_scaling,
         rope_freq_factors: None,
         rope_layout: RopeLayout::Half,
-        max_position_embeddings: hf.max_position_embeddings,
+        // The positions this backend sets its tables up for where config.json names none.
+        max_position_embeddings: hf
+            .context
+            .map_or(4096, |c| c.min(usize::MAX as u64) as usize),
     };
 
     let shards = guardreasoner_convert::checkpoint::Checkpoint::open(dir)?;
