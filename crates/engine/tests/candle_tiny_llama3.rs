@@ -249,7 +249,20 @@ fn truncated_and_corrupt_gguf_files_are_clear_errors() {
     };
     let dir = tempfile::tempdir().unwrap();
     let bytes = std::fs::read(&path).unwrap();
+    // The head count's value, 0: the u32 after the key (its u64 length, its bytes) and the type.
+    let key = b"llama.attention.head_count";
+    let mut entry = (key.len() as u64).to_le_bytes().to_vec();
+    entry.extend_from_slice(key);
+    let at = bytes
+        .windows(entry.len())
+        .position(|w| w == entry.as_slice())
+        .expect("the head count's key")
+        + entry.len()
+        + 4;
+    let mut no_heads = bytes.clone();
+    no_heads[at..at + 4].copy_from_slice(&0u32.to_le_bytes());
     for (name, content) in [
+        ("no-heads.gguf", no_heads),
         ("truncated.gguf", bytes[..bytes.len() / 3].to_vec()),
         ("header.gguf", bytes[..100].to_vec()),
         ("text.gguf", b"hello".to_vec()),

@@ -88,7 +88,7 @@ pub fn load_gguf(
 
     let hidden = number("llama.embedding_length")?;
     let heads = number("llama.attention.head_count")?;
-    let head_dim = number("llama.rope.dimension_count").unwrap_or(hidden / heads);
+    let head_dim = number("llama.rope.dimension_count").unwrap_or(hidden / heads.max(1));
     let vocab = meta
         .get("tokenizer.ggml.tokens")
         .and_then(|v| v.to_vec().ok())
@@ -122,6 +122,7 @@ pub fn load_gguf(
         rope_layout: RopeLayout::Interleaved,
         max_position_embeddings: number("llama.context_length").unwrap_or(4096),
     };
+    config.check().map_err(|message| invalid(path, message))?;
 
     let candle_error = |e: candle_core::Error| invalid(path, e.to_string());
     let matrix = |t: candle_core::quantized::QTensor| -> Result<Weight, EngineError> {
