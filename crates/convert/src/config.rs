@@ -146,47 +146,19 @@ impl Config {
         Ok(config)
     }
 
-    /// Sizes a Llama can have: every count above zero and within GGUF's u32, heads that split
-    /// evenly into key/value groups, an even head size, and matrices whose sizes fit in memory
-    /// arithmetic (a config.json from elsewhere is not trusted).
+    /// The sizes' checks ([`check_sizes`]) under config.json's names (a config.json from
+    /// elsewhere is not trusted).
     fn check(&self) -> Result<(), ConvertError> {
-        let fail = |message: String| Err(ConvertError::file(&self.path, message));
-        let counts = [
-            ("vocab_size", self.vocab_size),
-            ("hidden_size", self.hidden_size),
-            ("intermediate_size", self.intermediate_size),
-            ("num_hidden_layers", self.layers),
-            ("num_attention_heads", self.heads),
-            ("num_key_value_heads", self.kv_heads),
-            ("head_dim", self.head_dim()),
-        ];
-        for (field, value) in counts {
-            if value == 0 || value > 1 << 24 {
-                return fail(format!(
-                    "field `{field}` is {value}: a Llama's is between 1 and 16,777,216"
-                ));
-            }
-        }
-        if !self.heads.is_multiple_of(self.kv_heads) || !self.head_dim().is_multiple_of(2) {
-            return fail(format!(
-                "{} attention heads, {} key/value heads and head size {}: the heads must split \
-                 evenly into key/value groups and the head size be even",
-                self.heads,
-                self.kv_heads,
-                self.head_dim()
-            ));
-        }
-        let largest = [
-            self.vocab_size.checked_mul(self.hidden_size),
-            self.heads
-                .checked_mul(self.head_dim())
-                .and_then(|q| q.checked_mul(self.hidden_size)),
-            self.intermediate_size.checked_mul(self.hidden_size),
-        ];
-        if largest.iter().any(|n| n.is_none_or(|n| n > 1 << 40)) {
-            return fail("the matrices these sizes make are too large for a Llama".into());
-        }
-        Ok(())
+        check_sizes(&Sizes {
+            vocab: ("vocab_size", self.vocab_size),
+            hidden: ("hidden_size", self.hidden_size),
+            intermediate: ("intermediate_size", self.intermediate_size),
+            layers: ("num_hidden_layers", self.layers),
+            heads: ("num_attention_heads", self.heads),
+            kv_heads: ("num_key_value_heads", self.kv_heads),
+            head_dim: ("head_dim", self.head_dim()),
+        })
+        .map_err(|message| ConvertError::file(&self.path, message))
     }
 
     /// The size of one attention head.
@@ -194,6 +166,66 @@ impl Config {
         self.head_dim
             .unwrap_or(self.hidden_size / self.heads.max(1))
     }
+}
+
+/// A Llama's sizes, each with the name its file gives it (errors name the field), for
+/// [`check_sizes`].
+pub struct Sizes<'a> {
+    /// The vocabulary.
+    pub vocab: (&'a str, usize),
+    /// The residual stream's width.
+    pub hidden: (&'a str, usize),
+    /// The MLP's width.
+    pub intermediate: (&'a str, usize),
+    /// The blocks.
+    pub layers: (&'a str, usize),
+    /// The query heads.
+    pub heads: (&'a str, usize),
+    /// The key/value heads.
+    pub kv_heads: (&'a str, usize),
+    /// The width of one head.
+    pub head_dim: (&'a str, usize),
+}
+
+/// Sizes a Llama can have, whatever file they come from: every count above zero and within
+/// GGUF's u32, heads that split evenly into key/value groups, an even head size, and matrices
+/// whose sizes fit in memory arithmetic. The message names the first size that fails.
+pub fn check_sizes(s: &Sizes) -> Result<(), String> {
+    let counts = [
+        s.vocab,
+        s.hidden,
+        s.intermediate,
+        s.layers,
+        s.heads,
+        s.kv_heads,
+        s.head_dim,
+    ];
+    for (field, value) in counts {
+        if value == 0 || value > 1 << 24 {
+            return Err(format!(
+                "field `{field}` is {value}: a Llama's is between 1 and 16,777,216"
+            ));
+        }
+    }
+    let (heads, kv_heads, head_dim) = (s.heads.1, s.kv_heads.1, s.head_dim.1);
+    if !heads.is_multiple_of(kv_heads) || !head_dim.is_multiple_of(2) {
+        return Err(format!(
+            "{heads} attention heads, {kv_heads} key/value heads and head size {head_dim}: the \
+             heads must split evenly into key/value groups and the head size be even"
+        ));
+    }
+    let hidden = s.hidden.1;
+    let largest = [
+        s.vocab.1.checked_mul(hidden),
+        heads
+            .checked_mul(head_dim)
+            .and_then(|q| q.checked_mul(hidden)),
+        s.intermediate.1.checked_mul(hidden),
+    ];
+    if largest.iter().any(|n| n.is_none_or(|n| n > 1 << 40)) {
+        return Err("the matrices these sizes make are too large for a Llama".into());
+    }
+    Ok(())
 }
 
 fn rope_scaling(

@@ -191,11 +191,14 @@ fn a_backward_pass_reaches_every_weight() {
 #[test]
 fn bad_model_directories_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
+    let load_error = || {
+        CandleEngine::load_dir(dir.path(), CandleOptions::default())
+            .err()
+            .unwrap()
+            .to_string()
+    };
     std::fs::write(dir.path().join("config.json"), r#"{"model_type": "mistral", "architectures": ["MistralForCausalLM"], "vocab_size": 10, "hidden_size": 8, "intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": 1}"#).unwrap();
-    let error = CandleEngine::load_dir(dir.path(), CandleOptions::default())
-        .err()
-        .unwrap()
-        .to_string();
+    let error = load_error();
     assert!(
         error.contains("config.json") && error.contains("not supported"),
         "{error}"
@@ -207,10 +210,7 @@ fn bad_model_directories_are_clear_errors() {
         b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\": broken}",
     )
     .unwrap();
-    let error = CandleEngine::load_dir(dir.path(), CandleOptions::default())
-        .err()
-        .unwrap()
-        .to_string();
+    let error = load_error();
     assert!(
         error.contains("model.safetensors") && error.contains("safetensors"),
         "{error}"
@@ -218,10 +218,7 @@ fn bad_model_directories_are_clear_errors() {
 
     // Sizes no Llama has are refused before anything divides by them.
     std::fs::write(dir.path().join("config.json"), r#"{"model_type": "llama", "vocab_size": 10, "hidden_size": 8, "intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": 0, "head_dim": 8}"#).unwrap();
-    let error = CandleEngine::load_dir(dir.path(), CandleOptions::default())
-        .err()
-        .unwrap()
-        .to_string();
+    let error = load_error();
     assert!(
         error.contains("config.json") && error.contains("num_attention_heads"),
         "{error}"
@@ -232,10 +229,7 @@ fn bad_model_directories_are_clear_errors() {
         "{\"model_type\": \"llama\",\n \"vocab_size\": \"ten\"}",
     )
     .unwrap();
-    let error = CandleEngine::load_dir(dir.path(), CandleOptions::default())
-        .err()
-        .unwrap()
-        .to_string();
+    let error = load_error();
     assert!(
         error.contains("config.json") && error.contains("line 2"),
         "{error}"

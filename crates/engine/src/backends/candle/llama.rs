@@ -80,32 +80,6 @@ pub struct LlamaConfig {
 }
 
 impl LlamaConfig {
-    /// What the model's arithmetic assumes of its sizes: every count above zero, query heads that
-    /// split evenly into key/value groups, an even head width. A model file from elsewhere is not
-    /// trusted; the message names the first size that fails.
-    pub fn check(&self) -> std::result::Result<(), String> {
-        let counts = [
-            ("vocabulary size", self.vocab_size),
-            ("hidden size", self.hidden_size),
-            ("MLP width", self.intermediate_size),
-            ("block count", self.num_layers),
-            ("attention head count", self.num_heads),
-            ("key/value head count", self.num_kv_heads),
-            ("head width", self.head_dim),
-        ];
-        if let Some((name, _)) = counts.iter().find(|(_, n)| *n == 0) {
-            return Err(format!("the {name} is 0"));
-        }
-        if !self.num_heads.is_multiple_of(self.num_kv_heads) || !self.head_dim.is_multiple_of(2) {
-            return Err(format!(
-                "{} attention heads, {} key/value heads and head width {}: the heads must split \
-                 evenly into key/value groups and the width be even",
-                self.num_heads, self.num_kv_heads, self.head_dim
-            ));
-        }
-        Ok(())
-    }
-
     /// The inverse frequencies of RoPE, scaled as the model wants.
     pub fn inverse_frequencies(&self) -> Vec<f64> {
         let d = self.head_dim as f64;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use candle_core::quantized::{gguf_file, GgmlDType, QMatMul};
 use candle_core::{DType, Device, Tensor};
 use guardreasoner_convert::checkpoint::Dtype;
-use guardreasoner_convert::config::{Config, RopeScaling};
+use guardreasoner_convert::config::{check_sizes, Config, RopeScaling, Sizes};
 
 use super::llama::{Block, Embedding, Llama, Llama3RopeScaling, LlamaConfig, RopeLayout, Weight};
 use crate::error::EngineError;
@@ -122,7 +122,18 @@ pub fn load_gguf(
         rope_layout: RopeLayout::Interleaved,
         max_position_embeddings: number("llama.context_length").unwrap_or(4096),
     };
-    config.check().map_err(|message| invalid(path, message))?;
+    // The converter's checks of a Llama's sizes, under this file's names: a count of 0 and the
+    // like are refused before anything divides by them.
+    check_sizes(&Sizes {
+        vocab: ("tokenizer.ggml.tokens", config.vocab_size),
+        hidden: ("llama.embedding_length", config.hidden_size),
+        intermediate: ("llama.feed_forward_length", config.intermediate_size),
+        layers: ("llama.block_count", config.num_layers),
+        heads: ("llama.attention.head_count", config.num_heads),
+        kv_heads: ("llama.attention.head_count_kv", config.num_kv_heads),
+        head_dim: ("llama.rope.dimension_count", config.head_dim),
+    })
+    .map_err(|message| invalid(path, message))?;
 
     let candle_error = |e: candle_core::Error| invalid(path, e.to_string());
     let matrix = |t: candle_core::quantized::QTensor| -> Result<Weight, EngineError> {
