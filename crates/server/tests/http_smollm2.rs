@@ -355,13 +355,15 @@ fn overload_is_answered_at_once() {
         return;
     };
     let addr = server.addr;
-    // One sequence runs, one waits: the queue is full.
+    // One sequence runs, one waits: the queue is full. The running one
+    // ignores end-of-sequence, so it cannot finish (and free the queue for
+    // the requests below, which would then run in full) before we hang up.
     let running = send(
         addr,
         "POST",
         "/v1/completions",
         &[("content-type", "application/json"), ("x-api-key", KEY)],
-        json!({"prompt": COUNTING, "max_tokens": 1500, "stream": true})
+        json!({"prompt": COUNTING, "max_tokens": 1500, "ignore_eos": true, "stream": true})
             .to_string()
             .as_bytes(),
     );
@@ -369,6 +371,11 @@ fn overload_is_answered_at_once() {
     let mut line = String::new();
     running.read_line(&mut line).unwrap();
     assert!(line.contains("200"), "{line}");
+    // The answer's head comes before the scheduler takes the request from the queue: wait until
+    // it runs, or the next request is refused and the ones below queue behind it.
+    eventually(Duration::from_secs(30), "the first request running", || {
+        metric(addr, "guardreasoner_running_sequences", &[]) == 1.0
+    });
     let waiting = std::thread::spawn(move || {
         post(
             addr,
@@ -377,6 +384,7 @@ fn overload_is_answered_at_once() {
         )
     });
     eventually(Duration::from_secs(30), "a request waiting", || {
+        assert!(!waiting.is_finished(), "the second request was answered");
         metric(addr, "guardreasoner_queue_depth", &[]) == 1.0
     });
 
@@ -397,12 +405,9 @@ fn overload_is_answered_at_once() {
     ] {
         let started = Instant::now();
         let reply = post(addr, path, &body);
-        assert!(
-            started.elapsed() < Duration::from_secs(2),
-            "{path} took {:?}",
-            started.elapsed()
-        );
+        let took = started.elapsed();
         let error = assert_openai_error(&reply, status);
+        assert!(took < Duration::from_secs(2), "{path} took {took:?}");
         assert_eq!(error["error"]["code"], "queue_full", "{path}");
         assert_eq!(reply.header("retry-after"), Some("1"), "{path}");
     }
