@@ -244,7 +244,7 @@ fn every_endpoint_answers_in_its_shape() {
     let chat = post(
         addr,
         "/v1/chat/completions",
-        &json!({"model": "x", "messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 8}),
+        &json!({"model": "x", "messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 8, "ignore_eos": true}),
     );
     assert_eq!(chat.status, 200, "{}", chat.body);
     let chat = chat.json();
@@ -255,7 +255,7 @@ fn every_endpoint_answers_in_its_shape() {
     let stream = post(
         addr,
         "/v1/chat/completions",
-        &json!({"messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 8, "stream": true,
+        &json!({"messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 8, "ignore_eos": true, "stream": true,
                 "stream_options": {"include_usage": true}}),
     );
     let events = stream.events();
@@ -407,7 +407,7 @@ fn overload_is_answered_at_once() {
         let reply = post(addr, path, &body);
         let took = started.elapsed();
         let error = assert_openai_error(&reply, status);
-        assert!(took < Duration::from_secs(2), "{path} took {took:?}");
+        assert!(took < Duration::from_secs(5), "{path} took {took:?}");
         assert_eq!(error["error"]["code"], "queue_full", "{path}");
         assert_eq!(reply.header("retry-after"), Some("1"), "{path}");
     }
@@ -436,7 +436,7 @@ fn a_client_that_hangs_up_frees_its_slot() {
     );
     assert_eq!(reference.status, 200, "{}", reference.body);
     let per_token = started.elapsed().as_secs_f64() / 64.0;
-    let cancelled_within = Duration::from_secs_f64((per_token * 1400.0 / 4.0).clamp(0.5, 10.0));
+    let cancelled_within = Duration::from_secs_f64((per_token * 1400.0 / 4.0).clamp(2.0, 10.0));
     // Streaming: hang up after the first chunks.
     let stream = send(
         addr,
@@ -648,7 +648,7 @@ fn shutdown_finishes_what_is_in_flight() {
         post(
             addr,
             "/v1/completions",
-            &json!({"prompt": COUNTING, "max_tokens": 60}),
+            &json!({"prompt": COUNTING, "max_tokens": 60, "ignore_eos": true}),
         )
     });
     eventually(Duration::from_secs(10), "the request running", || {
