@@ -281,6 +281,8 @@ def main():
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", default=None, help="write OUT.json and OUT.svg")
+    parser.add_argument("--ours-args", default="", help="more flags for our server, e.g. '--step-tokens 2048'")
+    parser.add_argument("--peer-args", default="", help="more flags for llama-server, e.g. '--batch-size 512'")
     parser.add_argument("--ours-endpoint", choices=("guard", "completions"), default="guard",
                         help="send ours conversations on /v1/guard (default) or rendered prompts on /v1/completions")
     args = parser.parse_args()
@@ -293,12 +295,13 @@ def main():
     ours_port, peer_port = free_port(), free_port()
     ours = Server("ours", [str(OURS), "serve", "--model", model, "--parallel", str(args.parallel), "--queue", "256",
                            "--max-new-tokens", str(args.new_tokens), "--context", "4096", "--flash-attention", "off",
-                           "--addr", f"127.0.0.1:{ours_port}"] + threads, ours_port, "/health")
+                           "--addr", f"127.0.0.1:{ours_port}"] + threads + args.ours_args.split(), ours_port, "/health")
     peer = Server("peer", [str(PEER), "-m", model, "--parallel", str(args.parallel), "-c", str(4096 * args.parallel),
                            "--cont-batching", "-fa", "off", "--host", "127.0.0.1", "--port", str(peer_port),
-                           "-n", str(args.new_tokens)] + threads, peer_port, "/health")
+                           "-n", str(args.new_tokens)] + threads + args.peer_args.split(), peer_port, "/health")
     report = {"model": model, "parallel": args.parallel, "new_tokens": args.new_tokens, "seconds": args.seconds,
-              "rounds": args.rounds, "cpu": cpu_name(), "ours_endpoint": args.ours_endpoint, "rows": []}
+              "rounds": args.rounds, "cpu": cpu_name(), "ours_endpoint": args.ours_endpoint,
+              "ours_args": args.ours_args, "peer_args": args.peer_args, "rows": []}
     counters = {"ours": [0], "peer": [0]}
     try:
         for concurrency in [int(c) for c in args.concurrency.split(",")]:

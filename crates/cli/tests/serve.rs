@@ -43,7 +43,7 @@ fn serve_reads_its_file_and_flags_and_stops_on_sigterm() {
     std::fs::write(
         &config,
         format!(
-            "addr = \"127.0.0.1:1\"\napi_key_file = {keys:?}\nmodel_name = \"from-the-file\"\nmax_new_tokens = 8\n\n[model]\nmodel = {model:?}\nparallel = 2\ncontext = 1024\n"
+            "addr = \"127.0.0.1:1\"\napi_key_file = {keys:?}\nmodel_name = \"from-the-file\"\nmax_new_tokens = 8\n\n[model]\nmodel = {model:?}\nparallel = 2\ncontext = 1024\nstep_tokens = 64\n"
         ),
     )
     .unwrap();

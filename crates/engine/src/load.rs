@@ -111,6 +111,9 @@ impl fmt::Display for Backend {
     }
 }
 
+/// Tokens per decode call when the caller gives no budget: llama.cpp's own physical batch.
+pub const DEFAULT_STEP_TOKENS: usize = 512;
+
 /// Everything that decides how a model is loaded.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
@@ -137,6 +140,9 @@ pub struct LoadOptions {
     pub flash_attention: FlashAttention,
     /// The most requests waiting for a slot (a scheduler refuses more at once).
     pub queue_capacity: usize,
+    /// llama.cpp: tokens per decode call, decoding sequences' tokens first and prompt tokens
+    /// up to the budget (more: prompts finish sooner, decoding sequences wait longer per token).
+    pub step_tokens: usize,
     /// The GGUF type a safetensors model is converted to for llama.cpp.
     pub quant: GgufType,
 }
@@ -155,6 +161,7 @@ impl Default for LoadOptions {
             gpu_layers: None,
             flash_attention: FlashAttention::Auto,
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
+            step_tokens: DEFAULT_STEP_TOKENS,
             quant: GgufType::default(),
         }
     }
@@ -342,7 +349,7 @@ fn llama_cpp(
             gpu_layers: options.gpu_layers,
             flash_attention: options.flash_attention,
             queue_capacity: options.queue_capacity,
-            ..LlamaCppOptions::default()
+            step_tokens: options.step_tokens,
         },
     )
 }

@@ -98,6 +98,8 @@ pub struct ModelFileConfig {
     pub threads: Option<usize>,
     /// `auto`, `cpu`, `cuda:N`.
     pub device: Option<String>,
+    /// llama.cpp: tokens per decode step.
+    pub step_tokens: Option<usize>,
 }
 
 /// Reads a `serve.toml`, naming the file and the key at fault.

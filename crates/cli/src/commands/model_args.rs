@@ -50,6 +50,12 @@ pub struct ModelArgs {
     /// `off` (llama-cpp-python's default). candle has no such kernel and ignores it.
     #[arg(long, default_value = "auto")]
     pub flash_attention: load::FlashAttention,
+    /// llama.cpp: tokens per decode step, a token of every decoding conversation first, then
+    /// prompt tokens up to the budget. More lets prompts finish in fewer steps while the
+    /// conversations already decoding wait longer for each token (llama-server's default:
+    /// 2048).
+    #[arg(long, default_value_t = load::DEFAULT_STEP_TOKENS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub step_tokens: usize,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -107,6 +113,7 @@ impl ModelArgs {
             device: self.device,
             gpu_layers: self.gpu_layers,
             flash_attention: self.flash_attention,
+            step_tokens: self.step_tokens,
             quant: self.quant,
             ..LoadOptions::default()
         }

@@ -73,6 +73,10 @@ pub fn run(mut args: Args) -> Result<()> {
     if let Some(context) = model_file.context.filter(|_| !given("--context")) {
         args.model.context = context;
     }
+    if let Some(steps) = model_file.step_tokens.filter(|_| !given("--step-tokens")) {
+        anyhow::ensure!(steps > 0, "[model] step_tokens: must be at least 1");
+        args.model.step_tokens = steps;
+    }
     if let Some(threads) = model_file.threads.filter(|_| !given("--threads")) {
         args.model.threads = Some(threads);
     }

@@ -46,15 +46,16 @@ pub struct LlamaCppOptions {
     pub device: DeviceSpec,
     /// On a GPU, how many layers to offload (the rest run on the CPU); all when `None`.
     pub gpu_layers: Option<u32>,
-    /// Prompt tokens evaluated per decode call.
-    pub prefill_chunk: usize,
+    /// Tokens one decode call takes: a token of every decoding sequence, then prompt tokens
+    /// up to this budget (llama.cpp's `n_batch`).
+    pub step_tokens: usize,
     /// Whether attention runs as llama.cpp's fused flash-attention kernel.
     pub flash_attention: FlashAttention,
     /// The most requests waiting for a slot; more are refused at once.
     pub queue_capacity: usize,
 }
 
-pub use crate::load::FlashAttention;
+pub use crate::load::{FlashAttention, DEFAULT_STEP_TOKENS};
 
 /// llama.cpp's `llama_flash_attn_type` value for `policy`.
 fn flash_attention_type(policy: FlashAttention) -> i32 {
@@ -74,7 +75,7 @@ impl Default for LlamaCppOptions {
             threads: None,
             device: DeviceSpec::Auto,
             gpu_layers: None,
-            prefill_chunk: 512,
+            step_tokens: DEFAULT_STEP_TOKENS,
             flash_attention: FlashAttention::Auto,
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
         }
@@ -287,11 +288,15 @@ impl LlamaCppEngine {
         // cache, as llama-server runs its slots): a sequence's attention spans its own cells
         // only. A step carries a token of every decoding sequence beside prefill tokens.
         let total = context_per_sequence * max_batch;
-        let step_tokens = options.prefill_chunk.max(max_batch + 1);
+        let step_tokens = options.step_tokens.max(max_batch + 1);
+        // llama.cpp splits a call into physical batches of `n_ubatch`; past its default of 512
+        // a bigger one buys nothing on a CPU and costs a bigger compute buffer.
+        // (Measured at 16 clients on the load test: 2,048 physical against 512 changed nothing.)
+        let ubatch = step_tokens.min(DEFAULT_STEP_TOKENS);
         let context_params = LlamaContextParams::default()
             .with_n_ctx(NonZeroU32::new(total as u32))
             .with_n_batch(step_tokens as u32)
-            .with_n_ubatch(step_tokens as u32)
+            .with_n_ubatch(ubatch as u32)
             .with_n_seq_max(max_batch as u32)
             .with_kv_unified(false)
             .with_flash_attention_policy(flash_attention_type(options.flash_attention))
