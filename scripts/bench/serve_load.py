@@ -166,14 +166,18 @@ def one_request(port, text, new_tokens, extra):
     return status, time.perf_counter() - started, first, {}
 
 
-def load(server, texts, counter, concurrency, seconds, new_tokens, extra):
-    """`concurrency` clients for `seconds`; every request's outcome."""
+def load(server, texts, counter, concurrency, seconds, new_tokens, extra, requests=None):
+    """`concurrency` clients for `seconds`, or (with `requests`) until that many prompts from
+    `counter` on have been sent, however long they take; every request's outcome."""
     results, lock = [], threading.Lock()
     deadline = time.perf_counter() + seconds
+    end = counter[0] + requests if requests else None
 
     def client():
-        while time.perf_counter() < deadline:
+        while (time.perf_counter() < deadline) if end is None else (counter[0] < end):
             with lock:
+                if end is not None and counter[0] >= end:
+                    break
                 prompt = texts[counter[0] % len(texts)]
                 counter[0] += 1
             try:
@@ -281,6 +285,9 @@ def main():
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", default=None, help="write OUT.json and OUT.svg")
+    parser.add_argument("--requests", type=int, default=None,
+                        help="instead of --seconds: the same N prompts to each server per round (equal work: "
+                             "wall time and CPU time compare directly)")
     parser.add_argument("--ours-args", default="", help="more flags for our server, e.g. '--step-tokens 2048'")
     parser.add_argument("--peer-args", default="", help="more flags for llama-server, e.g. '--batch-size 512'")
     parser.add_argument("--ours-endpoint", choices=("guard", "completions"), default="guard",
@@ -300,7 +307,7 @@ def main():
                            "--cont-batching", "-fa", "off", "--host", "127.0.0.1", "--port", str(peer_port),
                            "-n", str(args.new_tokens)] + threads + args.peer_args.split(), peer_port, "/health")
     report = {"model": model, "parallel": args.parallel, "new_tokens": args.new_tokens, "seconds": args.seconds,
-              "rounds": args.rounds, "cpu": cpu_name(), "ours_endpoint": args.ours_endpoint,
+              "rounds": args.rounds, "requests": args.requests, "cpu": cpu_name(), "ours_endpoint": args.ours_endpoint,
               "ours_args": args.ours_args, "peer_args": args.peer_args, "rows": []}
     counters = {"ours": [0], "peer": [0]}
     try:
@@ -314,7 +321,11 @@ def main():
                     order.reverse()
                 for name, server, extra in order:
                     before, cpu_before = ours.rss_mib(), server.cpu_seconds()
-                    rounds[name].append(load(server, texts, counters[name], concurrency, args.seconds, args.new_tokens, extra))
+                    if args.requests:
+                        # Both servers get the same prompts this round.
+                        counters[name][0] = (len(report["rows"]) * args.rounds + round_index) * args.requests
+                    rounds[name].append(load(server, texts, counters[name], concurrency, args.seconds, args.new_tokens,
+                                             extra, args.requests))
                     cpu[name] += server.cpu_seconds() - cpu_before
                     if name == "ours":
                         memory.append((before, ours.rss_mib()))
