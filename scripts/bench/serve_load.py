@@ -288,6 +288,9 @@ def main():
     parser.add_argument("--requests", type=int, default=None,
                         help="instead of --seconds: the same N prompts to each server per round (equal work: "
                              "wall time and CPU time compare directly)")
+    parser.add_argument("--min-chars", type=int, default=0, help="only rendered prompts at least this long")
+    parser.add_argument("--max-chars", type=int, default=10**9, help="only rendered prompts at most this long")
+    parser.add_argument("--skip", type=int, default=0, help="leave out the first N of the (filtered) conversations")
     parser.add_argument("--ours-args", default="", help="more flags for our server, e.g. '--step-tokens 2048'")
     parser.add_argument("--peer-args", default="", help="more flags for llama-server, e.g. '--batch-size 512'")
     parser.add_argument("--ours-endpoint", choices=("guard", "completions"), default="guard",
@@ -296,7 +299,9 @@ def main():
     for binary in (OURS, PEER):
         if not binary.exists():
             sys.exit(f"error: {binary} is missing (see this script's usage)")
-    texts = prompts()
+    texts = [t for t in prompts() if args.min_chars <= len(t[0]) <= args.max_chars][args.skip:]
+    if not texts:
+        sys.exit("error: no conversation within --min-chars and --max-chars")
     model = str(Path(args.model).resolve())
     threads = ["--threads", str(args.threads)] if args.threads else []
     ours_port, peer_port = free_port(), free_port()
