@@ -174,7 +174,8 @@ def load(server, texts, counter, concurrency, seconds, new_tokens, extra, reques
     end = counter[0] + requests if requests else None
 
     def client():
-        while (time.perf_counter() < deadline) if end is None else (counter[0] < end):
+        # Timed: until the deadline. Counted: until the prompts run out (decided under the lock).
+        while end is not None or time.perf_counter() < deadline:
             with lock:
                 if end is not None and counter[0] >= end:
                     break

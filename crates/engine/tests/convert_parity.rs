@@ -152,7 +152,7 @@ fn greedy(tokens: usize) -> SamplingParams {
 }
 
 #[test]
-fn llama_cpp_tokenizes_and_generates_as_on_the_reference_conversion() {
+fn llama_cpp_tokenizes_as_on_the_reference_conversion_and_generates() {
     let reference = common::convert_reference();
     for name in MODELS {
         let Some((dir, model)) = tiny_model(name) else {

@@ -69,12 +69,12 @@ fn submit(
     receiver
 }
 
-/// Waits for the next event, failing the test after a minute.
-fn next(receiver: &mut EventReceiver) -> Event {
+/// Waits for the next event and its request's tag, failing the test after a minute.
+fn next_tagged(receiver: &mut EventReceiver) -> (usize, Event) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         match receiver.try_recv() {
-            Ok((_, event)) => return event,
+            Ok(tagged) => return tagged,
             Err(tokio::sync::mpsc::error::TryRecvError::Empty) if Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(1))
             }
@@ -83,18 +83,17 @@ fn next(receiver: &mut EventReceiver) -> Event {
     }
 }
 
+/// Waits for the next event, failing the test after a minute.
+fn next(receiver: &mut EventReceiver) -> Event {
+    next_tagged(receiver).1
+}
+
 /// The generations of requests 0 and 1, which share `receiver`.
 fn finish_both(receiver: &mut EventReceiver) -> (Generation, Generation) {
     let mut done: [Option<Generation>; 2] = [None, None];
-    let deadline = Instant::now() + Duration::from_secs(120);
     while done.iter().any(Option::is_none) {
-        match receiver.try_recv() {
-            Ok((tag, Event::Finished(result))) => done[tag] = Some(result.unwrap()),
-            Ok(_) => {}
-            Err(tokio::sync::mpsc::error::TryRecvError::Empty) if Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(1))
-            }
-            Err(error) => panic!("no event: {error}"),
+        if let (tag, Event::Finished(result)) = next_tagged(receiver) {
+            done[tag] = Some(result.unwrap());
         }
     }
     let [first, second] = done.map(Option::unwrap);
