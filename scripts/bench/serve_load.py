@@ -25,6 +25,9 @@ accepted request is answered.
     python3 scripts/bench/serve_load.py MODEL.gguf [--parallel 4] [--new-tokens 64] \
         [--seconds 20] [--concurrency 1,4,16] [--rounds 2] [--out docs/serving-load]
 
+`--peer $(scripts/bench/build-llama-server --engine)` runs llama-server's own sources over the
+llama.cpp our engine binds (kernels, graph, KV cache), so that only the servers differ.
+
 It stops by itself: every phase is bounded in time, both servers are stopped at the end.
 """
 import argparse
@@ -294,10 +297,12 @@ def main():
     parser.add_argument("--skip", type=int, default=0, help="leave out the first N of the (filtered) conversations")
     parser.add_argument("--ours-args", default="", help="more flags for our server, e.g. '--step-tokens 2048'")
     parser.add_argument("--peer-args", default="", help="more flags for llama-server, e.g. '--batch-size 512'")
+    parser.add_argument("--peer", type=Path, default=PEER,
+                        help="the llama-server binary (default: scripts/bench/build-llama-server's)")
     parser.add_argument("--ours-endpoint", choices=("guard", "completions"), default="guard",
                         help="send ours conversations on /v1/guard (default) or rendered prompts on /v1/completions")
     args = parser.parse_args()
-    for binary in (OURS, PEER):
+    for binary in (OURS, args.peer):
         if not binary.exists():
             sys.exit(f"error: {binary} is missing (see this script's usage)")
     texts = [t for t in prompts() if args.min_chars <= len(t[0]) <= args.max_chars][args.skip:]
@@ -309,12 +314,12 @@ def main():
     ours = Server("ours", [str(OURS), "serve", "--model", model, "--parallel", str(args.parallel), "--queue", "256",
                            "--max-new-tokens", str(args.new_tokens), "--context", "4096", "--flash-attention", "off",
                            "--addr", f"127.0.0.1:{ours_port}"] + threads + args.ours_args.split(), ours_port, "/health")
-    peer = Server("peer", [str(PEER), "-m", model, "--parallel", str(args.parallel), "-c", str(4096 * args.parallel),
+    peer = Server("peer", [str(args.peer), "-m", model, "--parallel", str(args.parallel), "-c", str(4096 * args.parallel),
                            "--cont-batching", "-fa", "off", "--host", "127.0.0.1", "--port", str(peer_port),
                            "-n", str(args.new_tokens)] + threads + args.peer_args.split(), peer_port, "/health")
     report = {"model": model, "parallel": args.parallel, "new_tokens": args.new_tokens, "seconds": args.seconds,
               "rounds": args.rounds, "requests": args.requests, "cpu": cpu_name(), "ours_endpoint": args.ours_endpoint,
-              "ours_args": args.ours_args, "peer_args": args.peer_args, "rows": []}
+              "ours_args": args.ours_args, "peer_args": args.peer_args, "peer": str(args.peer), "rows": []}
     counters = {"ours": [0], "peer": [0]}
     try:
         for concurrency in [int(c) for c in args.concurrency.split(",")]:
