@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use guardreasoner_engine::backends::openai::{OpenAiEngine, OpenAiOptions};
 use guardreasoner_engine::{Batch, EngineError, Generate, SamplingParams, StopReason};
@@ -21,7 +21,10 @@ struct Seen {
 /// `unfinished` prompts get `[DONE]` without a finish reason; `framing` prompts get events framed
 /// in the ways the SSE standard allows and servers use (comments, CRLF, an event name, one event's
 /// data over two `data:` lines, no space after the colon, no blank line after the last event).
-fn serve(seen: Arc<Mutex<Seen>>) -> String {
+/// Each request is held until `hold` requests are in flight (at most 2 s: the last ones of a batch
+/// have no partner), so that requests the client sends together overlap here however slowly the
+/// machine runs, and a client that sends more than its bound at once is seen doing it.
+fn serve(seen: Arc<Mutex<Seen>>, hold: usize) -> String {
     let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").unwrap());
     let base = format!("http://{}", server.server_addr().to_ip().unwrap());
     let in_flight = Arc::new(AtomicUsize::new(0));
@@ -38,7 +41,17 @@ fn serve(seen: Arc<Mutex<Seen>>) -> String {
                     seen.most_in_flight = seen.most_in_flight.max(now);
                     seen.bodies.push(body.clone());
                 }
-                thread::sleep(Duration::from_millis(50));
+                let held = Instant::now();
+                while in_flight.load(Ordering::SeqCst) < hold
+                    && held.elapsed() < Duration::from_secs(2)
+                {
+                    thread::sleep(Duration::from_millis(5));
+                }
+                {
+                    let mut seen = seen.lock().unwrap();
+                    let now = in_flight.load(Ordering::SeqCst);
+                    seen.most_in_flight = seen.most_in_flight.max(now);
+                }
                 let prompt = body["prompt"].as_str().unwrap().to_string();
                 let response = if prompt == "fail" || request.url() != "/v1/completions" {
                     tiny_http::Response::from_string("{\"error\": \"bad request\"}")
@@ -114,7 +127,7 @@ fn engine(base: &str, in_flight: usize) -> OpenAiEngine {
 #[test]
 fn streams_batches_with_bounded_concurrency_and_reads_usage() {
     let seen = Arc::new(Mutex::new(Seen::default()));
-    let base = serve(seen.clone());
+    let base = serve(seen.clone(), 2);
     let mut engine = engine(&base, 2);
     let prompts: Vec<String> = (0..5).map(|i| format!("a b c {i}")).collect();
     let params = SamplingParams {
@@ -168,7 +181,7 @@ fn streams_batches_with_bounded_concurrency_and_reads_usage() {
 
 #[test]
 fn length_stops_and_server_errors_are_reported() {
-    let base = serve(Arc::new(Mutex::new(Seen::default())));
+    let base = serve(Arc::new(Mutex::new(Seen::default())), 1);
     let mut engine = engine(&base, 1);
     let params = SamplingParams {
         max_new_tokens: 2,
@@ -212,7 +225,7 @@ fn length_stops_and_server_errors_are_reported() {
 
 #[test]
 fn a_stream_cut_off_is_an_error_not_a_short_answer() {
-    let base = serve(Arc::new(Mutex::new(Seen::default())));
+    let base = serve(Arc::new(Mutex::new(Seen::default())), 1);
     let mut engine = engine(&base, 1);
     for (prompt, expected) in [
         ("cut", "ended before [DONE] without a finish_reason"),
@@ -234,7 +247,7 @@ fn a_stream_cut_off_is_an_error_not_a_short_answer() {
 
 #[test]
 fn events_are_read_as_the_sse_standard_frames_them() {
-    let base = serve(Arc::new(Mutex::new(Seen::default())));
+    let base = serve(Arc::new(Mutex::new(Seen::default())), 1);
     let mut engine = engine(&base, 1);
     let mut streamed = String::new();
     let generations = engine
