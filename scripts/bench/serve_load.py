@@ -23,7 +23,7 @@ accepted request is answered.
     cargo build --release --bin guardreasoner
     scripts/bench/build-llama-server
     python3 scripts/bench/serve_load.py MODEL.gguf [--parallel 4] [--new-tokens 64] \
-        [--seconds 20] [--concurrency 1,4,16] [--rounds 2] [--out docs/serving-load]
+        [--seconds 20] [--concurrency 1,4,16] [--rounds 2] [--out docs/serving-load] [--peer PATH]
 
 `--peer $(scripts/bench/build-llama-server --engine)` runs llama-server's own sources over the
 llama.cpp our engine binds (kernels, graph, KV cache), so that only the servers differ.

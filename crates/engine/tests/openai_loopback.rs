@@ -22,8 +22,9 @@ struct Seen {
 /// in the ways the SSE standard allows and servers use (comments, CRLF, an event name, one event's
 /// data over two `data:` lines, no space after the colon, no blank line after the last event).
 /// Each request is held until `hold` requests are in flight (at most 2 s: the last ones of a batch
-/// have no partner), so that requests the client sends together overlap here however slowly the
-/// machine runs, and a client that sends more than its bound at once is seen doing it.
+/// have no partner), then 50 ms more, so that requests the client sends together overlap here
+/// however slowly the machine runs, and a request past the client's bound, sent at once or a
+/// little later, is seen in flight beside them.
 fn serve(seen: Arc<Mutex<Seen>>, hold: usize) -> String {
     let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").unwrap());
     let base = format!("http://{}", server.server_addr().to_ip().unwrap());
@@ -47,6 +48,7 @@ fn serve(seen: Arc<Mutex<Seen>>, hold: usize) -> String {
                 {
                     thread::sleep(Duration::from_millis(5));
                 }
+                thread::sleep(Duration::from_millis(50));
                 {
                     let mut seen = seen.lock().unwrap();
                     let now = in_flight.load(Ordering::SeqCst);
