@@ -49,11 +49,6 @@ fn serve(seen: Arc<Mutex<Seen>>, hold: usize) -> String {
                     thread::sleep(Duration::from_millis(5));
                 }
                 thread::sleep(Duration::from_millis(50));
-                {
-                    let mut seen = seen.lock().unwrap();
-                    let now = in_flight.load(Ordering::SeqCst);
-                    seen.most_in_flight = seen.most_in_flight.max(now);
-                }
                 let prompt = body["prompt"].as_str().unwrap().to_string();
                 let response = if prompt == "fail" || request.url() != "/v1/completions" {
                     tiny_http::Response::from_string("{\"error\": \"bad request\"}")
