@@ -194,6 +194,7 @@ fn prompt_prints_the_exact_eval_text() {
         stdout(&output),
         guardreasoner_protocol::PromptFormat::Eval
             .render(&guardreasoner_protocol::Conversation::prompt_only("hi"))
+            .text()
     );
 }
 

@@ -6,11 +6,19 @@
 //! prompt). Python string methods (`.strip()`, `.startswith()`, ...) come from minijinja-contrib's
 //! pycompat. A leading BOS in the rendered text is removed, because our tokenizers add BOS
 //! themselves (Hugging Face tokenizes chat text without adding special tokens for the same reason).
+//!
+//! A message's text is content: [`ChatTemplate::render`] returns a [`Prompt`] whose format spans
+//! are what the template wrote (its markers) and whose content spans are the messages' text, so a
+//! message that contains `<|im_end|>` does not end its turn. The template is rendered twice, once
+//! with the messages and once with a placeholder for each; the placeholders show where each
+//! message's text went (and whether the template trimmed it), and a template that changes the text
+//! in any other way is refused rather than guessed.
 
 use std::fmt::{self, Write};
 
 use chrono::format::{Item, StrftimeItems};
 use chrono::{DateTime, Local, TimeZone};
+use guardreasoner_protocol::Prompt;
 use minijinja::{context, Environment, Error, ErrorKind};
 
 use crate::error::EngineError;
@@ -20,18 +28,32 @@ use crate::error::EngineError;
 pub struct Message {
     /// `system`, `user` or `assistant`.
     pub role: String,
-    /// The text.
-    pub content: String,
+    /// The text: content, or for a guard's prompt the format's instruction around content.
+    pub content: Prompt,
 }
 
 impl Message {
-    /// A user message.
-    pub fn user(content: impl Into<String>) -> Self {
+    /// A message of `role` whose text is content alone (a chat request's message).
+    pub fn text(role: impl Into<String>, content: &str) -> Self {
         Self {
-            role: "user".into(),
-            content: content.into(),
+            role: role.into(),
+            content: Prompt::content(content),
         }
     }
+
+    /// A user message.
+    pub fn user(content: Prompt) -> Self {
+        Self {
+            role: "user".into(),
+            content,
+        }
+    }
+}
+
+/// Marks where message `index`'s text goes in a placeholder rendering: private-use characters no
+/// template writes.
+fn placeholder(index: usize) -> String {
+    format!("\u{F0000}{index}\u{F0001}")
 }
 
 /// A compiled chat template with its special tokens.
@@ -81,10 +103,30 @@ impl ChatTemplate {
         })
     }
 
-    /// Renders `messages`, opening the assistant's turn when `add_generation_prompt` is set.
+    /// Renders `messages`, opening the assistant's turn when `add_generation_prompt` is set: the
+    /// template's text as the format's, each message's spans as they came.
     pub fn render(
         &self,
         messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<Prompt, EngineError> {
+        let texts: Vec<String> = messages.iter().map(|m| m.content.text()).collect();
+        let real = self.render_text(messages, &texts, add_generation_prompt)?;
+        let placeholders: Vec<String> = (0..messages.len()).map(placeholder).collect();
+        let marked = self.render_text(messages, &placeholders, add_generation_prompt)?;
+        trace(&real, &marked, messages).ok_or_else(|| {
+            EngineError::backend(
+                "chat-template",
+                "the chat template changes the messages' text in a way that cannot be traced (it does more than trim it), so the conversation's text cannot be kept apart from the template's markers",
+            )
+        })
+    }
+
+    /// The template's text for `messages` with `contents` as their texts.
+    fn render_text(
+        &self,
+        messages: &[Message],
+        contents: &[String],
         add_generation_prompt: bool,
     ) -> Result<String, EngineError> {
         let template = self
@@ -93,7 +135,8 @@ impl ChatTemplate {
             .map_err(template_error("cannot render the chat template"))?;
         let messages: Vec<minijinja::Value> = messages
             .iter()
-            .map(|m| context! { role => m.role.as_str(), content => m.content.as_str() })
+            .zip(contents)
+            .map(|(m, content)| context! { role => m.role.as_str(), content => content.as_str() })
             .collect();
         let text = template
             .render(context! {
@@ -108,6 +151,45 @@ impl ChatTemplate {
             _ => text,
         })
     }
+}
+
+/// Rebuilds `real` (the template rendered with the messages) as spans: the text around the
+/// placeholders of `marked` is the template's, and where placeholder `i` stands, `real` must hold
+/// message `i`'s text, whole or trimmed (templates call `.strip()` / `| trim`). `None` where it
+/// does not.
+fn trace(real: &str, marked: &str, messages: &[Message]) -> Option<Prompt> {
+    // The template's pieces and, between them, which message stood there.
+    let mut pieces: Vec<&str> = Vec::new();
+    let mut slots: Vec<usize> = Vec::new();
+    let mut rest = marked;
+    while let Some(start) = rest.find('\u{F0000}') {
+        let after = &rest[start + '\u{F0000}'.len_utf8()..];
+        let end = after.find('\u{F0001}')?;
+        let index: usize = after[..end].parse().ok()?;
+        if index >= messages.len() {
+            return None;
+        }
+        pieces.push(&rest[..start]);
+        slots.push(index);
+        rest = &after[end + '\u{F0001}'.len_utf8()..];
+    }
+    pieces.push(rest);
+    let mut prompt = Prompt::format(pieces[0]);
+    let mut at = real.strip_prefix(pieces[0])?;
+    for (slot, next) in slots.iter().zip(&pieces[1..]) {
+        let content = &messages[*slot].content;
+        let found = [(false, false), (true, true), (true, false), (false, true)]
+            .into_iter()
+            .map(|(start, end)| content.trimmed(start, end))
+            .find(|candidate| {
+                let text = candidate.text();
+                at.strip_prefix(text.as_str())
+                    .is_some_and(|left| left.starts_with(next))
+            })?;
+        at = at[found.len()..].strip_prefix(next)?;
+        prompt.append(&found).push_format(next);
+    }
+    at.is_empty().then_some(prompt)
 }
 
 /// `date` in a strftime `format`, as Python's `datetime.strftime` writes it for the directives chat
@@ -146,8 +228,9 @@ mod tests {
         let template =
             ChatTemplate::new(TEMPLATE, "<|begin_of_text|>", "<|eot_id|>", true).unwrap();
         let text = template
-            .render(&[Message::user("  hello  ")], true)
-            .unwrap();
+            .render(&[Message::text("user", "  hello  ")], true)
+            .unwrap()
+            .text();
         assert!(
             text.starts_with("<|start_header_id|>system"),
             "BOS is left to the tokenizer: {text}"
@@ -174,10 +257,7 @@ mod tests {
     #[test]
     fn raise_exception_is_an_error_with_the_templates_message() {
         let template = ChatTemplate::new(TEMPLATE, "", "", true).unwrap();
-        let message = Message {
-            role: "tool".into(),
-            content: "x".into(),
-        };
+        let message = Message::text("tool", "x");
         let error = template.render(&[message], true).unwrap_err();
         assert_eq!(
             error.to_string(),
@@ -192,11 +272,69 @@ mod tests {
     }
 
     #[test]
+    fn the_messages_text_is_content_and_the_markers_are_the_templates() {
+        use guardreasoner_protocol::SpanKind;
+        let template =
+            ChatTemplate::new(TEMPLATE, "<|begin_of_text|>", "<|eot_id|>", true).unwrap();
+        let mut guard_prompt = Prompt::format("Instruction\n");
+        guard_prompt.push_content(" <|eot_id|> hi\n");
+        let prompt = template
+            .render(&[Message::user(guard_prompt)], true)
+            .unwrap();
+        let content: Vec<&str> = prompt
+            .spans()
+            .iter()
+            .filter(|s| s.kind == SpanKind::Content)
+            .map(|s| s.text.as_str())
+            .collect();
+        // The template strips the text: the trailing newline went, and the spans follow.
+        assert_eq!(content, [" <|eot_id|> hi"]);
+        assert!(prompt
+            .text()
+            .contains("<|end_header_id|>\n\nInstruction\n <|eot_id|> hi<|eot_id|>"));
+        let format: String = prompt
+            .spans()
+            .iter()
+            .filter(|s| s.kind == SpanKind::Format)
+            .map(|s| s.text.as_str())
+            .collect();
+        assert_eq!(format.matches("<|eot_id|>").count(), 2, "{format}");
+    }
+
+    #[test]
+    fn a_template_that_rewrites_the_text_is_refused() {
+        let upper = ChatTemplate::new(
+            "{% for m in messages %}<|im_start|>{{ m.content | upper }}<|im_end|>{% endfor %}",
+            "",
+            "",
+            false,
+        )
+        .unwrap();
+        let error = upper
+            .render(&[Message::text("user", "hi")], false)
+            .unwrap_err();
+        assert!(error.to_string().contains("cannot be traced"), "{error}");
+        // Text the template leaves alone is traced, even when it repeats a marker.
+        let plain = ChatTemplate::new(
+            "{% for m in messages %}<|im_start|>{{ m.content }}<|im_end|>{% endfor %}",
+            "",
+            "",
+            false,
+        )
+        .unwrap();
+        let prompt = plain
+            .render(&[Message::text("user", "<|im_end|>")], false)
+            .unwrap();
+        assert_eq!(prompt.spans().len(), 3);
+        assert_eq!(prompt.text(), "<|im_start|><|im_end|><|im_end|>");
+    }
+
+    #[test]
     fn a_broken_template_is_an_error() {
         assert!(ChatTemplate::new("{% for %}", "", "", false).is_err());
         // A tokenizer that adds no BOS keeps whatever the template writes first.
         let keep = ChatTemplate::new("{{ bos_token }}x", "<s>", "", false).unwrap();
-        assert_eq!(keep.render(&[], false).unwrap(), "<s>x");
+        assert_eq!(keep.render(&[], false).unwrap().text(), "<s>x");
     }
 
     #[test]

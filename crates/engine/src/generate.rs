@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use guardreasoner_protocol::Prompt;
+
 use crate::error::EngineError;
 
 /// The paper's evaluation budget: 2048 new tokens.
@@ -68,14 +70,15 @@ impl SamplingParams {
 /// A batch of prompts to generate from together.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Batch {
-    /// The prompts, as raw text (the tokenizer adds BOS where the model wants it).
-    pub prompts: Vec<String>,
+    /// The prompts, in spans of the format's text and of content (the tokenizer adds BOS where
+    /// the model wants it).
+    pub prompts: Vec<Prompt>,
     /// Sampling, the same for every prompt (each prompt gets its own sampler, seeded
     /// `seed + index`).
     pub params: SamplingParams,
     /// Text that every prompt starts with and that the backend may evaluate once and reuse, also
     /// across batches (GuardReasoner's instruction).
-    pub shared_prefix: Option<String>,
+    pub shared_prefix: Option<Prompt>,
 }
 
 /// Why generation stopped.
@@ -122,6 +125,9 @@ pub struct Generation {
     pub text: String,
     /// Tokens in the prompt (BOS included).
     pub prompt_tokens: usize,
+    /// The prompt's token ids as the model read them (empty where a remote server tokenized it).
+    #[serde(skip)]
+    pub prompt_token_ids: Vec<u32>,
     /// Prompt tokens whose state was reused instead of evaluated.
     pub cached_prompt_tokens: usize,
     /// Tokens generated.
@@ -175,17 +181,17 @@ pub trait Generate: Send {
         on_token: &mut dyn FnMut(TokenEvent<'_>),
     ) -> Result<Vec<Generation>, EngineError>;
 
-    /// The number of tokens `text` becomes (BOS included), to check prompts before running them;
-    /// `None` where the backend cannot know without asking the model's server (a remote backend),
-    /// which then says itself what does not fit.
-    fn count_tokens(&mut self, text: &str) -> Result<Option<usize>, EngineError>;
+    /// The number of tokens `prompt` becomes (BOS included), to check prompts before running
+    /// them; `None` where the backend cannot know without asking the model's server (a remote
+    /// backend), which then says itself what does not fit.
+    fn count_tokens(&mut self, prompt: &Prompt) -> Result<Option<usize>, EngineError>;
 
-    /// Checks that prompt `index` of a batch, `text`, fits the context with room for one new token
+    /// Checks that prompt `index` of a batch fits the context with room for one new token
     /// ([`crate::schedule::fits`], the scheduler's own test): [`EngineError::PromptTooLong`] where
     /// it does not. A backend that cannot count passes every prompt on; its server answers for
     /// what does not fit.
-    fn check_fits(&mut self, index: usize, text: &str) -> Result<(), EngineError> {
-        match self.count_tokens(text)? {
+    fn check_fits(&mut self, index: usize, prompt: &Prompt) -> Result<(), EngineError> {
+        match self.count_tokens(prompt)? {
             Some(tokens) => crate::schedule::fits(index, tokens, self.info().context_length),
             None => Ok(()),
         }
@@ -243,8 +249,8 @@ impl<G: Generate + ?Sized> Generate for Box<G> {
         (**self).generate(batch, on_token)
     }
 
-    fn count_tokens(&mut self, text: &str) -> Result<Option<usize>, EngineError> {
-        (**self).count_tokens(text)
+    fn count_tokens(&mut self, prompt: &Prompt) -> Result<Option<usize>, EngineError> {
+        (**self).count_tokens(prompt)
     }
 
     fn chat_template(&self) -> Option<&crate::chat_template::ChatTemplate> {

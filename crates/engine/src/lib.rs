@@ -13,6 +13,8 @@
 //!   models cache's conversions of repo ids for llama.cpp.
 //! - [`device`]: where a model runs (`auto`, `cpu`, `cuda:N`).
 //! - [`chat_template`]: a model's own Jinja chat template, rendered as transformers does.
+//! - [`tokenize`]: a [`Prompt`] (spans of the format's text and of content) into token ids, the
+//!   one place that decides what may become a control token.
 //! - [`sampling`]: greedy and nucleus sampling for backends that do not sample themselves.
 //! - [`model`]: what `--model` names: a file, a directory, a repo id, or an alias; [`hub`]
 //!   downloads a repo id.
@@ -28,9 +30,11 @@ pub mod load;
 pub mod model;
 pub mod sampling;
 pub mod schedule;
+pub mod tokenize;
 
 pub use device::DeviceSpec;
 pub use error::EngineError;
 pub use generate::{
     Batch, Generate, Generation, ModelInfo, SamplingParams, StopReason, Timings, TokenEvent,
 };
+pub use guardreasoner_protocol::{Prompt, SpanKind};

@@ -21,6 +21,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
+use guardreasoner_protocol::Prompt;
+
 use crate::chat_template::ChatTemplate;
 use crate::error::EngineError;
 use crate::generate::{Batch, Generate, Generation, ModelInfo, SamplingParams, TokenEvent};
@@ -28,8 +30,8 @@ use crate::generate::{Batch, Generate, Generation, ModelInfo, SamplingParams, To
 /// One sequence to generate.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Request {
-    /// The prompt, as raw text.
-    pub prompt: String,
+    /// The prompt, in spans of the format's text and of content.
+    pub prompt: Prompt,
     /// The prompt's tokens, when validation counted them (a local tokenizer); the scheduler then
     /// does not tokenize again.
     pub tokens: Option<Vec<u32>>,
@@ -37,7 +39,7 @@ pub struct Request {
     /// backend may reuse its evaluated state, and reuses no more than it. `None` lets the backend
     /// reuse whatever it holds of the prompt's start (faster; greedy output may then differ in
     /// near-ties with what ran before, as llama.cpp's sums run in another order).
-    pub shared_prefix: Option<String>,
+    pub shared_prefix: Option<Prompt>,
     /// Sampling for this sequence alone (its seed is used as given).
     pub params: SamplingParams,
 }
@@ -102,7 +104,7 @@ pub trait Scheduler: Send + Sync {
 
     /// The prompt's tokens (BOS included), or `None` where only the model's server knows them
     /// (a remote backend, which then says itself what does not fit).
-    fn tokenize(&self, text: &str) -> Result<Option<Vec<u32>>, EngineError>;
+    fn tokenize(&self, prompt: &Prompt) -> Result<Option<Vec<u32>>, EngineError>;
 
     /// Queues `requests` together, each with its tag, all or none: the scheduler sees them at
     /// once, so what runs with what depends on their order alone, not on timing (a batch command
@@ -128,8 +130,8 @@ pub trait Scheduler: Send + Sync {
 pub fn validate(
     scheduler: &dyn Scheduler,
     index: usize,
-    prompt: String,
-    shared_prefix: Option<String>,
+    prompt: Prompt,
+    shared_prefix: Option<Prompt>,
     params: SamplingParams,
 ) -> Result<Request, EngineError> {
     params.validate()?;
@@ -173,7 +175,7 @@ pub fn run_batch(
         .shared_prefix
         .clone()
         .or_else(|| common_text_prefix(&batch.prompts))
-        .or_else(|| Some(String::new()));
+        .or_else(|| Some(Prompt::new()));
     let requests = batch
         .prompts
         .iter()
@@ -235,24 +237,17 @@ fn stopped(scheduler: &dyn Scheduler) -> EngineError {
     )
 }
 
-/// The longest text every prompt starts with (none for fewer than two prompts): a hint of what
-/// the backend may evaluate once, when the caller gave none.
-fn common_text_prefix(prompts: &[String]) -> Option<String> {
+/// The longest start every prompt shares, text and kinds (none for fewer than two prompts): a
+/// hint of what the backend may evaluate once, when the caller gave none.
+fn common_text_prefix(prompts: &[Prompt]) -> Option<Prompt> {
     let (first, rest) = prompts.split_first()?;
     if rest.is_empty() {
         return None;
     }
-    let mut length = first.len();
-    for prompt in rest {
-        length = first
-            .char_indices()
-            .zip(prompt.chars())
-            .take_while(|((_, a), b)| a == b)
-            .last()
-            .map_or(0, |((at, c), _)| at + c.len_utf8())
-            .min(length);
-    }
-    (length > 0).then(|| first[..length].to_string())
+    let shared = rest
+        .iter()
+        .fold(first.clone(), |shared, prompt| shared.common_prefix(prompt));
+    (!shared.is_empty()).then_some(shared)
 }
 
 /// Counts waiting requests against the queue's bound; shared by the submitting threads and the
@@ -482,11 +477,11 @@ impl Scheduler for Serial {
         self.chat_template.as_ref()
     }
 
-    fn tokenize(&self, text: &str) -> Result<Option<Vec<u32>>, EngineError> {
+    fn tokenize(&self, prompt: &Prompt) -> Result<Option<Vec<u32>>, EngineError> {
         // Counting needs the engine, which a running sequence holds for its whole length (and a
         // remote backend cannot count at all): the backend measures the prompt when it runs it,
         // and fails that one request if it does not fit.
-        let _ = text;
+        let _ = prompt;
         Ok(None)
     }
 
@@ -519,18 +514,18 @@ mod tests {
     #[test]
     fn the_common_prefix_of_prompts_ends_on_a_character() {
         let prompts = [
-            "Instruction: é a".to_string(),
-            "Instruction: é b".to_string(),
+            Prompt::content("Instruction: é a"),
+            Prompt::content("Instruction: é b"),
         ];
         assert_eq!(
-            common_text_prefix(&prompts).as_deref(),
-            Some("Instruction: é ")
+            common_text_prefix(&prompts),
+            Some(Prompt::content("Instruction: é "))
         );
-        let split = ["xé".to_string(), "xè".to_string()];
-        assert_eq!(common_text_prefix(&split).as_deref(), Some("x"));
-        assert_eq!(common_text_prefix(&["a".to_string()]), None);
+        let split = [Prompt::content("xé"), Prompt::content("xè")];
+        assert_eq!(common_text_prefix(&split), Some(Prompt::content("x")));
+        assert_eq!(common_text_prefix(&[Prompt::content("a")]), None);
         assert_eq!(
-            common_text_prefix(&["a".to_string(), "b".to_string()]),
+            common_text_prefix(&[Prompt::content("a"), Prompt::content("b")]),
             None
         );
     }

@@ -122,12 +122,18 @@ fn smollm2_quantized_greedy_matches_llama_cpp_and_tokenizers_agree() {
     for text in common::TRICKY
         .iter()
         .map(|t| t.to_string())
-        .chain(common::reference_prompts())
+        .chain(common::reference_prompts().iter().map(|p| p.text()))
     {
         assert_eq!(
-            candle.tokenizer().encode(&text).unwrap(),
-            llama.tokenize(&text),
+            candle.tokenizer().encode_text(&text).unwrap(),
+            llama.tokenize_text(&text, true),
             "{text:?}"
+        );
+        let content = guardreasoner_protocol::Prompt::content(&text);
+        assert_eq!(
+            candle.tokenizer().encode(&content).unwrap(),
+            llama.tokenize(&content).unwrap(),
+            "{text:?} as content"
         );
     }
     // Both run the Q4_1 weights, but with different quantized kernels (llama.cpp's and candle's,
@@ -196,12 +202,12 @@ fn llama3_tokenizer_matches_transformers_on_tricky_text() {
     .unwrap();
     assert!(reference.len() >= 13);
     for (text, expected) in &reference {
-        assert_eq!(&tokenizer.encode(text).unwrap(), expected, "{text:?}");
+        assert_eq!(&tokenizer.encode_text(text).unwrap(), expected, "{text:?}");
     }
     // Streaming token by token rebuilds the text exactly, emoji and all (special tokens render
     // as nothing).
     for text in common::TRICKY {
-        let ids = tokenizer.encode(text).unwrap();
+        let ids = tokenizer.encode_text(text).unwrap();
         let mut stream = tokenizer.text_stream();
         let mut streamed = String::new();
         for &id in &ids {
@@ -252,8 +258,14 @@ fn both_backends_render_the_models_chat_template_as_transformers_does() {
                 .expect("SmolLM2's GGUF carries a chat template");
             assert_eq!(
                 &template
-                    .render(&[Message::user(prompt.as_str())], true)
-                    .unwrap(),
+                    .render(
+                        &[Message::user(guardreasoner_protocol::Prompt::content(
+                            prompt
+                        ))],
+                        true
+                    )
+                    .unwrap()
+                    .text(),
                 expected,
                 "{}",
                 engine.info().backend

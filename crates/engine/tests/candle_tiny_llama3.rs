@@ -120,7 +120,7 @@ fn a_backward_pass_reaches_every_weight() {
     assert_eq!(vars.len(), 1 + 2 * 9 + 1);
     let ids = engine
         .tokenizer()
-        .encode("Is this request harmful? No.")
+        .encode_text("Is this request harmful? No.")
         .unwrap();
     let tokens = Tensor::new(ids.as_slice(), &Device::Cpu)
         .unwrap()

@@ -10,7 +10,7 @@ use guardreasoner_engine::backends::llama_cpp::{FlashAttention, LlamaCppEngine, 
 use guardreasoner_engine::{
     Batch, DeviceSpec, EngineError, Generate, Generation, SamplingParams, StopReason,
 };
-use guardreasoner_protocol::PromptFormat;
+use guardreasoner_protocol::{Prompt, PromptFormat};
 
 fn test_model() -> Option<PathBuf> {
     common::smollm2()
@@ -30,7 +30,7 @@ fn engine(max_batch: usize) -> Option<LlamaCppEngine> {
     })
 }
 
-fn guard_prompts() -> Vec<String> {
+fn guard_prompts() -> Vec<Prompt> {
     common::reference_prompts()
 }
 
@@ -76,7 +76,7 @@ fn batched_and_prefix_cached_generation_agrees_with_single_stream() {
             let batch = Batch {
                 prompts: vec![prompt.clone()],
                 params: params.clone(),
-                shared_prefix: Some(String::new()),
+                shared_prefix: Some(Prompt::new()),
             };
             single.generate(&batch, &mut |_| {}).unwrap().remove(0)
         })
@@ -187,7 +187,7 @@ fn a_prompt_longer_than_the_context_is_an_error() {
     let Some(mut engine) = engine(1) else { return };
     let long = "word ".repeat(3000);
     let batch = Batch {
-        prompts: vec!["short".into(), long],
+        prompts: vec![Prompt::content("short"), Prompt::content(long)],
         params: greedy(4),
         shared_prefix: None,
     };
@@ -201,7 +201,7 @@ fn a_prompt_longer_than_the_context_is_an_error() {
     }
     // The engine still works afterwards.
     let ok = Batch {
-        prompts: vec!["hello".into()],
+        prompts: vec![Prompt::content("hello")],
         params: greedy(2),
         shared_prefix: None,
     };
@@ -281,7 +281,7 @@ fn tokens_and_greedy_text_match_llama_cpp_python() {
     .unwrap();
     for (text, ids) in reference["tokens"].as_object().unwrap() {
         let expected = common::json_ids(ids);
-        assert_eq!(engine.tokenize(text), expected, "{text:?}");
+        assert_eq!(engine.tokenize_text(text, true), expected, "{text:?}");
     }
     for (index, prompt) in guard_prompts().into_iter().enumerate() {
         // 40 tokens, generating on past end of text as the reference did: the same tokens, unless

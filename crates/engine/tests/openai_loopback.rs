@@ -7,7 +7,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use guardreasoner_engine::backends::openai::{OpenAiEngine, OpenAiOptions};
-use guardreasoner_engine::{Batch, EngineError, Generate, SamplingParams, StopReason};
+use guardreasoner_engine::{Batch, EngineError, Generate, Prompt, SamplingParams, StopReason};
 
 /// What the server saw.
 #[derive(Default)]
@@ -126,7 +126,9 @@ fn streams_batches_with_bounded_concurrency_and_reads_usage() {
     let seen = Arc::new(Mutex::new(Seen::default()));
     let base = serve(seen.clone(), 2);
     let mut engine = engine(&base, 2);
-    let prompts: Vec<String> = (0..5).map(|i| format!("a b c {i}")).collect();
+    let prompts: Vec<Prompt> = (0..5)
+        .map(|i| Prompt::content(format!("a b c {i}")))
+        .collect();
     let params = SamplingParams {
         max_new_tokens: 16,
         logprobs: true,
@@ -187,7 +189,7 @@ fn length_stops_and_server_errors_are_reported() {
     let generation = engine
         .generate(
             &Batch {
-                prompts: vec!["one two three".into()],
+                prompts: vec![Prompt::content("one two three")],
                 params: params.clone(),
                 shared_prefix: None,
             },
@@ -203,7 +205,7 @@ fn length_stops_and_server_errors_are_reported() {
     let error = engine
         .generate(
             &Batch {
-                prompts: vec!["fail".into()],
+                prompts: vec![Prompt::content("fail")],
                 params,
                 shared_prefix: None,
             },
@@ -231,7 +233,7 @@ fn a_stream_cut_off_is_an_error_not_a_short_answer() {
         let error = engine
             .generate(
                 &Batch {
-                    prompts: vec![prompt.into()],
+                    prompts: vec![Prompt::content(prompt)],
                     params: SamplingParams::default(),
                     shared_prefix: None,
                 },
@@ -250,7 +252,7 @@ fn events_are_read_as_the_sse_standard_frames_them() {
     let generations = engine
         .generate(
             &Batch {
-                prompts: vec!["framing".into()],
+                prompts: vec![Prompt::content("framing")],
                 params: SamplingParams::default(),
                 shared_prefix: None,
             },
@@ -266,5 +268,10 @@ fn events_are_read_as_the_sse_standard_frames_them() {
 #[test]
 fn a_remote_backend_does_not_guess_token_counts() {
     let mut engine = engine("http://127.0.0.1:9", 1);
-    assert_eq!(engine.count_tokens(&"word ".repeat(10_000)).unwrap(), None);
+    assert_eq!(
+        engine
+            .count_tokens(&Prompt::content("word ".repeat(10_000)))
+            .unwrap(),
+        None
+    );
 }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use guardreasoner_engine::backends::llama_cpp::{LlamaCppEngine, LlamaCppOptions};
 use guardreasoner_engine::schedule::{events, validate, Event, EventReceiver, Rejected, Scheduler};
+use guardreasoner_engine::Prompt;
 use guardreasoner_engine::{Generation, SamplingParams};
 use guardreasoner_protocol::PromptFormat;
 
@@ -52,14 +53,14 @@ fn params(tokens: usize) -> SamplingParams {
 /// Queues `prompt`; its events come back on the returned receiver, tagged `tag`.
 fn submit(
     engine: &LlamaCppEngine,
-    prompt: &str,
+    prompt: &Prompt,
     params: SamplingParams,
     tag: usize,
 ) -> EventReceiver {
     let request = validate(
         engine,
         tag,
-        prompt.to_string(),
+        prompt.clone(),
         Some(PromptFormat::Eval.shared_prefix()),
         params,
     )
@@ -234,16 +235,21 @@ fn bad_requests_fail_alone() {
         max_new_tokens: 0,
         ..SamplingParams::default()
     };
-    let error = validate(&engine, 0, "hello".into(), None, bad).unwrap_err();
+    let error = validate(&engine, 0, Prompt::content("hello"), None, bad).unwrap_err();
     assert!(error.to_string().contains("max_new_tokens"), "{error}");
     let long = "word ".repeat(3000);
-    let error = validate(&engine, 4, long, None, params(4)).unwrap_err();
+    let error = validate(&engine, 4, Prompt::content(long), None, params(4)).unwrap_err();
     assert!(
         error.to_string().starts_with("prompt 4 is 3001 tokens"),
         "{error}"
     );
     // The scheduler still serves.
-    let generation = finish(&mut submit(&engine, "Hello", params(3), 0));
+    let generation = finish(&mut submit(
+        &engine,
+        &Prompt::content("Hello"),
+        params(3),
+        0,
+    ));
     assert_eq!(generation.generated_tokens, 3);
 }
 
@@ -253,8 +259,8 @@ fn a_prompt_reuses_the_start_of_the_last_one_in_its_slot() {
     let Some(engine) = engine(2, 8) else { return };
     let Some(fresh) = engine_fresh() else { return };
     let prompts = common::reference_prompts();
-    let submit_plain = |engine: &LlamaCppEngine, prompt: &str, tag: usize| {
-        let request = validate(engine, tag, prompt.to_string(), None, params(12)).unwrap();
+    let submit_plain = |engine: &LlamaCppEngine, prompt: &Prompt, tag: usize| {
+        let request = validate(engine, tag, prompt.clone(), None, params(12)).unwrap();
         let (sender, receiver) = events();
         engine.submit(request, tag, sender).unwrap();
         receiver

@@ -5,7 +5,7 @@ use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
 use guardreasoner_protocol::parse::parse_structured;
-use guardreasoner_protocol::{Answer, Conversation, Label, PromptFormat, Task};
+use guardreasoner_protocol::{Answer, Conversation, Label, Prompt, PromptFormat, Task};
 use serde::Deserialize;
 
 use crate::error::EvalError;
@@ -56,8 +56,8 @@ pub struct Sample {
 }
 
 impl Sample {
-    /// The text a model is given in `format`.
-    pub fn prompt(&self, format: PromptFormat) -> String {
+    /// What a model is given in `format` (the input block's conversation as content).
+    pub fn prompt(&self, format: PromptFormat) -> Prompt {
         format.render_parts(&self.instruction, &self.input)
     }
 

@@ -332,7 +332,7 @@ pub fn align(found: &FoundOutputs, dataset: &Dataset) -> Result<Vec<String>, Eva
         if let Some(prompt) = &line.prompt {
             let matches = PromptFormat::ALL
                 .iter()
-                .any(|format| sample.prompt(*format) == *prompt);
+                .any(|format| sample.prompt(*format).text() == *prompt);
             if !matches {
                 return Err(EvalError::at_line(
                     path,

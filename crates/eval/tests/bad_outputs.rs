@@ -34,7 +34,7 @@ fn made_up_benchmark(root: &Path) -> Vec<String> {
         .map(|sample| {
             let label = sample["output"].as_str().unwrap();
             json!({
-                "prompt": PromptFormat::Eval.render_parts(INSTRUCTION, sample["input"].as_str().unwrap()),
+                "prompt": PromptFormat::Eval.render_parts(INSTRUCTION, sample["input"].as_str().unwrap()).text(),
                 "label": label,
                 "predict": format!("# Task 1\n\n## Reasoning Step 1\nMade up.\n\n---\n\nAnswers: \nRequest: {label}\nCompletion: None\nResponse: None"),
             })

@@ -18,7 +18,7 @@ use guardreasoner_engine::{
     Batch, EngineError, Generate, Generation, SamplingParams, StopReason, Timings,
 };
 use guardreasoner_protocol::parse::{parse_structured, ParsedOutput};
-use guardreasoner_protocol::{Answer, Conversation, PromptFormat, Task, Verdict};
+use guardreasoner_protocol::{Answer, Conversation, Prompt, PromptFormat, Task, Verdict};
 use serde::Serialize;
 
 /// What to do when the model's output lacks an answer the conversation calls for.
@@ -165,6 +165,12 @@ pub struct CheckResult {
     pub parsed: ParsedOutput,
     /// The raw output.
     pub output: String,
+    /// The prompt's token ids as the model read them (empty where a remote server tokenized it).
+    #[serde(skip)]
+    pub prompt_token_ids: Vec<u32>,
+    /// The generated token ids.
+    #[serde(skip)]
+    pub token_ids: Vec<u32>,
     /// Token counts.
     pub usage: Usage,
     /// Why generation stopped.
@@ -280,8 +286,8 @@ impl<G: Generate> Guard<G> {
             .collect())
     }
 
-    /// The text the model reads for `conversation`.
-    pub fn render(&self, conversation: &Conversation) -> Result<String, GuardError> {
+    /// What the model reads for `conversation`.
+    pub fn render(&self, conversation: &Conversation) -> Result<Prompt, GuardError> {
         self.config
             .render(conversation, self.engine.chat_template())
     }
@@ -297,13 +303,13 @@ impl<G: Generate> Guard<G> {
 }
 
 impl GuardConfig {
-    /// The text the model reads for `conversation`; `chat_template` is the model's own, needed
-    /// only with [`InputFormat::ModelChat`].
+    /// What the model reads for `conversation`, the conversation's text as content;
+    /// `chat_template` is the model's own, needed only with [`InputFormat::ModelChat`].
     pub fn render(
         &self,
         conversation: &Conversation,
         chat_template: Option<&ChatTemplate>,
-    ) -> Result<String, GuardError> {
+    ) -> Result<Prompt, GuardError> {
         self.wrap(self.format.protocol().render(conversation), chat_template)
     }
 
@@ -312,19 +318,19 @@ impl GuardConfig {
     /// [`InputFormat::ModelChat`] the text as the user's turn of the model's own chat template.
     pub fn wrap(
         &self,
-        text: String,
+        prompt: Prompt,
         chat_template: Option<&ChatTemplate>,
-    ) -> Result<String, GuardError> {
+    ) -> Result<Prompt, GuardError> {
         if self.format != InputFormat::ModelChat {
-            return Ok(text);
+            return Ok(prompt);
         }
         let template = chat_template.ok_or(GuardError::NoChatTemplate)?;
-        Ok(template.render(&[Message::user(text)], true)?)
+        Ok(template.render(&[Message::user(prompt)], true)?)
     }
 
-    /// Text every prompt starts with, for the backend to evaluate once; `None` with the model's
+    /// What every prompt starts with, for the backend to evaluate once; `None` with the model's
     /// chat template, whose shared part the backend finds itself.
-    pub fn shared_prefix(&self) -> Option<String> {
+    pub fn shared_prefix(&self) -> Option<Prompt> {
         match self.format {
             InputFormat::Protocol(format) => Some(format.shared_prefix()),
             InputFormat::ModelChat => None,
@@ -374,6 +380,8 @@ impl GuardConfig {
             stop: generation.stop,
             timings: generation.timings,
             output: generation.text,
+            prompt_token_ids: generation.prompt_token_ids,
+            token_ids: generation.token_ids,
         })
     }
 }
@@ -444,6 +452,7 @@ mod tests {
                     Generation {
                         text: text.clone(),
                         prompt_tokens: 10,
+                        prompt_token_ids: Vec::new(),
                         cached_prompt_tokens: 5,
                         generated_tokens: 3,
                         token_ids: vec![1, 2, 3],
@@ -454,8 +463,8 @@ mod tests {
                 })
                 .collect())
         }
-        fn count_tokens(&mut self, text: &str) -> Result<Option<usize>, EngineError> {
-            Ok(Some(text.len()))
+        fn count_tokens(&mut self, prompt: &Prompt) -> Result<Option<usize>, EngineError> {
+            Ok(Some(prompt.len()))
         }
     }
 
@@ -493,8 +502,8 @@ mod tests {
             PromptFormat::Eval.render(&Conversation::prompt_only("x"))
         );
         assert_eq!(
-            batch.shared_prefix.as_deref(),
-            Some(PromptFormat::Eval.shared_prefix().as_str())
+            batch.shared_prefix,
+            Some(PromptFormat::Eval.shared_prefix())
         );
     }
 
@@ -607,10 +616,13 @@ mod tests {
             ..GuardConfig::default()
         };
         let eval = PromptFormat::Eval.render(&conversation);
-        assert_eq!(
-            config.render(&conversation, Some(&template)).unwrap(),
-            format!("<user>{eval}</user>")
-        );
+        let wrapped = config.render(&conversation, Some(&template)).unwrap();
+        assert_eq!(wrapped.text(), format!("<user>{eval}</user>"));
+        // The conversation stays content inside the template.
+        assert!(wrapped
+            .spans()
+            .iter()
+            .any(|s| s.kind == guardreasoner_protocol::SpanKind::Content && s.text == "hello"));
         assert_eq!(config.shared_prefix(), None);
         assert!(matches!(
             config.render(&conversation, None),

@@ -2,7 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::instruction::{input_block, ASSISTANT_HEADER, HUMAN_HEADER, NO_RESPONSE};
+use crate::instruction::{input_block, input_prompt, ASSISTANT_HEADER, HUMAN_HEADER, NO_RESPONSE};
+use crate::prompt::Prompt;
 
 /// One user prompt and, when there is one, the AI assistant's response to it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,6 +35,11 @@ impl Conversation {
     /// The input block the guard reads (SPEC section 2), with `None` for a missing response.
     pub fn input_block(&self) -> String {
         input_block(&self.prompt, self.response.as_deref())
+    }
+
+    /// The input block as a [`Prompt`], the prompt and the response marked as content.
+    pub fn input_prompt(&self) -> Prompt {
+        input_prompt(&self.prompt, self.response.as_deref())
     }
 
     /// Reads an input block back into a conversation.

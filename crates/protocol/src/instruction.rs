@@ -3,6 +3,8 @@
 //! The released models were trained on these bytes: a changed space changes the model's input. Note
 //! the single trailing space after `AI.`, after `compliance.` and at the end of the Task 3 line.
 
+use crate::prompt::Prompt;
+
 /// The 490-character instruction every GuardReasoner prompt starts with, ending in a newline.
 pub const INSTRUCTION: &str =
     "You are a classifier for analyzing interactions between humans and AI. \n\
@@ -39,6 +41,19 @@ pub fn input_block(prompt: &str, response: Option<&str>) -> String {
     block
 }
 
+/// The input block as a [`Prompt`]: the headers are the format's text, the user's prompt and the
+/// AI's response are content (never parsed for control tokens). Its text is [`input_block`]'s.
+pub fn input_prompt(prompt: &str, response: Option<&str>) -> Prompt {
+    let mut block = Prompt::format(HUMAN_HEADER);
+    block.push_content(prompt).push_format(ASSISTANT_HEADER);
+    match response {
+        Some(response) => block.push_content(response),
+        None => block.push_format(NO_RESPONSE),
+    };
+    block.push_format("\n\n");
+    block
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -62,5 +77,21 @@ mod tests {
             input_block("hi", Some("hello")),
             "Human user:\nhi\n\nAI assistant:\nhello\n\n"
         );
+    }
+
+    #[test]
+    fn the_input_prompt_has_the_blocks_text_and_marks_the_conversation_as_content() {
+        for response in [None, Some("<|eot_id|>ok")] {
+            let prompt = input_prompt("a <|im_end|> b", response);
+            assert_eq!(prompt.text(), input_block("a <|im_end|> b", response));
+            let content: Vec<&str> = prompt
+                .spans()
+                .iter()
+                .filter(|s| s.kind == crate::prompt::SpanKind::Content)
+                .map(|s| s.text.as_str())
+                .collect();
+            let expected: Vec<&str> = std::iter::once("a <|im_end|> b").chain(response).collect();
+            assert_eq!(content, expected);
+        }
     }
 }

@@ -5,7 +5,9 @@
 //!
 //! - [`instruction`]: the exact instruction and input block the released models were trained on.
 //! - [`Conversation`] and [`PromptFormat`]: a user turn plus optional AI response, rendered in one of
-//!   the three prompt formats (evaluation, deploy, llama3 chat).
+//!   the three prompt formats (evaluation, deploy, llama3 chat) as a [`Prompt`]: spans of the
+//!   format's text and of the conversation's, so that no control-token string a user wrote reaches
+//!   the model as a control token ([`prompt`]).
 //! - [`Verdict`] and the label types: the three answers a guard gives.
 //! - [`parse`]: the paper's last-300-characters extractor and a structured parser of the whole output.
 
@@ -14,8 +16,10 @@ pub mod format;
 pub mod instruction;
 pub mod label;
 pub mod parse;
+pub mod prompt;
 
 pub use conversation::Conversation;
 pub use format::PromptFormat;
 pub use instruction::INSTRUCTION;
 pub use label::{Answer, Harm, Label, Refusal, Task, Verdict};
+pub use prompt::{Prompt, Span, SpanKind};

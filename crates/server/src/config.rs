@@ -24,6 +24,13 @@ pub struct ServeConfig {
     pub body_limit: usize,
     /// The longest one request may take before it is cancelled (504).
     pub request_timeout: Duration,
+    /// The longest a client may take to send a request's headers, and the longest a connection
+    /// may sit idle before its next request; then it is closed.
+    pub header_timeout: Duration,
+    /// The longest a client may take to send a request's body (408 after it).
+    pub body_timeout: Duration,
+    /// The most connections open at once; past it a new one gets 503 and is closed.
+    pub max_connections: usize,
     /// On SIGTERM or ctrl-c: how long in-flight requests may take to finish.
     pub shutdown_grace: Duration,
     /// The most conversations one request may carry.
@@ -43,6 +50,9 @@ impl Default for ServeConfig {
             max_new_tokens: guardreasoner_engine::generate::DEFAULT_MAX_NEW_TOKENS,
             body_limit: 1 << 20,
             request_timeout: Duration::from_secs(600),
+            header_timeout: Duration::from_secs(30),
+            body_timeout: Duration::from_secs(60),
+            max_connections: 1024,
             shutdown_grace: Duration::from_secs(30),
             max_items: 64,
             litellm_memory: Duration::from_secs(600),
@@ -69,6 +79,12 @@ pub struct FileConfig {
     pub body_limit_bytes: Option<usize>,
     /// `request_timeout_s = 600`.
     pub request_timeout_s: Option<f64>,
+    /// `header_timeout_s = 30`.
+    pub header_timeout_s: Option<f64>,
+    /// `body_timeout_s = 60`.
+    pub body_timeout_s: Option<f64>,
+    /// `max_connections = 1024`.
+    pub max_connections: Option<usize>,
     /// `shutdown_grace_s = 30`.
     pub shutdown_grace_s: Option<f64>,
     /// `max_items = 64`.

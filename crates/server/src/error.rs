@@ -127,6 +127,19 @@ impl ApiError {
         .with_code("deadline_exceeded")
     }
 
+    /// 408: the client did not send its body within the server's deadline.
+    pub fn body_timeout(limit: Duration) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "invalid_request_error",
+            format!(
+                "the request body did not arrive within the server's deadline of {} s",
+                limit.as_secs_f64()
+            ),
+        )
+        .with_code("body_timeout")
+    }
+
     /// 500: the backend failed.
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message)

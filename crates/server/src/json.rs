@@ -7,16 +7,20 @@ use axum::extract::{FromRequest, Request};
 use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
+use crate::state::AppState;
 
-/// A JSON body of type `T`.
+/// A JSON body of type `T`, read within the server's body deadline (a client that trickles its
+/// body gets 408 once it passes).
 pub struct Body<T>(pub T);
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
+impl<T: DeserializeOwned> FromRequest<AppState> for Body<T> {
     type Rejection = ApiError;
 
-    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
-        let bytes = Bytes::from_request(request, state)
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
+        let deadline = state.config.body_timeout;
+        let bytes = tokio::time::timeout(deadline, Bytes::from_request(request, state))
             .await
+            .map_err(|_| ApiError::body_timeout(deadline))?
             .map_err(|rejection| {
                 let status = rejection.status();
                 ApiError {

@@ -20,6 +20,7 @@ pub mod config;
 pub mod error;
 mod ids;
 pub mod json;
+pub mod listen;
 pub mod memory;
 pub mod metrics;
 pub mod routes;
@@ -112,10 +113,13 @@ impl Server {
         }
         let serving = {
             let stop_rx = stop_rx.clone();
+            let limits = listen::Limits {
+                header_timeout: state.config.header_timeout,
+                max_connections: state.config.max_connections,
+            };
+            let metrics = state.metrics.clone();
             tokio::spawn(async move {
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(stopped(stop_rx))
-                    .await
+                listen::serve(listener, app, limits, metrics, stopped(stop_rx)).await;
             })
         };
         let loader = {
@@ -168,7 +172,7 @@ impl Server {
         }
         stopped(stop_rx).await;
         match tokio::time::timeout(grace, serving).await {
-            Ok(Ok(result)) => result.map_err(ServeError::Io),
+            Ok(Ok(())) => Ok(()),
             Ok(Err(join)) => Err(ServeError::Io(std::io::Error::other(join.to_string()))),
             Err(_) => {
                 tracing::warn!("in-flight requests outlived the grace period; stopping anyway");

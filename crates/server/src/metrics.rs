@@ -43,6 +43,8 @@ pub struct Metrics {
     queue_depth: Gauge,
     running: Gauge,
     slots: Gauge,
+    connections: Gauge,
+    connections_refused: Counter,
 }
 
 fn seconds() -> Histogram {
@@ -68,6 +70,8 @@ impl Default for Metrics {
             queue_depth: Gauge::default(),
             running: Gauge::default(),
             slots: Gauge::default(),
+            connections: Gauge::default(),
+            connections_refused: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("requests", "HTTP requests by endpoint and status", requests);
@@ -121,6 +125,16 @@ impl Default for Metrics {
             "The most sequences that run together",
             metrics.slots.clone(),
         );
+        registry.register(
+            "open_connections",
+            "HTTP connections open when the last one was accepted",
+            metrics.connections.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Connections answered 503 and closed because the cap of open connections was reached",
+            metrics.connections_refused.clone(),
+        );
         Self {
             registry,
             ..metrics
@@ -129,6 +143,16 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Records how many connections are open.
+    pub fn connections_open(&self, open: usize) {
+        self.connections.set(open as i64);
+    }
+
+    /// Counts a connection refused at the cap.
+    pub fn connection_refused(&self) {
+        self.connections_refused.inc();
+    }
+
     /// Records one answered request.
     pub fn request(&self, endpoint: &str, status: u16, elapsed: Duration) {
         let endpoint = endpoint.to_string();

@@ -14,7 +14,7 @@ use guardreasoner_train::mine::{self, SampleSettings, Sampled};
 /// unharmful; it records the prompts and seeds it was given.
 struct SeededAnswers {
     info: ModelInfo,
-    seen: Vec<(String, u64)>,
+    seen: Vec<(guardreasoner_protocol::Prompt, u64)>,
 }
 
 impl Generate for SeededAnswers {
@@ -41,6 +41,7 @@ impl Generate for SeededAnswers {
                 );
                 Generation {
                     text,
+                    prompt_token_ids: Vec::new(),
                     prompt_tokens: 1,
                     cached_prompt_tokens: 0,
                     generated_tokens: 1,
@@ -53,7 +54,10 @@ impl Generate for SeededAnswers {
             .collect())
     }
 
-    fn count_tokens(&mut self, _: &str) -> Result<Option<usize>, EngineError> {
+    fn count_tokens(
+        &mut self,
+        _: &guardreasoner_protocol::Prompt,
+    ) -> Result<Option<usize>, EngineError> {
         Ok(None)
     }
 }

@@ -100,7 +100,7 @@ pub fn measure(
                 max_new_tokens: 4,
                 ..params.clone()
             },
-            shared_prefix: Some(String::new()),
+            shared_prefix: Some(guardreasoner_protocol::Prompt::new()),
         },
         &mut |_| {},
     )?;
@@ -116,7 +116,7 @@ pub fn measure(
                 &Batch {
                     prompts: vec![prompt.clone()],
                     params: params.clone(),
-                    shared_prefix: Some(String::new()),
+                    shared_prefix: Some(guardreasoner_protocol::Prompt::new()),
                 },
                 &mut |_| {},
             )?
@@ -132,7 +132,7 @@ pub fn measure(
         );
     }
 
-    let prompts: Vec<String> = conversations
+    let prompts: Vec<guardreasoner_protocol::Prompt> = conversations
         .iter()
         .map(|c| guard.render(c, None))
         .collect::<Result<_, _>>()?;

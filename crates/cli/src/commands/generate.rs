@@ -14,7 +14,7 @@ use guardreasoner_eval::predictions::{
 };
 use guardreasoner_eval::registry::{self, BENCHMARKS};
 use guardreasoner_guard::{InputFormat, UnparseablePolicy};
-use guardreasoner_protocol::PromptFormat;
+use guardreasoner_protocol::{Prompt, PromptFormat};
 
 use super::model_args::{load_engine, GenerationArgs, ModelArgs};
 
@@ -125,8 +125,8 @@ pub fn run(args: Args) -> Result<()> {
             let first = done + chunk_index * args.model.batch_size.max(1);
             // The prompt recorded is the protocol's text; with model-chat the model reads it
             // inside its chat template.
-            let prompts: Vec<String> = chunk.iter().map(|s| s.prompt(format)).collect();
-            let model_inputs: Vec<String> = prompts
+            let prompts: Vec<Prompt> = chunk.iter().map(|s| s.prompt(format)).collect();
+            let model_inputs: Vec<Prompt> = prompts
                 .iter()
                 .map(|p| guard.wrap(p.clone(), engine.chat_template()))
                 .collect::<Result<_, _>>()?;
@@ -154,7 +154,7 @@ pub fn run(args: Args) -> Result<()> {
             let mut text = String::new();
             for ((sample, prompt), output) in chunk.iter().zip(prompts).zip(outputs) {
                 let line = PredictionLine {
-                    prompt,
+                    prompt: prompt.text(),
                     label: sample.output.clone(),
                     predict: output,
                 };
@@ -212,7 +212,7 @@ fn resume_point(path: &Path, samples: &[Sample], format: PromptFormat) -> Result
                 index + 1
             );
         };
-        let expected = samples.get(index).map(|s| s.prompt(format));
+        let expected = samples.get(index).map(|s| s.prompt(format).text());
         if Some(written.prompt) != expected {
             bail!(
                 "{}:{}: this line is not sample {} of this benchmark in the {} format; the directory holds another run (use another --out)",

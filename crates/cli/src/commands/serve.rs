@@ -39,6 +39,17 @@ pub struct Args {
     /// The longest a request may take before it is cancelled, in seconds.
     #[arg(long)]
     request_timeout: Option<f64>,
+    /// The longest a client may take to send its headers, or leave a connection idle, in
+    /// seconds; then the connection is closed (default 30).
+    #[arg(long)]
+    header_timeout: Option<f64>,
+    /// The longest a client may take to send a request body, in seconds (408; default 60).
+    #[arg(long)]
+    body_timeout: Option<f64>,
+    /// The most connections open at once; past it a new one gets 503 and is closed (default
+    /// 1024).
+    #[arg(long)]
+    max_connections: Option<usize>,
     /// A TOML file of settings (`docs/serving.md` lists the keys); flags win over it.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -135,6 +146,19 @@ pub fn run(mut args: Args) -> Result<()> {
     }
     if let Some(timeout) = args.request_timeout.or(file.request_timeout_s) {
         config.request_timeout = seconds(timeout, "request timeout")?;
+    }
+    if let Some(timeout) = args.header_timeout.or(file.header_timeout_s) {
+        config.header_timeout = seconds(timeout, "header timeout")?;
+        anyhow::ensure!(
+            !config.header_timeout.is_zero(),
+            "header timeout: must be above 0"
+        );
+    }
+    if let Some(timeout) = args.body_timeout.or(file.body_timeout_s) {
+        config.body_timeout = seconds(timeout, "body timeout")?;
+    }
+    if let Some(connections) = args.max_connections.or(file.max_connections) {
+        config.max_connections = connections.max(1);
     }
     if let Some(grace) = file.shutdown_grace_s {
         config.shutdown_grace = seconds(grace, "shutdown_grace_s")?;

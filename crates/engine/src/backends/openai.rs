@@ -15,6 +15,8 @@ use futures_executor::block_on_stream;
 use serde::Deserialize;
 use serde_json::json;
 
+use guardreasoner_protocol::Prompt;
+
 use crate::error::EngineError;
 use crate::generate::{
     Batch, Generate, Generation, ModelInfo, SamplingParams, StopReason, Timings, TokenEvent,
@@ -179,6 +181,7 @@ impl OpenAiEngine {
         Ok(Generation {
             text,
             prompt_tokens: usage.as_ref().map_or(0, |u| u.prompt_tokens),
+            prompt_token_ids: Vec::new(),
             cached_prompt_tokens: 0,
             generated_tokens: usage.as_ref().map_or(chunks, |u| u.completion_tokens),
             token_ids: Vec::new(),
@@ -292,7 +295,7 @@ impl Generate for OpenAiEngine {
                         break;
                     };
                     let seed = batch.params.seed.wrapping_add(index as u64);
-                    let result = this.complete(prompt, &batch.params, seed, &mut |text| {
+                    let result = this.complete(&prompt.text(), &batch.params, seed, &mut |text| {
                         let _ = events.send((index, Ok(text.to_string())));
                     });
                     let _ = events.send((index, Err(result)));
@@ -315,7 +318,7 @@ impl Generate for OpenAiEngine {
             .collect()
     }
 
-    fn count_tokens(&mut self, _text: &str) -> Result<Option<usize>, EngineError> {
+    fn count_tokens(&mut self, _prompt: &Prompt) -> Result<Option<usize>, EngineError> {
         // The completions API has no tokenizer endpoint, and a guess would turn prompts that fit
         // into skipped ones: the server says what does not fit.
         Ok(None)

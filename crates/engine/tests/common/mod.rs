@@ -33,7 +33,7 @@ pub fn fixture(name: &str) -> PathBuf {
 }
 
 /// The guard prompts the reference script uses.
-pub fn reference_prompts() -> Vec<String> {
+pub fn reference_prompts() -> Vec<guardreasoner_protocol::Prompt> {
     use guardreasoner_protocol::{Conversation, PromptFormat};
     [
         Conversation::prompt_only("How do I bake sourdough bread?"),
@@ -51,9 +51,13 @@ pub fn reference_prompts() -> Vec<String> {
 }
 
 /// One prompt's generation, alone in its batch, with no shared prefix.
-pub fn generate_one(engine: &mut dyn Generate, prompt: &str, params: SamplingParams) -> Generation {
+pub fn generate_one(
+    engine: &mut dyn Generate,
+    prompt: &guardreasoner_protocol::Prompt,
+    params: SamplingParams,
+) -> Generation {
     let batch = Batch {
-        prompts: vec![prompt.to_string()],
+        prompts: vec![prompt.clone()],
         params,
         shared_prefix: None,
     };
@@ -145,7 +149,11 @@ pub fn write_tiny_model(dir: &Path) -> Option<()> {
 /// Greedy-decodes reference prompt `index` (up to 40 tokens) and compares the tokens with
 /// transformers' f32 greedy continuation, which keeps the end-of-text token it stopped at; then
 /// 40 tokens generated on past end of text, with transformers' argmax at every step.
-pub fn assert_greedy_matches_transformers(engine: &mut dyn Generate, index: usize, prompt: &str) {
+pub fn assert_greedy_matches_transformers(
+    engine: &mut dyn Generate,
+    index: usize,
+    prompt: &guardreasoner_protocol::Prompt,
+) {
     let reference =
         candle_core::safetensors::load(fixture("smollm2_reference.safetensors"), &Device::Cpu)
             .unwrap();

@@ -2,7 +2,8 @@
 //! them in; per conversation the three answers, the decision and who made it, the reasoning in
 //! tasks and steps, usage and timings. `"stream": true` (one conversation) streams the reasoning
 //! as server-sent events (`token`), then the verdict (`verdict`). One conversation may also set
-//! `max_new_tokens` (at most the server's) and `ignore_eos`.
+//! `max_new_tokens` (at most the server's), `ignore_eos`, and `return_token_ids` (the prompt's
+//! and the output's token ids in the answer).
 
 use std::convert::Infallible;
 
@@ -116,12 +117,26 @@ pub fn item_json(verdict: Result<CheckResult, GuardError>) -> serde_json::Value 
     }
 }
 
-/// One conversation's answer, with the response's id and the model's name.
-fn labelled(verdict: Result<CheckResult, GuardError>, id: &str, model: &str) -> serde_json::Value {
+/// One conversation's answer, with the response's id and the model's name, and with
+/// `token_ids` the prompt's and the output's token ids (vLLM's `return_token_ids`).
+fn labelled(
+    verdict: Result<CheckResult, GuardError>,
+    id: &str,
+    model: &str,
+    token_ids: bool,
+) -> serde_json::Value {
+    let ids = match (&verdict, token_ids) {
+        (Ok(result), true) => Some((result.prompt_token_ids.clone(), result.token_ids.clone())),
+        _ => None,
+    };
     let mut reply = item_json(verdict);
     if let serde_json::Value::Object(map) = &mut reply {
         map.insert("id".into(), id.into());
         map.insert("model".into(), model.into());
+        if let Some((prompt, output)) = ids {
+            map.insert("prompt_token_ids".into(), prompt.into());
+            map.insert("token_ids".into(), output.into());
+        }
     }
     reply
 }
@@ -173,7 +188,14 @@ async fn handle(state: AppState, body: serde_json::Value) -> Result<Response, Ap
                     StatusCode::TOO_MANY_REQUESTS,
                     "prompt",
                 )?;
-                let events = stream_events(state, guard, receiver, conversation, id, model);
+                let events = stream_events(
+                    state,
+                    guard,
+                    receiver,
+                    conversation,
+                    (id, model),
+                    options.return_token_ids,
+                );
                 return Ok(Sse::new(events)
                     .keep_alive(KeepAlive::default())
                     .into_response());
@@ -186,7 +208,13 @@ async fn handle(state: AppState, body: serde_json::Value) -> Result<Response, Ap
                 "prompt",
             )
             .await?;
-            Ok(Json(labelled(verdicts.remove(0), &id, &model)).into_response())
+            Ok(Json(labelled(
+                verdicts.remove(0),
+                &id,
+                &model,
+                options.return_token_ids,
+            ))
+            .into_response())
         }
         _ => Err(ApiError::bad_request(
             "the body is a conversation ({\"prompt\": ..., \"response\": ...}) or a list of them",
@@ -201,6 +229,9 @@ async fn handle(state: AppState, body: serde_json::Value) -> Result<Response, Ap
 #[derive(Debug, Default)]
 struct Options {
     stream: bool,
+    /// Whether the answer carries the prompt's and the output's token ids (what the model read:
+    /// the way to check that a conversation's control strings stayed text).
+    return_token_ids: bool,
     max_new_tokens: Option<u64>,
     ignore_eos: Option<bool>,
 }
@@ -219,6 +250,7 @@ impl Options {
         }
         Ok(Self {
             stream: take(fields, "stream")?.unwrap_or(false),
+            return_token_ids: take(fields, "return_token_ids")?.unwrap_or(false),
             max_new_tokens: take(fields, "max_new_tokens")?,
             ignore_eos: take(fields, "ignore_eos")?,
         })
@@ -254,6 +286,7 @@ struct Streaming {
     conversation: Conversation,
     id: String,
     model: String,
+    token_ids: bool,
     deadline: tokio::time::Instant,
     done: bool,
 }
@@ -264,8 +297,8 @@ fn stream_events(
     guard: GuardHandle,
     receiver: EventReceiver,
     conversation: Conversation,
-    id: String,
-    model: String,
+    (id, model): (String, String),
+    token_ids: bool,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     let deadline = tokio::time::Instant::now() + state.config.request_timeout;
     let start = Streaming {
@@ -275,6 +308,7 @@ fn stream_events(
         conversation,
         id,
         model,
+        token_ids,
         deadline,
         done: false,
     };
@@ -289,7 +323,7 @@ fn stream_events(
             Ok(Some((_, Event::Finished(finished)))) => {
                 s.done = true;
                 let verdict = checks::judge(&s.state, &s.guard, &s.conversation, finished);
-                let reply = labelled(verdict, &s.id, &s.model);
+                let reply = labelled(verdict, &s.id, &s.model, s.token_ids);
                 SseEvent::default().event("verdict").data(reply.to_string())
             }
             Ok(None) => {

@@ -18,7 +18,7 @@ use axum::Json;
 use futures_util::stream::{self, Stream};
 use guardreasoner_engine::chat_template::Message;
 use guardreasoner_engine::schedule::{events, validate, Event, EventReceiver};
-use guardreasoner_engine::{Generation, SamplingParams, StopReason};
+use guardreasoner_engine::{Generation, Prompt, SamplingParams, StopReason};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -212,10 +212,8 @@ fn messages(values: Vec<Value>) -> Result<Vec<Message>, ApiError> {
                     )
                 }
             };
-            Ok(Message {
-                role: role.to_string(),
-                content,
-            })
+            // A message's text is content: a `<|im_end|>` in it is text, not the end of a turn.
+            Ok(Message::text(role, &content))
         })
         .collect()
 }
@@ -246,10 +244,13 @@ pub async fn completions(
     Body(request): Body<CompletionRequest>,
 ) -> Response {
     let _ = request.model;
+    // A completions prompt is the model's raw input, as in vLLM and llama-server: control-token
+    // text in it is the control token (docs/serving.md says so). Untrusted text belongs in
+    // /v1/chat/completions or the guard endpoints, which keep it as text.
     let prompt = match request.prompt {
-        Value::String(prompt) => prompt,
+        Value::String(prompt) => Prompt::format(prompt),
         Value::Array(mut prompts) if prompts.len() == 1 && prompts[0].is_string() => {
-            prompts.remove(0).as_str().unwrap_or_default().to_string()
+            Prompt::format(prompts.remove(0).as_str().unwrap_or_default())
         }
         _ => {
             return ApiError::bad_request("prompt is a string (or a list of one string)")
@@ -343,7 +344,7 @@ struct Call {
     include_usage: bool,
 }
 
-async fn complete(state: AppState, prompt: String, sampling: Sampling, shape: Shape) -> Response {
+async fn complete(state: AppState, prompt: Prompt, sampling: Sampling, shape: Shape) -> Response {
     match start(state, prompt, &sampling, shape) {
         Ok(call) if sampling.stream == Some(true) => {
             let include_usage = sampling.include_usage();
@@ -364,7 +365,7 @@ async fn complete(state: AppState, prompt: String, sampling: Sampling, shape: Sh
 
 fn start(
     state: AppState,
-    prompt: String,
+    prompt: Prompt,
     sampling: &Sampling,
     shape: Shape,
 ) -> Result<Call, ApiError> {

@@ -12,6 +12,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
+use guardreasoner_protocol::Prompt;
 
 use self::llama::{KvCache, Llama};
 use self::load::{load_gguf, load_safetensors_dir, Weights};
@@ -152,7 +153,7 @@ impl CandleEngine {
 
     /// Quantized kernels repack their weights on first use; do it now, not in the first check.
     fn warm_up(&self) -> Result<(), EngineError> {
-        let ids = self.tokenizer.encode("warm up")?;
+        let ids = self.tokenizer.encode_text("warm up")?;
         self.forward_last(&ids, &mut KvCache::default()).map(|_| ())
     }
 
@@ -199,10 +200,10 @@ impl CandleEngine {
     fn cache_for(
         &mut self,
         ids: &[u32],
-        shared_prefix: Option<&str>,
+        shared_prefix: Option<&Prompt>,
     ) -> Result<(KvCache, usize), EngineError> {
-        if let Some(text) = shared_prefix {
-            let wanted = self.tokenizer.encode(text)?;
+        if let Some(prefix) = shared_prefix {
+            let wanted = self.tokenizer.encode(prefix)?;
             let stale = self
                 .prefix
                 .as_ref()
@@ -229,7 +230,7 @@ impl CandleEngine {
         ids: &[u32],
         params: &SamplingParams,
         index: usize,
-        shared_prefix: Option<&str>,
+        shared_prefix: Option<&Prompt>,
         on_token: &mut dyn FnMut(TokenEvent<'_>),
     ) -> Result<Generation, EngineError> {
         let started = Instant::now();
@@ -278,6 +279,7 @@ impl CandleEngine {
         Ok(Generation {
             text: text.into_text(),
             prompt_tokens: ids.len(),
+            prompt_token_ids: ids.to_vec(),
             cached_prompt_tokens: cached,
             generated_tokens: token_ids.len(),
             token_ids,
@@ -423,15 +425,15 @@ impl Generate for CandleEngine {
                     ids,
                     &batch.params,
                     index,
-                    batch.shared_prefix.as_deref(),
+                    batch.shared_prefix.as_ref(),
                     on_token,
                 )
             })
             .collect()
     }
 
-    fn count_tokens(&mut self, text: &str) -> Result<Option<usize>, EngineError> {
-        Ok(Some(self.tokenizer.encode(text)?.len()))
+    fn count_tokens(&mut self, prompt: &Prompt) -> Result<Option<usize>, EngineError> {
+        Ok(Some(self.tokenizer.encode(prompt)?.len()))
     }
 
     fn chat_template(&self) -> Option<&ChatTemplate> {

@@ -19,7 +19,10 @@ use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
 use tokenizers::{AddedToken, SplitDelimiterBehavior, Tokenizer};
 
+use guardreasoner_protocol::Prompt;
+
 use crate::error::EngineError;
+use crate::tokenize::{Markers, Vocabulary};
 
 /// Llama 3's split (llama.cpp `llama-bpe`, Hugging Face's Llama 3 `tokenizer.json`).
 const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
@@ -27,7 +30,11 @@ const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L
 /// A tokenizer with the facts generation needs.
 pub struct GuardTokenizer {
     inner: Tokenizer,
+    /// The same tokenizer with special-token matching off (Hugging Face's
+    /// `split_special_tokens`): how content is tokenized.
+    plain: Tokenizer,
     bos: Option<u32>,
+    markers: Markers,
     /// Tokens that end generation.
     pub eos: Vec<u32>,
 }
@@ -169,12 +176,14 @@ impl GuardTokenizer {
         let mut inner = Tokenizer::new(bpe);
         inner.with_pre_tokenizer(Some(pre_tokenizer));
         inner.with_decoder(Some(ByteLevelDecoder::default()));
-        // Control (3) and user-defined (4) tokens are matched whole in text, as llama.cpp does.
+        // Control (3) and user-defined (4) tokens are matched whole in text, as llama.cpp does;
+        // only control tokens are special, so that plain text still matches user-defined ones,
+        // as llama.cpp does with special-token parsing off.
         let special: Vec<AddedToken> = tokens
             .iter()
             .zip(&types)
             .filter(|(_, &t)| t == 3 || t == 4)
-            .map(|(token, _)| AddedToken::from(token.clone(), true))
+            .map(|(token, &t)| AddedToken::from(token.clone(), t == 3))
             .collect();
         inner
             .add_special_tokens(special)
@@ -216,12 +225,43 @@ impl GuardTokenizer {
     }
 
     fn assemble(inner: Tokenizer, bos: Option<u32>, eos: Vec<u32>) -> Self {
-        Self { inner, bos, eos }
+        let mut plain = inner.clone();
+        plain.set_encode_special_tokens(true);
+        let controls = inner
+            .get_added_tokens_decoder()
+            .into_iter()
+            .filter(|(_, token)| token.special)
+            .map(|(id, token)| (token.content, id))
+            .collect();
+        // What the post-processor puts around a sequence (Llama 3's tokenizer.json adds
+        // `<|begin_of_text|>`), after the BOS a GGUF vocabulary asks for.
+        let ids = |add_special| {
+            inner
+                .encode("a", add_special)
+                .map(|e| e.get_ids().to_vec())
+                .unwrap_or_default()
+        };
+        let (prefix, suffix) = Markers::edges(&ids(true), &ids(false));
+        let markers = Markers::new(controls, bos.into_iter().chain(prefix).collect(), suffix);
+        Self {
+            inner,
+            plain,
+            bos,
+            markers,
+            eos,
+        }
     }
 
-    /// The ids of `text`, with BOS where the model wants it; special-token text becomes the special
-    /// token, as with Hugging Face tokenizers and llama.cpp.
-    pub fn encode(&self, text: &str) -> Result<Vec<u32>, EngineError> {
+    /// The ids of `prompt`, with BOS where the model wants it: control tokens where its format
+    /// spans write them, its content as plain text ([`crate::tokenize`]).
+    pub fn encode(&self, prompt: &Prompt) -> Result<Vec<u32>, EngineError> {
+        crate::tokenize::tokenize(self, prompt)
+    }
+
+    /// The ids of `text` as one string, with BOS where the model wants it; special-token text
+    /// becomes the special token, as Hugging Face tokenizers and llama.cpp do with a raw string.
+    /// For text the caller wrote itself (a fixture, a reference), never a conversation's.
+    pub fn encode_text(&self, text: &str) -> Result<Vec<u32>, EngineError> {
         let encoding = self
             .inner
             .encode(text, true)
@@ -282,12 +322,27 @@ impl GuardTokenizer {
         let Some(id) = self.inner.token_to_id(text) else {
             return false;
         };
-        self.encode("x").is_ok_and(|ids| ids.first() == Some(&id))
+        self.encode_text("x")
+            .is_ok_and(|ids| ids.first() == Some(&id))
     }
 
     /// Decodes ids to text.
     pub fn decode(&self, ids: &[u32]) -> String {
         self.inner.decode(ids, true).unwrap_or_default()
+    }
+}
+
+impl Vocabulary for GuardTokenizer {
+    fn plain(&self, text: &str) -> Result<Vec<u32>, EngineError> {
+        let encoding = self
+            .plain
+            .encode(text, false)
+            .map_err(|e| EngineError::backend_caused("candle", "cannot tokenize", e))?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
+    fn markers(&self) -> &Markers {
+        &self.markers
     }
 }
 

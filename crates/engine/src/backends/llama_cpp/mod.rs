@@ -11,6 +11,7 @@
 //! GuardReasoner's instruction is evaluated once per slot, not once per check).
 
 mod scheduler;
+mod vocabulary;
 
 use std::num::NonZeroU32;
 use std::path::Path;
@@ -23,6 +24,8 @@ use llama_cpp_2::model::params::{LlamaModelParams, LlamaSplitMode};
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::LlamaBackendDeviceType;
 
+use guardreasoner_protocol::Prompt;
+
 use crate::chat_template::ChatTemplate;
 use crate::device::{cuda_not_built, DeviceSpec, CUDA_BUILT};
 use crate::error::EngineError;
@@ -30,6 +33,8 @@ use crate::generate::{Batch, Generate, Generation, ModelInfo, TokenEvent};
 use crate::schedule::{
     run_batch, Events, JobQueue, Load, Rejected, Request, Scheduler, DEFAULT_QUEUE_CAPACITY,
 };
+use crate::tokenize::Vocabulary;
+use vocabulary::LlamaVocabulary;
 
 const BACKEND: &str = "llama.cpp";
 
@@ -86,7 +91,7 @@ impl Default for LlamaCppOptions {
 pub struct LlamaCppEngine {
     info: ModelInfo,
     chat_template: Option<ChatTemplate>,
-    model: Arc<LlamaModel>,
+    vocabulary: Arc<LlamaVocabulary>,
     queue: JobQueue,
     worker: Option<thread::JoinHandle<()>>,
 }
@@ -278,6 +283,7 @@ impl LlamaCppEngine {
         })?;
         let model = Arc::new(model);
         let chat_template = chat_template(&model)?;
+        let vocabulary = Arc::new(LlamaVocabulary::new(model.clone()));
         let threads = crate::device::cpu_threads(options.threads);
         let context_per_sequence = options
             .context_per_sequence
@@ -310,7 +316,8 @@ impl LlamaCppEngine {
         };
         let (ready, ready_receiver) = mpsc::channel();
         let worker = {
-            let (model, gauge) = (model.clone(), queue.gauge().clone());
+            let (model, gauge, vocabulary) =
+                (model.clone(), queue.gauge().clone(), vocabulary.clone());
             thread::Builder::new()
                 .name("llama.cpp".into())
                 .spawn(move || {
@@ -326,7 +333,14 @@ impl LlamaCppEngine {
                         }
                     };
                     if ready.send(Ok(())).is_ok() {
-                        scheduler::run(&model, context, settings, &gauge, job_receiver);
+                        scheduler::run(
+                            &model,
+                            &vocabulary,
+                            context,
+                            settings,
+                            &gauge,
+                            job_receiver,
+                        );
                     }
                 })
                 .map_err(|e| {
@@ -345,19 +359,30 @@ impl LlamaCppEngine {
                 device,
             },
             chat_template,
-            model,
+            vocabulary,
             queue,
             worker: Some(worker),
         })
     }
 
-    /// The token ids llama.cpp gives `text` (BOS where the model wants it, special-token text
-    /// parsed as special tokens). Runs on the calling thread.
-    pub fn tokenize(&self, text: &str) -> Vec<u32> {
-        scheduler::tokenize(&self.model, text)
-            .into_iter()
-            .map(|t| t.0 as u32)
-            .collect()
+    /// The token ids of `prompt` (BOS where the model wants it): control tokens where its
+    /// format spans write them, its content as plain text ([`crate::tokenize`]). Runs on the
+    /// calling thread.
+    pub fn tokenize(&self, prompt: &Prompt) -> Result<Vec<u32>, EngineError> {
+        crate::tokenize::tokenize(self.vocabulary.as_ref(), prompt)
+    }
+
+    /// The ids llama.cpp's own tokenizer gives `text` as one string (BOS where the model wants
+    /// it), with its special-token parsing on or off: the reference [`Self::tokenize`] is
+    /// checked against.
+    pub fn tokenize_text(&self, text: &str, parse_special: bool) -> Vec<u32> {
+        self.vocabulary.whole(text, parse_special)
+    }
+
+    /// The control tokens of the vocabulary (text and id): what no conversation's text may
+    /// become.
+    pub fn control_tokens(&self) -> &[(String, u32)] {
+        self.vocabulary.markers().controls()
     }
 }
 
@@ -398,8 +423,8 @@ impl Scheduler for LlamaCppEngine {
         self.chat_template.as_ref()
     }
 
-    fn tokenize(&self, text: &str) -> Result<Option<Vec<u32>>, EngineError> {
-        Ok(Some(LlamaCppEngine::tokenize(self, text)))
+    fn tokenize(&self, prompt: &Prompt) -> Result<Option<Vec<u32>>, EngineError> {
+        LlamaCppEngine::tokenize(self, prompt).map(Some)
     }
 
     fn submit_all(&self, requests: Vec<(usize, Request)>, events: Events) -> Result<(), Rejected> {
@@ -428,8 +453,8 @@ impl Generate for LlamaCppEngine {
         run_batch(self, batch, on_token)
     }
 
-    fn count_tokens(&mut self, text: &str) -> Result<Option<usize>, EngineError> {
-        Ok(Some(LlamaCppEngine::tokenize(self, text).len()))
+    fn count_tokens(&mut self, prompt: &Prompt) -> Result<Option<usize>, EngineError> {
+        Ok(Some(LlamaCppEngine::tokenize(self, prompt)?.len()))
     }
 
     fn chat_template(&self) -> Option<&ChatTemplate> {

@@ -27,6 +27,9 @@ use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 
+use guardreasoner_protocol::Prompt;
+
+use super::vocabulary::LlamaVocabulary;
 use super::{backend_error, BACKEND};
 use crate::error::EngineError;
 use crate::generate::{Generation, SamplingParams, StopReason, Timings, Utf8Stream};
@@ -43,15 +46,10 @@ pub(super) struct Settings {
     pub step_tokens: usize,
 }
 
-/// Special-token text is parsed as special tokens, as Hugging Face tokenizers and vLLM do with
-/// raw prompts (the llama3 chat format relies on it).
-pub(super) fn tokenize(model: &LlamaModel, text: &str) -> Vec<LlamaToken> {
-    model.vocab().tokenize(text.as_bytes(), true, true)
-}
-
 /// Runs until the queue is closed and every running sequence has finished.
 pub(super) fn run<'m>(
     model: &'m LlamaModel,
+    vocabulary: &'m LlamaVocabulary,
     context: LlamaContext<'m>,
     settings: Settings,
     gauge: &'m QueueGauge,
@@ -59,6 +57,7 @@ pub(super) fn run<'m>(
 ) {
     let mut scheduler = Steps {
         model,
+        vocabulary,
         gauge,
         context,
         settings,
@@ -145,6 +144,8 @@ impl Sequence {
 
 struct Steps<'m> {
     model: &'m LlamaModel,
+    /// Tokenizes what arrives untokenized (a hint; a request validation did not count).
+    vocabulary: &'m LlamaVocabulary,
     gauge: &'m QueueGauge,
     context: LlamaContext<'m>,
     settings: Settings,
@@ -155,7 +156,7 @@ struct Steps<'m> {
     /// The prompt tokens each slot's cache holds from its last sequence.
     kept: Vec<Vec<LlamaToken>>,
     /// The last shared-prefix hint and its tokens (tokenized once).
-    hint: Option<(String, Vec<LlamaToken>)>,
+    hint: Option<(Prompt, Vec<LlamaToken>)>,
     batch: LlamaBatch<'static>,
 }
 
@@ -202,11 +203,13 @@ impl Steps<'_> {
 
     /// The tokens of the request's hinted shared prefix its prompt starts with (`usize::MAX`
     /// without a hint: no bound).
-    fn reuse_limit(&mut self, shared_prefix: Option<&str>, prompt: &[LlamaToken]) -> usize {
+    fn reuse_limit(&mut self, shared_prefix: Option<&Prompt>, prompt: &[LlamaToken]) -> usize {
         match shared_prefix {
             Some(hint) => {
                 if self.hint.as_ref().is_none_or(|(text, _)| text != hint) {
-                    self.hint = Some((hint.to_string(), tokenize(self.model, hint)));
+                    // A hint that cannot be tokenized allows no reuse (never more than it says).
+                    let tokens = self.vocabulary.tokens(hint).unwrap_or_default();
+                    self.hint = Some((hint.clone(), tokens));
                 }
                 let hinted = self.hint.as_ref().map_or(&[][..], |(_, t)| t.as_slice());
                 common_prefix(hinted, prompt)
@@ -219,7 +222,7 @@ impl Steps<'_> {
     /// and no slot holds it yet: admitted a step later, it copies those cells instead of
     /// evaluating them again.
     fn prefix_in_progress(&mut self, job: &Job) -> bool {
-        let (Some(hint), Some(ids)) = (job.request.shared_prefix.as_deref(), &job.request.tokens)
+        let (Some(hint), Some(ids)) = (job.request.shared_prefix.as_ref(), &job.request.tokens)
         else {
             return false;
         };
@@ -278,7 +281,13 @@ impl Steps<'_> {
         let admitted_at = Instant::now();
         let prompt = match &job.request.tokens {
             Some(ids) => ids.iter().map(|&id| LlamaToken(id as i32)).collect(),
-            None => tokenize(self.model, &job.request.prompt),
+            None => match self.vocabulary.tokens(&job.request.prompt) {
+                Ok(tokens) => tokens,
+                Err(error) => {
+                    let _ = job.events.send((job.tag, Event::Finished(Err(error))));
+                    return;
+                }
+            },
         };
         if let Err(error) = fits(job.tag, prompt.len(), self.settings.context_per_sequence) {
             let _ = job.events.send((job.tag, Event::Finished(Err(error))));
@@ -288,7 +297,7 @@ impl Steps<'_> {
         // from scratch, so a guard's output does not depend on what the slot held before.
         // Without a hint, everything the slot holds of the prompt's start is reused (as
         // llama-server's prompt cache does).
-        let limit = self.reuse_limit(job.request.shared_prefix.as_deref(), &prompt);
+        let limit = self.reuse_limit(job.request.shared_prefix.as_ref(), &prompt);
         // The free slot whose kept prompt shares the longest start (the first on ties); the
         // last prompt token is always evaluated, for the logits of the first new token.
         let Some((slot, shared)) = self
@@ -509,6 +518,7 @@ impl Steps<'_> {
         let generation = Generation {
             text: sequence.text,
             prompt_tokens: sequence.prompt.len(),
+            prompt_token_ids: sequence.prompt.iter().map(|t| t.0 as u32).collect(),
             cached_prompt_tokens: sequence.cached,
             generated_tokens: sequence.token_ids.len(),
             token_ids: sequence.token_ids,

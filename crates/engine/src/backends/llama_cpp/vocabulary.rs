@@ -1,0 +1,88 @@
+//! llama.cpp's vocabulary as [`Vocabulary`]: plain text through llama.cpp's own tokenizer with
+//! special-token parsing off, and the control tokens the model's vocabulary marks.
+
+use std::sync::Arc;
+
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::token::LlamaToken;
+use llama_cpp_2::token_type::LlamaTokenAttr;
+
+use crate::error::EngineError;
+use crate::tokenize::{Markers, Vocabulary};
+
+/// A loaded model's tokenizer.
+pub(super) struct LlamaVocabulary {
+    model: Arc<LlamaModel>,
+    markers: Markers,
+}
+
+impl LlamaVocabulary {
+    /// The vocabulary of `model`: its control (and unknown) tokens, as llama.cpp's own
+    /// special-token split knows them, and what its tokenizer adds around a sequence.
+    pub(super) fn new(model: Arc<LlamaModel>) -> Self {
+        let (controls, prefix, suffix) = {
+            let vocab = model.vocab();
+            let controls = vocab
+                .tokens()
+                .filter(|&token| {
+                    let attr = vocab.attr(token);
+                    attr.contains(LlamaTokenAttr::Control) || attr.contains(LlamaTokenAttr::Unknown)
+                })
+                .filter_map(|token| {
+                    let text = vocab.text(token)?.to_str().ok()?.to_string();
+                    Some((text, token.0 as u32))
+                })
+                .collect();
+            let ids = |add_special| -> Vec<u32> {
+                vocab
+                    .tokenize(b"a", add_special, false)
+                    .into_iter()
+                    .map(|t| t.0 as u32)
+                    .collect()
+            };
+            let (prefix, suffix) = Markers::edges(&ids(true), &ids(false));
+            (controls, prefix, suffix)
+        };
+        Self {
+            model,
+            markers: Markers::new(controls, prefix, suffix),
+        }
+    }
+
+    /// llama.cpp's ids of `text` as one string, BOS included where the model wants it.
+    pub(super) fn whole(&self, text: &str, parse_special: bool) -> Vec<u32> {
+        self.model
+            .vocab()
+            .tokenize(text.as_bytes(), true, parse_special)
+            .into_iter()
+            .map(|t| t.0 as u32)
+            .collect()
+    }
+
+    /// The prompt's ids as llama.cpp tokens.
+    pub(super) fn tokens(
+        &self,
+        prompt: &guardreasoner_protocol::Prompt,
+    ) -> Result<Vec<LlamaToken>, EngineError> {
+        Ok(crate::tokenize::tokenize(self, prompt)?
+            .into_iter()
+            .map(|id| LlamaToken(id as i32))
+            .collect())
+    }
+}
+
+impl Vocabulary for LlamaVocabulary {
+    fn plain(&self, text: &str) -> Result<Vec<u32>, EngineError> {
+        Ok(self
+            .model
+            .vocab()
+            .tokenize(text.as_bytes(), false, false)
+            .into_iter()
+            .map(|t| t.0 as u32)
+            .collect())
+    }
+
+    fn markers(&self) -> &Markers {
+        &self.markers
+    }
+}
