@@ -32,6 +32,14 @@ pub enum EngineError {
         /// The context window.
         context: usize,
     },
+    /// A prompt the model cannot read (token ids it does not have, say).
+    #[error("prompt {index}: {message}")]
+    InvalidPrompt {
+        /// The prompt's index in its batch.
+        index: usize,
+        /// What is wrong.
+        message: String,
+    },
     /// Sampling parameters no backend can honour (e.g. `max_new_tokens` 0).
     #[error("invalid sampling parameters: {0}")]
     InvalidParams(String),

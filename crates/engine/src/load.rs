@@ -126,6 +126,10 @@ pub struct LoadOptions {
     pub openai_url: Option<String>,
     /// Its API key.
     pub openai_key: Option<String>,
+    /// The served model's tokenizer (a `tokenizer.json`, a directory holding one, or a GGUF
+    /// file): with it the openai backend sends prompts as token ids, so that the server's
+    /// tokenizer cannot turn a conversation's control strings into control tokens.
+    pub openai_tokenizer: Option<std::path::PathBuf>,
     /// Tokens one sequence may hold, prompt and generation together.
     pub context: usize,
     /// Sequences decoded together (requests in flight, for openai).
@@ -154,6 +158,7 @@ impl Default for LoadOptions {
             backend: Backend::Auto,
             openai_url: None,
             openai_key: None,
+            openai_tokenizer: None,
             context: 4096,
             batch_size: 4,
             threads: None,
@@ -256,6 +261,11 @@ pub fn ignored(options: &LoadOptions, info: &crate::ModelInfo) -> Vec<String> {
             options.quant
         ));
     }
+    if info.backend == "openai" && options.openai_tokenizer.is_none() {
+        notes.push(
+            "the openai backend sends each prompt as text, and the server's tokenizer decides what in it becomes a control token: vLLM and llama-server parse control-token strings in a text prompt, so a conversation holding `<|eot_id|>` could end its turn there; --openai-tokenizer (the served model's tokenizer.json or GGUF) sends token ids instead".to_string(),
+        );
+    }
     if info.backend == "candle" {
         if options.flash_attention != FlashAttention::Auto {
             notes.push(format!(
@@ -275,7 +285,7 @@ pub fn ignored(options: &LoadOptions, info: &crate::ModelInfo) -> Vec<String> {
 /// Loads the model `options` name, for whole batches.
 pub fn generator(options: &LoadOptions) -> Result<Box<dyn Generate>, EngineError> {
     match plan(options)? {
-        Plan::Openai(openai) => Ok(Box::new(OpenAiEngine::new(openai))),
+        Plan::Openai(openai) => Ok(Box::new(openai_engine(openai, options)?)),
         Plan::LlamaCpp(path) => llama_cpp_generator(&path, options),
         Plan::CandleGguf(path) => candle_gguf(&path, options),
         Plan::CandleDir(path) => candle_dir(&path, options),
@@ -289,10 +299,31 @@ pub fn scheduler(options: &LoadOptions) -> Result<Arc<dyn Scheduler>, EngineErro
         Ok(Arc::new(Serial::new(engine, options.queue_capacity)?))
     };
     match plan(options)? {
-        Plan::Openai(openai) => serial(Box::new(OpenAiEngine::new(openai))),
+        Plan::Openai(openai) => serial(Box::new(openai_engine(openai, options)?)),
         Plan::LlamaCpp(path) => llama_cpp_scheduler(&path, options),
         Plan::CandleGguf(path) => serial(candle_gguf(&path, options)?),
         Plan::CandleDir(path) => serial(candle_dir(&path, options)?),
+    }
+}
+
+/// The openai backend, with the served model's tokenizer where one was given.
+fn openai_engine(
+    openai: OpenAiOptions,
+    options: &LoadOptions,
+) -> Result<OpenAiEngine, EngineError> {
+    let engine = OpenAiEngine::new(openai);
+    let Some(path) = &options.openai_tokenizer else {
+        return Ok(engine);
+    };
+    #[cfg(feature = "candle")]
+    {
+        let tokenizer = crate::backends::candle::tokenizer::GuardTokenizer::load(path)?;
+        Ok(engine.with_tokenizer(Box::new(tokenizer)))
+    }
+    #[cfg(not(feature = "candle"))]
+    {
+        let _ = engine;
+        Err(left_out(path, "candle"))
     }
 }
 

@@ -106,6 +106,12 @@ pub trait Scheduler: Send + Sync {
     /// (a remote backend, which then says itself what does not fit).
     fn tokenize(&self, prompt: &Prompt) -> Result<Option<Vec<u32>>, EngineError>;
 
+    /// The number of token ids the model knows, where a prompt may come as ids
+    /// ([`validate_tokens`]); `None` where the backend takes text only.
+    fn vocab_size(&self) -> Option<usize> {
+        None
+    }
+
     /// Queues `requests` together, each with its tag, all or none: the scheduler sees them at
     /// once, so what runs with what depends on their order alone, not on timing (a batch command
     /// gives the same output every run). Refuses at once when the queue has no room for them all.
@@ -143,6 +149,43 @@ pub fn validate(
         prompt,
         tokens,
         shared_prefix,
+        params,
+    })
+}
+
+/// Checks a prompt given as token ids (OpenAI's completions API allows it): the backend must take
+/// ids, every id must be the model's, and the prompt must fit. `index` names the prompt in errors.
+pub fn validate_tokens(
+    scheduler: &dyn Scheduler,
+    index: usize,
+    tokens: Vec<u32>,
+    params: SamplingParams,
+) -> Result<Request, EngineError> {
+    params.validate()?;
+    let Some(vocab) = scheduler.vocab_size() else {
+        return Err(EngineError::InvalidPrompt {
+            index,
+            message: format!(
+                "the {} backend takes prompts as text only, not as token ids",
+                scheduler.info().backend
+            ),
+        });
+    };
+    if let Some((at, id)) = tokens
+        .iter()
+        .enumerate()
+        .find(|(_, &id)| id as usize >= vocab)
+    {
+        return Err(EngineError::InvalidPrompt {
+            index,
+            message: format!("token {at} is id {id}, past the vocabulary's {vocab} ids"),
+        });
+    }
+    fits(index, tokens.len(), scheduler.info().context_length)?;
+    Ok(Request {
+        prompt: Prompt::new(),
+        tokens: Some(tokens),
+        shared_prefix: None,
         params,
     })
 }

@@ -109,6 +109,30 @@ fn llama3_control_strings_in_a_conversation_stay_text_in_every_format() {
     }
 }
 
+#[test]
+fn a_one_megabyte_word_tokenizes_and_spells_itself() {
+    let Some(tokenizer) = llama3() else {
+        return;
+    };
+    let reference = tokenizers::Tokenizer::from_file(common::llama3_tokenizer().unwrap()).unwrap();
+    for word in ["a".repeat(1_000_000), "é".repeat(500_000)] {
+        let started = std::time::Instant::now();
+        let ids = tokenizer.encode(&Prompt::content(&word)).unwrap();
+        eprintln!(
+            "{} bytes: {} tokens in {:?}",
+            word.len(),
+            ids.len(),
+            started.elapsed()
+        );
+        assert_eq!(
+            reference.decode(&ids[1..], false).unwrap(),
+            word,
+            "{} bytes",
+            word.len()
+        );
+    }
+}
+
 /// Every benchmark conversation (the ten benchmark files and WildGuardTest) in `formats`, as
 /// `generate` renders it, with a name for messages.
 fn benchmark_prompts(formats: &[PromptFormat]) -> Option<Vec<(String, Prompt)>> {

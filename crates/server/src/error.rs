@@ -165,6 +165,9 @@ impl ApiError {
                 .with_param(format!("{field}[{index}]"))
                 .with_code("context_length_exceeded"),
             EngineError::InvalidParams(_) => Self::unprocessable(error.to_string()),
+            EngineError::InvalidPrompt { .. } => Self::bad_request(error.to_string())
+                .with_param(field)
+                .with_code("invalid_prompt"),
             _ => Self::internal(guardreasoner_engine::error::with_causes(error)),
         }
     }

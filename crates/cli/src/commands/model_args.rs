@@ -28,6 +28,12 @@ pub struct ModelArgs {
     /// API key for the OpenAI-compatible server.
     #[arg(long, env = "GUARDREASONER_OPENAI_KEY", hide_env_values = true)]
     pub openai_key: Option<String>,
+    /// The served model's tokenizer (tokenizer.json, a directory holding one, or a GGUF file),
+    /// for --backend openai: prompts are then sent as token ids made here, so that the server's
+    /// tokenizer cannot parse a conversation's control strings as control tokens, and are
+    /// measured against --context before they are sent.
+    #[arg(long, env = "GUARDREASONER_OPENAI_TOKENIZER")]
+    pub openai_tokenizer: Option<std::path::PathBuf>,
     /// Tokens one conversation may use, prompt and reasoning together.
     #[arg(long, default_value_t = 4096)]
     pub context: usize,
@@ -107,6 +113,7 @@ impl ModelArgs {
             backend: self.backend,
             openai_url: self.openai_url.clone(),
             openai_key: self.openai_key.clone(),
+            openai_tokenizer: self.openai_tokenizer.clone(),
             context: self.context,
             batch_size: self.batch_size,
             threads: self.threads,

@@ -1,8 +1,14 @@
 //! A client of any OpenAI-compatible `/v1/completions` server (vLLM, llama.cpp's server, ours).
 //!
-//! This is how users scale out: vLLM on GPUs, several replicas behind a balancer. Prompts are sent
-//! as raw text (the server's tokenizer adds BOS), streamed, with at most `max_in_flight` requests
-//! open at once.
+//! This is how users scale out: vLLM on GPUs, several replicas behind a balancer. Requests are
+//! streamed, with at most `max_in_flight` open at once.
+//!
+//! What the server reads: with the served model's tokenizer given
+//! ([`OpenAiEngine::with_tokenizer`]), each prompt is sent as token ids made here
+//! ([`crate::tokenize`]: a conversation's control strings stay text), and prompts are measured
+//! against the context before they are sent. Without one, a prompt goes as its text, and the
+//! server's tokenizer decides: vLLM and llama-server parse control-token strings in a text prompt,
+//! so there a conversation's `<|eot_id|>` would be a control token.
 
 use std::io::{self, Read};
 use std::sync::mpsc;
@@ -21,6 +27,7 @@ use crate::error::EngineError;
 use crate::generate::{
     Batch, Generate, Generation, ModelInfo, SamplingParams, StopReason, Timings, TokenEvent,
 };
+use crate::tokenize::{tokenize, Vocabulary};
 
 const BACKEND: &str = "openai";
 
@@ -46,6 +53,8 @@ pub struct OpenAiEngine {
     options: OpenAiOptions,
     info: ModelInfo,
     agent: ureq::Agent,
+    /// The served model's tokenizer, when given: prompts then go as token ids.
+    tokenizer: Option<Box<dyn Vocabulary + Send + Sync>>,
 }
 
 impl OpenAiEngine {
@@ -67,7 +76,28 @@ impl OpenAiEngine {
             options,
             info,
             agent,
+            tokenizer: None,
         }
+    }
+
+    /// Sends prompts as the token ids `tokenizer` (the served model's) gives them, instead of as
+    /// text for the server to tokenize.
+    pub fn with_tokenizer(mut self, tokenizer: Box<dyn Vocabulary + Send + Sync>) -> Self {
+        self.tokenizer = Some(tokenizer);
+        self
+    }
+
+    /// Whether prompts go as token ids made here.
+    pub fn sends_token_ids(&self) -> bool {
+        self.tokenizer.is_some()
+    }
+
+    /// What a request's `prompt` field carries: the ids, or the text.
+    fn prompt_field(&self, prompt: &Prompt) -> Result<serde_json::Value, EngineError> {
+        Ok(match &self.tokenizer {
+            Some(tokenizer) => json!(tokenize(tokenizer.as_ref(), prompt)?),
+            None => json!(prompt.text()),
+        })
     }
 
     fn url(&self) -> String {
@@ -78,7 +108,7 @@ impl OpenAiEngine {
 
     fn complete(
         &self,
-        prompt: &str,
+        prompt: &Prompt,
         params: &SamplingParams,
         seed: u64,
         on_text: &mut dyn FnMut(&str),
@@ -86,7 +116,7 @@ impl OpenAiEngine {
         let started = Instant::now();
         let mut body = json!({
             "model": self.options.model,
-            "prompt": prompt,
+            "prompt": self.prompt_field(prompt)?,
             "max_tokens": params.max_new_tokens,
             "temperature": params.temperature,
             "top_p": if params.is_greedy() { 1.0 } else { params.top_p },
@@ -295,7 +325,7 @@ impl Generate for OpenAiEngine {
                         break;
                     };
                     let seed = batch.params.seed.wrapping_add(index as u64);
-                    let result = this.complete(&prompt.text(), &batch.params, seed, &mut |text| {
+                    let result = this.complete(prompt, &batch.params, seed, &mut |text| {
                         let _ = events.send((index, Ok(text.to_string())));
                     });
                     let _ = events.send((index, Err(result)));
@@ -318,9 +348,13 @@ impl Generate for OpenAiEngine {
             .collect()
     }
 
-    fn count_tokens(&mut self, _prompt: &Prompt) -> Result<Option<usize>, EngineError> {
-        // The completions API has no tokenizer endpoint, and a guess would turn prompts that fit
-        // into skipped ones: the server says what does not fit.
-        Ok(None)
+    fn count_tokens(&mut self, prompt: &Prompt) -> Result<Option<usize>, EngineError> {
+        // Without the model's tokenizer there is nothing to count with (the completions API has
+        // no tokenizer endpoint), and a guess would turn prompts that fit into skipped ones: the
+        // server says what does not fit.
+        match &self.tokenizer {
+            Some(tokenizer) => Ok(Some(tokenize(tokenizer.as_ref(), prompt)?.len())),
+            None => Ok(None),
+        }
     }
 }

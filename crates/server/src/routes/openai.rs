@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::stream::{self, Stream};
 use guardreasoner_engine::chat_template::Message;
-use guardreasoner_engine::schedule::{events, validate, Event, EventReceiver};
+use guardreasoner_engine::schedule::{events, validate, validate_tokens, Event, EventReceiver};
 use guardreasoner_engine::{Generation, Prompt, SamplingParams, StopReason};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -158,7 +158,8 @@ pub struct ChatRequest {
 /// `POST /v1/completions`'s body.
 #[derive(Debug, Deserialize)]
 pub struct CompletionRequest {
-    /// A string, or a list holding one string.
+    /// A string (the model's raw input: control-token text in it is the control token), token
+    /// ids, or a list holding one of them.
     pub prompt: Value,
     /// The model asked for; this server has one.
     #[serde(default)]
@@ -233,7 +234,7 @@ pub async fn chat(State(state): State<AppState>, Body(request): Body<ChatRequest
     })();
     let _ = request.model;
     match prompt {
-        Ok(prompt) => complete(state, prompt, request.sampling, Shape::Chat).await,
+        Ok(prompt) => complete(state, Input::Text(prompt), request.sampling, Shape::Chat).await,
         Err(error) => error.into_response(),
     }
 }
@@ -247,15 +248,30 @@ pub async fn completions(
     // A completions prompt is the model's raw input, as in vLLM and llama-server: control-token
     // text in it is the control token (docs/serving.md says so). Untrusted text belongs in
     // /v1/chat/completions or the guard endpoints, which keep it as text.
+    // Token ids (a list of them, or a list of one such list) are taken as they are.
     let prompt = match request.prompt {
-        Value::String(prompt) => Prompt::format(prompt),
-        Value::Array(mut prompts) if prompts.len() == 1 && prompts[0].is_string() => {
-            Prompt::format(prompts.remove(0).as_str().unwrap_or_default())
+        Value::String(prompt) => Input::Text(Prompt::format(prompt)),
+        Value::Array(mut prompts) if prompts.len() == 1 && prompts[0].is_string() => Input::Text(
+            Prompt::format(prompts.remove(0).as_str().unwrap_or_default()),
+        ),
+        Value::Array(mut prompts) if prompts.len() == 1 && prompts[0].is_array() => {
+            match json::field::<Vec<u32>>(prompts.remove(0), "prompt[0]") {
+                Ok(ids) => Input::Tokens(ids),
+                Err(error) => return error.into_response(),
+            }
+        }
+        Value::Array(prompts) if prompts.first().is_some_and(Value::is_number) => {
+            match json::field::<Vec<u32>>(Value::Array(prompts), "prompt") {
+                Ok(ids) => Input::Tokens(ids),
+                Err(error) => return error.into_response(),
+            }
         }
         _ => {
-            return ApiError::bad_request("prompt is a string (or a list of one string)")
-                .with_param("prompt")
-                .into_response()
+            return ApiError::bad_request(
+                "prompt is a string, a list of token ids, or a list of one of them",
+            )
+            .with_param("prompt")
+            .into_response()
         }
     };
     complete(state, prompt, request.sampling, Shape::Text).await
@@ -344,7 +360,15 @@ struct Call {
     include_usage: bool,
 }
 
-async fn complete(state: AppState, prompt: Prompt, sampling: Sampling, shape: Shape) -> Response {
+/// What a call generates from.
+enum Input {
+    /// Text, in spans: a chat's messages are content, a completions prompt the model's raw input.
+    Text(Prompt),
+    /// Token ids, as the client tokenized them.
+    Tokens(Vec<u32>),
+}
+
+async fn complete(state: AppState, prompt: Input, sampling: Sampling, shape: Shape) -> Response {
     match start(state, prompt, &sampling, shape) {
         Ok(call) if sampling.stream == Some(true) => {
             let include_usage = sampling.include_usage();
@@ -365,7 +389,7 @@ async fn complete(state: AppState, prompt: Prompt, sampling: Sampling, shape: Sh
 
 fn start(
     state: AppState,
-    prompt: Prompt,
+    prompt: Input,
     sampling: &Sampling,
     shape: Shape,
 ) -> Result<Call, ApiError> {
@@ -373,8 +397,11 @@ fn start(
     let params = sampling.params(state.config.max_new_tokens)?;
     let stops = Stops::new(sampling.stops()?);
     let scheduler = guard.scheduler().clone();
-    let request = validate(scheduler.as_ref(), 0, prompt, None, params)
-        .map_err(|e| ApiError::from_engine(&e, "prompt"))?;
+    let request = match prompt {
+        Input::Text(prompt) => validate(scheduler.as_ref(), 0, prompt, None, params),
+        Input::Tokens(ids) => validate_tokens(scheduler.as_ref(), 0, ids, params),
+    }
+    .map_err(|e| ApiError::from_engine(&e, "prompt"))?;
     let (sender, receiver) = events();
     scheduler
         .submit(request, 0, sender)

@@ -109,6 +109,30 @@ impl GuardTokenizer {
         Ok(Self::assemble(inner, None, eos))
     }
 
+    /// The tokenizer at `path`: a GGUF file's vocabulary, a `tokenizer.json`, or the
+    /// `tokenizer.json` of a model directory (for tokenizing alone: no end-of-text ids).
+    pub fn load(path: &Path) -> Result<Self, EngineError> {
+        if path.is_dir() {
+            return Self::from_file(&path.join("tokenizer.json"), Vec::new());
+        }
+        if !path.is_file() {
+            return Err(EngineError::NotFound {
+                path: path.to_path_buf(),
+            });
+        }
+        if path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+        {
+            let mut file = std::fs::File::open(path)
+                .map_err(|e| invalid(path, format!("cannot open: {e}")))?;
+            let content = candle_core::quantized::gguf_file::Content::read(&mut file)
+                .map_err(|e| invalid(path, format!("not a readable GGUF file: {e}")))?;
+            return Self::from_gguf(path, &content.metadata);
+        }
+        Self::from_file(path, Vec::new())
+    }
+
     /// Rebuilds the tokenizer a GGUF file describes (BPE vocabularies, as Llama 3 and SmolLM2 use).
     pub fn from_gguf(path: &Path, metadata: &HashMap<String, Value>) -> Result<Self, EngineError> {
         let text = |key: &str| metadata.get(key).and_then(|v| v.to_string().ok()).cloned();

@@ -427,6 +427,10 @@ impl Scheduler for LlamaCppEngine {
         LlamaCppEngine::tokenize(self, prompt).map(Some)
     }
 
+    fn vocab_size(&self) -> Option<usize> {
+        Some(self.vocabulary.size())
+    }
+
     fn submit_all(&self, requests: Vec<(usize, Request)>, events: Events) -> Result<(), Rejected> {
         self.queue.submit_all(requests, events)
     }

@@ -49,6 +49,11 @@ impl LlamaVocabulary {
         }
     }
 
+    /// How many token ids the vocabulary has.
+    pub(super) fn size(&self) -> usize {
+        self.model.vocab().n_tokens().max(0) as usize
+    }
+
     /// llama.cpp's ids of `text` as one string, BOS included where the model wants it.
     pub(super) fn whole(&self, text: &str, parse_special: bool) -> Vec<u32> {
         self.model
