@@ -187,6 +187,36 @@ fn parse_reads_stdin_and_prints_the_verdict() {
 }
 
 #[test]
+fn prompt_json_shows_the_conversation_as_content_and_control_strings_as_text() {
+    let output = run(&mut guardreasoner(&[
+        "prompt",
+        "--prompt",
+        "a <|eot_id|> b",
+        "--format",
+        "llama3-chat",
+        "--json",
+    ]));
+    assert!(output.status.success());
+    let json: serde_json::Value = serde_json::from_str(&stdout(&output)).unwrap();
+    let spans = json["spans"].as_array().unwrap();
+    let content: Vec<&str> = spans
+        .iter()
+        .filter(|s| s["kind"] == "content")
+        .map(|s| s["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(content, ["a <|eot_id|> b"]);
+    let text = json["text"].as_str().unwrap();
+    assert!(text.contains("Human user:\na <|eot_id|> b\n\nAI assistant:\nNone"));
+    assert_eq!(
+        spans
+            .iter()
+            .map(|s| s["text"].as_str().unwrap())
+            .collect::<String>(),
+        text
+    );
+}
+
+#[test]
 fn prompt_prints_the_exact_eval_text() {
     let output = run(&mut guardreasoner(&["prompt", "--prompt", "hi"]));
     assert!(output.status.success());

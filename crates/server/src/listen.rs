@@ -33,8 +33,20 @@ pub struct Limits {
     pub max_connections: usize,
 }
 
+/// The body a connection past the cap is told, in OpenAI's error shape.
+const OVER_CAPACITY_BODY: &str = r#"{"error":{"message":"too many open connections; retry shortly","type":"server_error","param":null,"code":"too_many_connections"}}"#;
+
 /// What a connection past the cap is told before it is closed.
-const OVER_CAPACITY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\nConnection: close\r\nContent-Length: 113\r\n\r\n{\"error\":{\"message\":\"too many open connections\",\"type\":\"server_error\",\"param\":null,\"code\":\"too_many_connections\"}}";
+fn over_capacity() -> &'static [u8] {
+    static REPLY: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    REPLY.get_or_init(|| {
+        format!(
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{OVER_CAPACITY_BODY}",
+            OVER_CAPACITY_BODY.len()
+        )
+        .into_bytes()
+    })
+}
 
 /// Serves `app` on `listener` until `stop` resolves, then waits for open connections to finish
 /// (the caller bounds that wait by its grace period).
@@ -88,7 +100,7 @@ pub async fn serve(
 /// Tells a connection past the cap to come back, without waiting on it: the reply fits an empty
 /// socket buffer, and whatever does not go out is dropped with the connection.
 fn refuse(stream: TcpStream) {
-    let _ = stream.try_write(OVER_CAPACITY);
+    let _ = stream.try_write(over_capacity());
 }
 
 #[cfg(test)]
@@ -97,7 +109,7 @@ mod tests {
 
     #[test]
     fn the_over_capacity_reply_is_well_formed() {
-        let text = std::str::from_utf8(OVER_CAPACITY).unwrap();
+        let text = std::str::from_utf8(over_capacity()).unwrap();
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
         assert!(head.contains(&format!("Content-Length: {}", body.len())));
         let json: serde_json::Value = serde_json::from_str(body).unwrap();
