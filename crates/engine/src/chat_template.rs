@@ -112,7 +112,19 @@ impl ChatTemplate {
     ) -> Result<Prompt, EngineError> {
         let texts: Vec<String> = messages.iter().map(|m| m.content.text()).collect();
         let real = self.render_text(messages, &texts, add_generation_prompt)?;
-        let placeholders: Vec<String> = (0..messages.len()).map(placeholder).collect();
+        // An empty message has nothing to trace, and a template may test it (`if content`): it
+        // stays empty in both renderings.
+        let placeholders: Vec<String> = messages
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                if m.content.is_empty() {
+                    String::new()
+                } else {
+                    placeholder(i)
+                }
+            })
+            .collect();
         let marked = self.render_text(messages, &placeholders, add_generation_prompt)?;
         trace(&real, &marked, messages).ok_or_else(|| {
             EngineError::backend(

@@ -193,7 +193,13 @@ pub fn validate_tokens(
 /// Whether a prompt of `tokens` tokens fits a context of `context` with room for at least one
 /// new token; `index` names the prompt in the error.
 pub fn fits(index: usize, tokens: usize, context: usize) -> Result<(), EngineError> {
-    if tokens == 0 || tokens + 1 > context {
+    if tokens == 0 {
+        return Err(EngineError::InvalidPrompt {
+            index,
+            message: "the prompt is empty (no tokens to start from)".into(),
+        });
+    }
+    if tokens + 1 > context {
         return Err(EngineError::PromptTooLong {
             index,
             tokens,

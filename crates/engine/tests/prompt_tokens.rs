@@ -200,7 +200,7 @@ fn llama3_tokens_equal_whole_string_tokenization_on_every_benchmark_conversation
         .markers()
         .controls()
         .iter()
-        .map(|c| c.0.clone())
+        .map(|c| c.text.clone())
         .collect();
     let holding = identical_but_for_control_strings(
         &prompts,
@@ -249,7 +249,7 @@ mod llama_cpp {
         let controls: Vec<String> = engine
             .control_tokens()
             .iter()
-            .map(|c| c.0.clone())
+            .map(|c| c.text.clone())
             .collect();
         let holding = super::identical_but_for_control_strings(
             &prompts,
@@ -270,7 +270,7 @@ mod llama_cpp {
         let Some(engine) = smollm2() else {
             return;
         };
-        let control_ids: Vec<u32> = engine.control_tokens().iter().map(|c| c.1).collect();
+        let control_ids: Vec<u32> = engine.control_tokens().iter().map(|c| c.id).collect();
         let template = Generate::chat_template(&engine).unwrap().clone();
         for control in ["<|im_start|>", "<|im_end|>", "<|endoftext|>"] {
             let hostile =

@@ -61,7 +61,8 @@ impl PromptFormat {
     }
 
     /// Renders with an instruction of the caller's (a benchmark record's own, say); the
-    /// instruction is the format's text, the input block as [`PromptFormat::render_input`] reads it.
+    /// instruction is the format's text (a data file's author wrote it, not a conversation's), the
+    /// input block as [`PromptFormat::render_input`] reads it.
     pub fn render_parts(self, instruction: &str, input: &str) -> Prompt {
         self.render_prompt(instruction, &input_spans(input))
     }

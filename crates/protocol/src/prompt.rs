@@ -41,7 +41,10 @@ pub struct Span {
 ///
 /// Spans are never empty, and two neighbours always differ in kind (pushing text of the kind the
 /// last span has extends it), so two prompts of the same text and kinds compare equal.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+///
+/// It serializes as `{"spans": [...]}` and is built only through its methods (not deserialized),
+/// so that the rule holds.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize)]
 pub struct Prompt {
     spans: Vec<Span>,
 }
@@ -52,14 +55,16 @@ impl Prompt {
         Self::default()
     }
 
-    /// A prompt that is the format's text alone (a shared prefix, a text the caller vouches for).
+    /// A prompt that is the format's text alone: a shared prefix, or a text the caller vouches for
+    /// as the model's raw input (a completions prompt, whose control strings are control tokens).
     pub fn format(text: impl AsRef<str>) -> Self {
         let mut prompt = Self::new();
         prompt.push_format(text.as_ref());
         prompt
     }
 
-    /// A prompt that is content alone: a raw completions prompt, a message's text.
+    /// A prompt that is content alone: a chat message's text, any text whose control strings must
+    /// stay text.
     pub fn content(text: impl AsRef<str>) -> Self {
         let mut prompt = Self::new();
         prompt.push_content(text.as_ref());

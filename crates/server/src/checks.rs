@@ -17,8 +17,10 @@ pub type Verdict = Result<CheckResult, GuardError>;
 
 /// Queues `conversations` (all or none) and returns the guard and the receiver of their events.
 /// `params` overrides the guard's sampling; `overload` is the status for a full queue; `field`
-/// names the request's list in errors.
-pub fn submit(
+/// names the request's list in errors. Rendering and tokenizing run on a blocking thread: a long
+/// conversation (a 1 MB word takes about half a second) must not hold up the runtime's workers,
+/// which answer everyone else.
+pub async fn submit(
     state: &AppState,
     conversations: &[Conversation],
     params: Option<&SamplingParams>,
@@ -38,8 +40,10 @@ pub fn submit(
     }
     let guard = state.guard()?.clone();
     let (sender, receiver) = events();
-    guard
-        .submit(conversations, params, sender)
+    let (queued, conversations, params) = (guard.clone(), conversations.to_vec(), params.cloned());
+    tokio::task::spawn_blocking(move || queued.submit(&conversations, params.as_ref(), sender))
+        .await
+        .map_err(|e| ApiError::internal(format!("the validating thread failed: {e}")))?
         .map_err(|error| ApiError::from_submit(&error, overload, field))?;
     Ok((guard, receiver))
 }
@@ -71,7 +75,7 @@ pub async fn check_all(
     overload: StatusCode,
     field: &str,
 ) -> Result<Vec<Verdict>, ApiError> {
-    let (guard, mut receiver) = submit(state, conversations, params, overload, field)?;
+    let (guard, mut receiver) = submit(state, conversations, params, overload, field).await?;
     let mut verdicts: Vec<Option<Verdict>> = conversations.iter().map(|_| None).collect();
     let mut left = conversations.len();
     let limit = state.config.request_timeout;

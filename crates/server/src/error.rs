@@ -168,6 +168,14 @@ impl ApiError {
             EngineError::InvalidPrompt { .. } => Self::bad_request(error.to_string())
                 .with_param(field)
                 .with_code("invalid_prompt"),
+            // The model's chat template refused what the request holds (its own
+            // `raise_exception`, or text it rewrites so that it cannot be kept apart).
+            EngineError::Backend {
+                backend: "chat-template",
+                ..
+            } => Self::unprocessable(guardreasoner_engine::error::with_causes(error))
+                .with_param(field)
+                .with_code("chat_template"),
             _ => Self::internal(guardreasoner_engine::error::with_causes(error)),
         }
     }

@@ -6,11 +6,14 @@
 //!   its next request, is closed once the deadline passes. Bodies have their own
 //!   (`ServeConfig::body_timeout`, in [`crate::json`]).
 //! - Open connections are capped ([`Limits::max_connections`]): past the cap a new connection is
-//!   answered `503` with `Retry-After` and closed at once, so that file descriptors last and the
-//!   clients already connected (`/health` among them) keep being served.
+//!   answered `503` with `Retry-After` and closed, so that file descriptors last and the clients
+//!   already connected (`/health` among them) keep being served. The cap stays below what the
+//!   process's limit on open files allows (its soft limit is raised to the hard one at start).
 //! - Shutdown is graceful: no new connections; in-flight requests finish, idle connections close.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -18,7 +21,9 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 
 use crate::metrics::Metrics;
 
@@ -48,16 +53,27 @@ fn over_capacity() -> &'static [u8] {
     })
 }
 
+/// File descriptors kept back from the connection cap: the model's files, logs, the listener,
+/// and connections being told to come back.
+const RESERVED_FDS: usize = 128;
+
+/// Connections past the cap that may be waited on at once while they read their 503 (the rest
+/// are closed at once).
+const MAX_DRAINING: usize = 64;
+
 /// Serves `app` on `listener` until `stop` resolves, then waits for open connections to finish
 /// (the caller bounds that wait by its grace period).
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: Limits,
-    metrics: std::sync::Arc<Metrics>,
+    metrics: Arc<Metrics>,
     stop: impl Future<Output = ()>,
 ) {
+    let cap = connection_cap(limits.max_connections);
     let graceful = GracefulShutdown::new();
+    let open = Arc::new(AtomicUsize::new(0));
+    let draining = Arc::new(Semaphore::new(MAX_DRAINING));
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -77,30 +93,74 @@ pub async fn serve(
             },
             () = &mut stop => break,
         };
-        metrics.connections_open(graceful.count());
-        if graceful.count() >= limits.max_connections {
-            refuse(stream);
+        if open.load(Ordering::Acquire) >= cap {
+            refuse(stream, &draining);
             metrics.connection_refused();
             continue;
         }
+        metrics.connections_open(open.fetch_add(1, Ordering::AcqRel) + 1);
         let _ = stream.set_nodelay(true);
         let connection =
             builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
         let connection = graceful.watch(connection);
+        let (open, metrics) = (open.clone(), metrics.clone());
         tokio::spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!("connection closed: {error}");
             }
+            metrics.connections_open(open.fetch_sub(1, Ordering::AcqRel) - 1);
         });
     }
     drop(listener);
     graceful.shutdown().await;
 }
 
-/// Tells a connection past the cap to come back, without waiting on it: the reply fits an empty
-/// socket buffer, and whatever does not go out is dropped with the connection.
-fn refuse(stream: TcpStream) {
+/// The cap on open connections: `wanted`, or less where the process may not open that many files.
+/// The soft limit on open files is raised to the hard one first (it is often 1024, below what a
+/// server needs; the hard limit is the system's decision).
+fn connection_cap(wanted: usize) -> usize {
+    #[cfg(unix)]
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => {
+            let room = usize::try_from(limit)
+                .unwrap_or(usize::MAX)
+                .saturating_sub(RESERVED_FDS)
+                .max(1);
+            if wanted > room {
+                tracing::warn!(
+                    "max_connections {wanted} is more than {limit} open files allow; capping connections at {room}"
+                );
+                return room;
+            }
+        }
+        Err(error) => tracing::warn!("cannot read the limit on open files: {error}"),
+    }
+    wanted.max(1)
+}
+
+/// Tells a connection past the cap to come back: the reply fits an empty socket buffer. What the
+/// client already sent is read and dropped for up to a second before the connection closes
+/// (closing with unread data would reset it, and the client could lose the reply), for at most
+/// [`MAX_DRAINING`] connections at once; past that they are closed at once.
+fn refuse(stream: TcpStream, draining: &Arc<Semaphore>) {
     let _ = stream.try_write(over_capacity());
+    let Ok(permit) = draining.clone().try_acquire_owned() else {
+        return;
+    };
+    tokio::spawn(async move {
+        let _permit = permit;
+        let mut stream = stream;
+        let _ = stream.shutdown().await;
+        let mut buffer = [0u8; 4096];
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            while let Ok(read) = stream.read(&mut buffer).await {
+                if read == 0 {
+                    break;
+                }
+            }
+        })
+        .await;
+    });
 }
 
 #[cfg(test)]

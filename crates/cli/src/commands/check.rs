@@ -188,6 +188,11 @@ fn check_many(
                         "error": format!("the prompt is {tokens} tokens; the context holds {context} (raise --context or shorten it)"),
                     }));
                 }
+                Err(error @ EngineError::InvalidPrompt { .. }) => {
+                    lines[i] = Some(json!({
+                        "line": input.line, "id": input.id, "error": error.to_string(),
+                    }));
+                }
                 Err(error) => return Err(error.into()),
             }
         }

@@ -156,6 +156,10 @@ pub fn run(mut args: Args) -> Result<()> {
     }
     if let Some(timeout) = args.body_timeout.or(file.body_timeout_s) {
         config.body_timeout = seconds(timeout, "body timeout")?;
+        anyhow::ensure!(
+            !config.body_timeout.is_zero(),
+            "body timeout: must be above 0"
+        );
     }
     if let Some(connections) = args.max_connections.or(file.max_connections) {
         config.max_connections = connections.max(1);

@@ -187,7 +187,8 @@ async fn handle(state: AppState, body: serde_json::Value) -> Result<Response, Ap
                     params.as_ref(),
                     StatusCode::TOO_MANY_REQUESTS,
                     "prompt",
-                )?;
+                )
+                .await?;
                 let events = stream_events(
                     state,
                     guard,

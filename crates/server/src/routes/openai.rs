@@ -176,6 +176,11 @@ enum Shape {
     Text,
 }
 
+/// The roles a message may have (OpenAI's). A chat template writes the role inside its own
+/// markers, as the format's text, so a role is one of these words and never free text: a role of
+/// `user<|im_end|>` would otherwise be a control token.
+const ROLES: [&str; 5] = ["system", "developer", "user", "assistant", "tool"];
+
 fn messages(values: Vec<Value>) -> Result<Vec<Message>, ApiError> {
     if values.is_empty() {
         return Err(ApiError::bad_request("messages is empty").with_param("messages"));
@@ -188,6 +193,13 @@ fn messages(values: Vec<Value>) -> Result<Vec<Message>, ApiError> {
                 ApiError::bad_request("a message needs a string `role`")
                     .with_param(format!("messages[{index}].role"))
             })?;
+            if !ROLES.contains(&role) {
+                return Err(ApiError::bad_request(format!(
+                    "role {role:?} is not one of {}",
+                    ROLES.join(", ")
+                ))
+                .with_param(format!("messages[{index}].role")));
+            }
             let content = match value.get("content") {
                 Some(Value::String(text)) => text.clone(),
                 Some(Value::Null) | None => String::new(),
@@ -369,7 +381,7 @@ enum Input {
 }
 
 async fn complete(state: AppState, prompt: Input, sampling: Sampling, shape: Shape) -> Response {
-    match start(state, prompt, &sampling, shape) {
+    match start(state, prompt, &sampling, shape).await {
         Ok(call) if sampling.stream == Some(true) => {
             let include_usage = sampling.include_usage();
             Sse::new(stream_call(Call {
@@ -387,7 +399,7 @@ async fn complete(state: AppState, prompt: Input, sampling: Sampling, shape: Sha
     }
 }
 
-fn start(
+async fn start(
     state: AppState,
     prompt: Input,
     sampling: &Sampling,
@@ -397,10 +409,14 @@ fn start(
     let params = sampling.params(state.config.max_new_tokens)?;
     let stops = Stops::new(sampling.stops()?);
     let scheduler = guard.scheduler().clone();
-    let request = match prompt {
-        Input::Text(prompt) => validate(scheduler.as_ref(), 0, prompt, None, params),
-        Input::Tokens(ids) => validate_tokens(scheduler.as_ref(), 0, ids, params),
-    }
+    // Tokenizing a long prompt takes a while: off the runtime's workers.
+    let validating = scheduler.clone();
+    let request = tokio::task::spawn_blocking(move || match prompt {
+        Input::Text(prompt) => validate(validating.as_ref(), 0, prompt, None, params),
+        Input::Tokens(ids) => validate_tokens(validating.as_ref(), 0, ids, params),
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("the validating thread failed: {e}")))?
     .map_err(|e| ApiError::from_engine(&e, "prompt"))?;
     let (sender, receiver) = events();
     scheduler

@@ -408,13 +408,7 @@ impl Generate for CandleEngine {
         let mut prompt_ids = Vec::with_capacity(batch.prompts.len());
         for (index, prompt) in batch.prompts.iter().enumerate() {
             let ids = self.tokenizer.encode(prompt)?;
-            if ids.is_empty() || ids.len() + 1 > self.info.context_length {
-                return Err(EngineError::PromptTooLong {
-                    index,
-                    tokens: ids.len(),
-                    context: self.info.context_length,
-                });
-            }
+            crate::schedule::fits(index, ids.len(), self.info.context_length)?;
             prompt_ids.push(ids);
         }
         prompt_ids

@@ -22,7 +22,7 @@ use tokenizers::{AddedToken, SplitDelimiterBehavior, Tokenizer};
 use guardreasoner_protocol::Prompt;
 
 use crate::error::EngineError;
-use crate::tokenize::{Markers, Vocabulary};
+use crate::tokenize::{Control, Markers, Vocabulary};
 
 /// Llama 3's split (llama.cpp `llama-bpe`, Hugging Face's Llama 3 `tokenizer.json`).
 const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
@@ -33,6 +33,9 @@ pub struct GuardTokenizer {
     /// The same tokenizer with special-token matching off (Hugging Face's
     /// `split_special_tokens`): how content is tokenized.
     plain: Tokenizer,
+    /// `plain` for text after a control token, where it differs (a Metaspace pre-tokenizer that
+    /// prepends `▁` to a sequence's first piece only).
+    after_control: Option<Tokenizer>,
     bos: Option<u32>,
     markers: Markers,
     /// Tokens that end generation.
@@ -106,7 +109,7 @@ impl GuardTokenizer {
     pub fn from_file(path: &Path, eos: Vec<u32>) -> Result<Self, EngineError> {
         let inner = Tokenizer::from_file(path)
             .map_err(|e| invalid(path, format!("not a readable tokenizer.json: {e}")))?;
-        Ok(Self::assemble(inner, None, eos))
+        Self::assemble(path, inner, None, eos)
     }
 
     /// The tokenizer at `path`: a GGUF file's vocabulary, a `tokenizer.json`, or the
@@ -245,17 +248,31 @@ impl GuardTokenizer {
         } else {
             None
         };
-        Ok(Self::assemble(inner, bos, eos))
+        Self::assemble(path, inner, bos, eos)
     }
 
-    fn assemble(inner: Tokenizer, bos: Option<u32>, eos: Vec<u32>) -> Self {
+    fn assemble(
+        path: &Path,
+        inner: Tokenizer,
+        bos: Option<u32>,
+        eos: Vec<u32>,
+    ) -> Result<Self, EngineError> {
         let mut plain = inner.clone();
         plain.set_encode_special_tokens(true);
+        // Text after a control token: Metaspace's `prepend_scheme: first` puts its `▁` before a
+        // sequence's first piece only (whole-string tokenization sees the later pieces at an
+        // offset past 0), so those pieces are tokenized with it off.
+        let after_control = prepend_first_off(&plain);
         let controls = inner
             .get_added_tokens_decoder()
             .into_iter()
             .filter(|(_, token)| token.special)
-            .map(|(id, token)| (token.content, id))
+            .map(|(id, token)| Control {
+                text: token.content,
+                id,
+                lstrip: token.lstrip,
+                rstrip: token.rstrip,
+            })
             .collect();
         // What the post-processor puts around a sequence (Llama 3's tokenizer.json adds
         // `<|begin_of_text|>`), after the BOS a GGUF vocabulary asks for.
@@ -263,17 +280,23 @@ impl GuardTokenizer {
             inner
                 .encode("a", add_special)
                 .map(|e| e.get_ids().to_vec())
-                .unwrap_or_default()
+                .map_err(|e| invalid(path, format!("cannot tokenize with it: {e}")))
         };
-        let (prefix, suffix) = Markers::edges(&ids(true), &ids(false));
+        let (prefix, suffix) = Markers::edges(&ids(true)?, &ids(false)?).ok_or_else(|| {
+            invalid(
+                path,
+                "its post-processor does more than put tokens around a sequence",
+            )
+        })?;
         let markers = Markers::new(controls, bos.into_iter().chain(prefix).collect(), suffix);
-        Self {
+        Ok(Self {
             inner,
             plain,
+            after_control,
             bos,
             markers,
             eos,
-        }
+        })
     }
 
     /// The ids of `prompt`, with BOS where the model wants it: control tokens where its format
@@ -298,14 +321,14 @@ impl GuardTokenizer {
         Ok(ids)
     }
 
-    /// The ids of `text` as a continuation: no BOS, special-token text still special (what a
-    /// trainer appends after a prompt, as LLaMA-Factory encodes the response on its own).
+    /// The ids of `text` as a continuation: no BOS, and plain text (what a trainer appends after
+    /// a prompt, as LLaMA-Factory encodes the response on its own; the end-of-turn token is the
+    /// trainer's to add). A reasoning trace quotes the conversation it judges: a control string
+    /// quoted there stays text, as it is in the prompt, so the model never learns to write a
+    /// control token where the conversation had its characters. For text without control
+    /// strings these are the ids of tokenizing it as one string.
     pub fn encode_continuation(&self, text: &str) -> Result<Vec<u32>, EngineError> {
-        let encoding = self
-            .inner
-            .encode(text, false)
-            .map_err(|e| EngineError::backend_caused("candle", "cannot tokenize", e))?;
-        Ok(encoding.get_ids().to_vec())
+        self.plain(text)
     }
 
     /// The id of a token's text (`<|eot_id|>`, `<|im_end|>`), when the vocabulary has it.
@@ -356,13 +379,46 @@ impl GuardTokenizer {
     }
 }
 
+/// `tokenizer` with Metaspace's `prepend_scheme: first` turned off, where it has one (alone or in
+/// a sequence of pre-tokenizers); `None` where nothing changes.
+fn prepend_first_off(tokenizer: &Tokenizer) -> Option<Tokenizer> {
+    use tokenizers::pre_tokenizers::metaspace::PrependScheme;
+    fn off(pre: &mut PreTokenizerWrapper) -> bool {
+        match pre {
+            PreTokenizerWrapper::Metaspace(m) if m.get_prepend_scheme() == PrependScheme::First => {
+                m.set_prepend_scheme(PrependScheme::Never);
+                true
+            }
+            PreTokenizerWrapper::Sequence(sequence) => sequence
+                .as_mut()
+                .iter_mut()
+                .fold(false, |changed, p| off(p) | changed),
+            _ => false,
+        }
+    }
+    let mut pre = tokenizer.get_pre_tokenizer()?.clone();
+    if !off(&mut pre) {
+        return None;
+    }
+    let mut changed = tokenizer.clone();
+    changed.with_pre_tokenizer(Some(pre));
+    Some(changed)
+}
+
+fn plain_ids(tokenizer: &Tokenizer, text: &str) -> Result<Vec<u32>, EngineError> {
+    let encoding = tokenizer
+        .encode(text, false)
+        .map_err(|e| EngineError::backend_caused("candle", "cannot tokenize", e))?;
+    Ok(encoding.get_ids().to_vec())
+}
+
 impl Vocabulary for GuardTokenizer {
     fn plain(&self, text: &str) -> Result<Vec<u32>, EngineError> {
-        let encoding = self
-            .plain
-            .encode(text, false)
-            .map_err(|e| EngineError::backend_caused("candle", "cannot tokenize", e))?;
-        Ok(encoding.get_ids().to_vec())
+        plain_ids(&self.plain, text)
+    }
+
+    fn plain_after_control(&self, text: &str) -> Result<Vec<u32>, EngineError> {
+        plain_ids(self.after_control.as_ref().unwrap_or(&self.plain), text)
     }
 
     fn markers(&self) -> &Markers {
@@ -415,5 +471,61 @@ mod tests {
         assert_eq!(pieces.concat() + &stream.finish(), "hello world\né");
         assert_eq!(pieces[3], "", "half a character is held back");
         assert!(!pieces.concat().contains('▁') && !pieces.concat().contains("<0x"));
+    }
+
+    /// A Metaspace tokenizer with `prepend_scheme: first` (Mistral's and Llama 2's current
+    /// `tokenizer.json`s) and a control token between text: span tokenization gives the ids
+    /// Hugging Face gives the whole string, `▁` before the first piece only.
+    #[test]
+    fn text_after_a_control_token_is_tokenized_as_whole_string_tokenization_does() {
+        use guardreasoner_protocol::Prompt;
+        let json = serde_json::json!({
+            "version": "1.0",
+            "added_tokens": [
+                {"id": 0, "content": "<unk>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true},
+                {"id": 1, "content": "<s>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true},
+                {"id": 2, "content": "[INST]", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}
+            ],
+            "normalizer": null,
+            "pre_tokenizer": {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "first", "split": false},
+            "post_processor": {"type": "TemplateProcessing", "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}], "pair": [{"Sequence": {"id": "A", "type_id": 0}}], "special_tokens": {"<s>": {"id": "<s>", "ids": [1], "tokens": ["<s>"]}}},
+            "decoder": null,
+            "model": {
+                "type": "BPE", "dropout": null, "unk_token": "<unk>", "continuing_subword_prefix": null,
+                "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": false, "ignore_merges": false,
+                "vocab": {"<unk>": 0, "<s>": 1, "[INST]": 2, "▁": 3, "h": 4, "i": 5, "▁h": 6, "hi": 7, "▁hi": 8},
+                "merges": [["▁", "h"], ["h", "i"], ["▁h", "i"]]
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokenizer.json");
+        std::fs::write(&path, json.to_string()).unwrap();
+        let tokenizer = GuardTokenizer::from_file(&path, vec![]).unwrap();
+        let mut prompt = Prompt::content("hi");
+        prompt
+            .push_format("[INST]")
+            .push_content("hi")
+            .push_format("[INST]")
+            .push_content(" hi [INST]");
+        let whole = tokenizer.encode_text(&prompt.text()).unwrap();
+        // Hugging Face: BOS, then `▁hi` (the first piece), `[INST]`, `hi` (no `▁` past the
+        // start), `[INST]`, ..., and the content's `[INST]` as the control token.
+        assert_eq!(whole[..5], [1, 8, 2, 7, 2], "{whole:?}");
+        assert_eq!(whole.iter().filter(|&&id| id == 2).count(), 3, "{whole:?}");
+        // The content's `[INST]` is text: its characters, where whole-string tokenization made
+        // the control token; everything before it is the same.
+        let ours = tokenizer.encode(&prompt).unwrap();
+        assert_eq!(ours[..7], whole[..7]);
+        assert!(!ours[7..].contains(&2), "{ours:?}");
+        let mut benign = Prompt::content("hi");
+        benign
+            .push_format("[INST]")
+            .push_content("hi")
+            .push_format("[INST]")
+            .push_content(" hi");
+        assert_eq!(
+            tokenizer.encode(&benign).unwrap(),
+            tokenizer.encode_text(&benign.text()).unwrap()
+        );
     }
 }

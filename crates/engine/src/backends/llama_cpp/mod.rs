@@ -379,9 +379,8 @@ impl LlamaCppEngine {
         self.vocabulary.whole(text, parse_special)
     }
 
-    /// The control tokens of the vocabulary (text and id): what no conversation's text may
-    /// become.
-    pub fn control_tokens(&self) -> &[(String, u32)] {
+    /// The control tokens of the vocabulary: what no conversation's text may become.
+    pub fn control_tokens(&self) -> &[crate::tokenize::Control] {
         self.vocabulary.markers().controls()
     }
 }

@@ -8,7 +8,7 @@ use llama_cpp_2::token::LlamaToken;
 use llama_cpp_2::token_type::LlamaTokenAttr;
 
 use crate::error::EngineError;
-use crate::tokenize::{Markers, Vocabulary};
+use crate::tokenize::{Control, Markers, Vocabulary};
 
 /// A loaded model's tokenizer.
 pub(super) struct LlamaVocabulary {
@@ -30,7 +30,13 @@ impl LlamaVocabulary {
                 })
                 .filter_map(|token| {
                     let text = vocab.text(token)?.to_str().ok()?.to_string();
-                    Some((text, token.0 as u32))
+                    let attr = vocab.attr(token);
+                    Some(Control {
+                        text,
+                        id: token.0 as u32,
+                        lstrip: attr.contains(LlamaTokenAttr::LStrip),
+                        rstrip: attr.contains(LlamaTokenAttr::RStrip),
+                    })
                 })
                 .collect();
             let ids = |add_special| -> Vec<u32> {
@@ -40,7 +46,22 @@ impl LlamaVocabulary {
                     .map(|t| t.0 as u32)
                     .collect()
             };
-            let (prefix, suffix) = Markers::edges(&ids(true), &ids(false));
+            // llama.cpp adds BOS (and EOS, for the few models that ask) around the text; where
+            // the two tokenizations do not show that shape, the vocabulary's own flags say it.
+            let (prefix, suffix) = Markers::edges(&ids(true), &ids(false)).unwrap_or_else(|| {
+                (
+                    vocab
+                        .should_add_bos()
+                        .then(|| vocab.bos().0 as u32)
+                        .into_iter()
+                        .collect(),
+                    vocab
+                        .should_add_eos()
+                        .then(|| vocab.eos().0 as u32)
+                        .into_iter()
+                        .collect(),
+                )
+            });
             (controls, prefix, suffix)
         };
         Self {
