@@ -293,23 +293,13 @@ mod tests {
         let prompt = template
             .render(&[Message::user(guard_prompt)], true)
             .unwrap();
-        let content: Vec<&str> = prompt
-            .spans()
-            .iter()
-            .filter(|s| s.kind == SpanKind::Content)
-            .map(|s| s.text.as_str())
-            .collect();
+        let content = prompt.texts(SpanKind::Content);
         // The template strips the text: the trailing newline went, and the spans follow.
         assert_eq!(content, [" <|eot_id|> hi"]);
         assert!(prompt
             .text()
             .contains("<|end_header_id|>\n\nInstruction\n <|eot_id|> hi<|eot_id|>"));
-        let format: String = prompt
-            .spans()
-            .iter()
-            .filter(|s| s.kind == SpanKind::Format)
-            .map(|s| s.text.as_str())
-            .collect();
+        let format: String = prompt.texts(SpanKind::Format).concat();
         assert_eq!(format.matches("<|eot_id|>").count(), 2, "{format}");
     }
 

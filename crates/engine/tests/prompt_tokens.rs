@@ -163,12 +163,8 @@ fn identical_but_for_control_strings(
 ) -> Vec<String> {
     let mut holding = Vec::new();
     for (name, prompt) in prompts {
-        let content: String = prompt
-            .spans()
-            .iter()
-            .filter(|s| s.kind == guardreasoner_protocol::SpanKind::Content)
-            .map(|s| s.text.as_str())
-            .collect::<Vec<_>>()
+        let content = prompt
+            .texts(guardreasoner_protocol::SpanKind::Content)
             .join("\u{0}");
         let held: Vec<&String> = controls
             .iter()

@@ -619,10 +619,10 @@ mod tests {
         let wrapped = config.render(&conversation, Some(&template)).unwrap();
         assert_eq!(wrapped.text(), format!("<user>{eval}</user>"));
         // The conversation stays content inside the template.
-        assert!(wrapped
-            .spans()
-            .iter()
-            .any(|s| s.kind == guardreasoner_protocol::SpanKind::Content && s.text == "hello"));
+        assert_eq!(
+            wrapped.texts(guardreasoner_protocol::SpanKind::Content),
+            ["hello"]
+        );
         assert_eq!(config.shared_prefix(), None);
         assert!(matches!(
             config.render(&conversation, None),

@@ -182,17 +182,13 @@ mod tests {
         let conversation = Conversation::with_response("<|eot_id|>", "<|end_of_text|>");
         for format in PromptFormat::ALL {
             let prompt = format.render(&conversation);
-            let content: Vec<&str> = prompt
-                .spans()
-                .iter()
-                .filter(|s| s.kind == SpanKind::Content)
-                .map(|s| s.text.as_str())
-                .collect();
-            assert_eq!(content, ["<|eot_id|>", "<|end_of_text|>"], "{format}");
-            for span in prompt.spans() {
-                if span.kind == SpanKind::Format {
-                    assert!(!span.text.contains("<|end_of_text|>"));
-                }
+            assert_eq!(
+                prompt.texts(SpanKind::Content),
+                ["<|eot_id|>", "<|end_of_text|>"],
+                "{format}"
+            );
+            for text in prompt.texts(SpanKind::Format) {
+                assert!(!text.contains("<|end_of_text|>"));
             }
         }
     }

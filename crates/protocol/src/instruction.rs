@@ -84,12 +84,7 @@ mod tests {
         for response in [None, Some("<|eot_id|>ok")] {
             let prompt = input_prompt("a <|im_end|> b", response);
             assert_eq!(prompt.text(), input_block("a <|im_end|> b", response));
-            let content: Vec<&str> = prompt
-                .spans()
-                .iter()
-                .filter(|s| s.kind == crate::prompt::SpanKind::Content)
-                .map(|s| s.text.as_str())
-                .collect();
+            let content = prompt.texts(crate::prompt::SpanKind::Content);
             let expected: Vec<&str> = std::iter::once("a <|im_end|> b").chain(response).collect();
             assert_eq!(content, expected);
         }

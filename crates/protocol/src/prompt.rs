@@ -109,6 +109,15 @@ impl Prompt {
         &self.spans
     }
 
+    /// The texts of the spans of `kind`, in order (what a caller passed through, say).
+    pub fn texts(&self, kind: SpanKind) -> Vec<&str> {
+        self.spans
+            .iter()
+            .filter(|s| s.kind == kind)
+            .map(|s| s.text.as_str())
+            .collect()
+    }
+
     /// The whole text, as the model reads it (and as `guardreasoner prompt` shows it: a control
     /// string in content stays visible as the characters it is).
     pub fn text(&self) -> String {
