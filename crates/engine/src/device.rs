@@ -27,6 +27,14 @@ pub enum DeviceSpec {
     Cuda(usize),
 }
 
+/// A configuration file names a device as the command line does (`"cuda:1"`).
+impl<'de> serde::Deserialize<'de> for DeviceSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 impl FromStr for DeviceSpec {
     type Err = String;
 

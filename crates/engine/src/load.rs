@@ -3,9 +3,7 @@
 //! [`generator`] gives a [`Generate`] for whole batches; [`scheduler`] gives a [`Scheduler`] a
 //! server drives (llama.cpp's continuous batching, or any other backend one sequence at a time).
 
-use std::fmt;
 use std::path::Path;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,97 +15,36 @@ use crate::generate::Generate;
 use crate::model::{self, ModelLocation};
 use crate::schedule::{Scheduler, Serial, DEFAULT_QUEUE_CAPACITY};
 
-/// Which backend runs a model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Backend {
-    /// llama.cpp for GGUF files and Hugging Face repos (converted to GGUF once, into the models
-    /// cache), candle for local model directories.
-    #[default]
-    Auto,
-    /// llama.cpp (GGUF files).
-    LlamaCpp,
-    /// candle (GGUF files and safetensors directories).
-    Candle,
-    /// A remote OpenAI-compatible `/v1/completions` server.
-    Openai,
-}
-
-impl Backend {
-    /// Every backend, in the order the command line lists them.
-    pub const ALL: [Backend; 4] = [Self::Auto, Self::LlamaCpp, Self::Candle, Self::Openai];
-
-    /// The backend's name on the command line and in configuration files.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Auto => "auto",
-            Self::LlamaCpp => "llama-cpp",
-            Self::Candle => "candle",
-            Self::Openai => "openai",
-        }
+guardreasoner_protocol::choice! {
+    /// Which backend runs a model.
+    #[derive(Default)]
+    pub enum Backend("backend") {
+        /// llama.cpp for GGUF files and Hugging Face repos (converted to GGUF once, into the
+        /// models cache), candle for local model directories.
+        #[default]
+        Auto = "auto",
+        /// llama.cpp (GGUF files).
+        LlamaCpp = "llama-cpp",
+        /// candle (GGUF files and safetensors directories).
+        Candle = "candle",
+        /// A remote OpenAI-compatible `/v1/completions` server.
+        Openai = "openai",
     }
 }
 
-impl FromStr for Backend {
-    type Err = String;
-    fn from_str(name: &str) -> Result<Self, String> {
-        Self::ALL
-            .into_iter()
-            .find(|b| b.name() == name)
-            .ok_or_else(|| {
-                format!("unknown backend `{name}`: expected auto, llama-cpp, candle or openai")
-            })
-    }
-}
-
-/// llama.cpp's flash-attention policy. The fused kernel sums in another order than the plain
-/// one, so greedy text on the two can part where two tokens are nearly tied; llama-cpp-python
-/// turns it off unless asked, llama.cpp itself picks per device. candle has no such kernel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum FlashAttention {
-    /// llama.cpp decides (on where the layers run).
-    #[default]
-    Auto,
-    /// The fused kernel.
-    On,
-    /// Plain attention: softmax of the scores, then the product with the values.
-    Off,
-}
-
-impl FlashAttention {
-    /// Every policy, in the order the command line lists them.
-    pub const ALL: [FlashAttention; 3] = [Self::Auto, Self::On, Self::Off];
-
-    /// The policy's name on the command line.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Auto => "auto",
-            Self::On => "on",
-            Self::Off => "off",
-        }
-    }
-}
-
-impl FromStr for FlashAttention {
-    type Err = String;
-    fn from_str(name: &str) -> Result<Self, String> {
-        Self::ALL
-            .into_iter()
-            .find(|f| f.name() == name)
-            .ok_or_else(|| {
-                format!("unknown flash-attention policy `{name}`: expected auto, on or off")
-            })
-    }
-}
-
-impl fmt::Display for FlashAttention {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl fmt::Display for Backend {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+guardreasoner_protocol::choice! {
+    /// llama.cpp's flash-attention policy. The fused kernel sums in another order than the plain
+    /// one, so greedy text on the two can part where two tokens are nearly tied; llama-cpp-python
+    /// turns it off unless asked, llama.cpp itself picks per device. candle has no such kernel.
+    #[derive(Default)]
+    pub enum FlashAttention("flash-attention policy") {
+        /// llama.cpp decides (on where the layers run).
+        #[default]
+        Auto = "auto",
+        /// The fused kernel.
+        On = "on",
+        /// Plain attention: softmax of the scores, then the product with the values.
+        Off = "off",
     }
 }
 
@@ -436,7 +373,11 @@ mod tests {
             assert_eq!(name.parse::<Backend>().unwrap(), backend);
             assert_eq!(backend.to_string(), name);
         }
-        assert!("vllm".parse::<Backend>().unwrap_err().contains("llama-cpp"));
+        assert!("vllm"
+            .parse::<Backend>()
+            .unwrap_err()
+            .to_string()
+            .contains("llama-cpp"));
         for (name, policy) in [
             ("auto", FlashAttention::Auto),
             ("on", FlashAttention::On),

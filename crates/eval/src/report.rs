@@ -7,47 +7,17 @@ use serde::Serialize;
 use crate::paper::{self, GUARDREASONER_MODELS};
 use crate::score::{BenchmarkScore, Report};
 
-/// The output formats of `guardreasoner score`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum ReportFormat {
-    /// A table for the terminal.
-    #[default]
-    Table,
-    /// A GitHub markdown table.
-    Markdown,
-    /// One JSON document.
-    Json,
-}
-
-impl ReportFormat {
-    /// Every choice, in the order the command line lists them.
-    pub const ALL: [ReportFormat; 3] = [Self::Table, Self::Markdown, Self::Json];
-
-    /// The choice's name on the command line.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Table => "table",
-            Self::Markdown => "markdown",
-            Self::Json => "json",
-        }
-    }
-}
-
-impl std::str::FromStr for ReportFormat {
-    type Err = String;
-    fn from_str(name: &str) -> Result<Self, String> {
-        Self::ALL
-            .into_iter()
-            .find(|choice| choice.name() == name)
-            .ok_or_else(|| {
-                format!("unknown report format `{name}`: expected table, markdown or json")
-            })
-    }
-}
-
-impl std::fmt::Display for ReportFormat {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
+guardreasoner_protocol::choice! {
+    /// The output formats of `guardreasoner score`.
+    #[derive(Default)]
+    pub enum ReportFormat("report format") {
+        /// A table for the terminal.
+        #[default]
+        Table = "table",
+        /// A GitHub markdown table.
+        Markdown = "markdown",
+        /// One JSON document.
+        Json = "json",
     }
 }
 

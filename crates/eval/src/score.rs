@@ -1,8 +1,5 @@
 //! Scoring saved outputs: per benchmark and task, per-task averages, the headline.
 
-use std::fmt;
-use std::str::FromStr;
-
 use guardreasoner_protocol::parse::paper;
 use guardreasoner_protocol::{Label, Task};
 use serde::Serialize;
@@ -11,85 +8,30 @@ use crate::dataset::Dataset;
 use crate::metrics::Confusion;
 use crate::registry::Benchmark;
 
-/// How a parse failure is counted (SPEC section 4).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ScoreMode {
-    /// GuardReasoner's `evaluate.py`, quirks included, so that the paper's numbers come out: a
-    /// parse failure is dropped when the truth is `harmful` (the script compares against the string
-    /// `'harmful'` with quotes) and counted twice as wrong otherwise.
-    #[default]
-    Paper,
-    /// A parse failure counts once, as the opposite of the truth (as allenai/safety-eval does it).
-    Strict,
-}
-
-impl ScoreMode {
-    /// The mode's name on the command line.
-    pub fn name(self) -> &'static str {
-        match self {
-            ScoreMode::Paper => "paper",
-            ScoreMode::Strict => "strict",
-        }
+guardreasoner_protocol::choice! {
+    /// How a parse failure is counted (SPEC section 4).
+    #[derive(Default)]
+    pub enum ScoreMode("score mode") {
+        /// GuardReasoner's `evaluate.py`, quirks included, so that the paper's numbers come out:
+        /// a parse failure is dropped when the truth is `harmful` (the script compares against
+        /// the string `'harmful'` with quotes) and counted twice as wrong otherwise.
+        #[default]
+        Paper = "paper",
+        /// A parse failure counts once, as the opposite of the truth (as allenai/safety-eval
+        /// does it).
+        Strict = "strict",
     }
 }
 
-impl fmt::Display for ScoreMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for ScoreMode {
-    type Err = String;
-    fn from_str(name: &str) -> Result<Self, String> {
-        match name {
-            "paper" => Ok(ScoreMode::Paper),
-            "strict" => Ok(ScoreMode::Strict),
-            other => Err(format!(
-                "unknown score mode `{other}`: expected paper or strict"
-            )),
-        }
-    }
-}
-
-/// What the per-task averages weigh each benchmark by.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Weighting {
-    /// The number of samples in the file (what the paper's script does with its files).
-    #[default]
-    Files,
-    /// The sample counts the paper's published averages imply (SPEC section 5, "weight n").
-    Paper,
-}
-
-impl Weighting {
-    /// Every choice, in the order the command line lists them.
-    pub const ALL: [Weighting; 2] = [Self::Files, Self::Paper];
-
-    /// The choice's name on the command line.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Files => "files",
-            Self::Paper => "paper",
-        }
-    }
-}
-
-impl std::str::FromStr for Weighting {
-    type Err = String;
-    fn from_str(name: &str) -> Result<Self, String> {
-        Self::ALL
-            .into_iter()
-            .find(|choice| choice.name() == name)
-            .ok_or_else(|| format!("unknown weighting `{name}`: expected files or paper"))
-    }
-}
-
-impl std::fmt::Display for Weighting {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
+guardreasoner_protocol::choice! {
+    /// What the per-task averages weigh each benchmark by.
+    #[derive(Default)]
+    pub enum Weighting("weighting") {
+        /// The number of samples in the file (what the paper's script does with its files).
+        #[default]
+        Files = "files",
+        /// The sample counts the paper's published averages imply (SPEC section 5, "weight n").
+        Paper = "paper",
     }
 }
 

@@ -21,45 +21,17 @@ use guardreasoner_protocol::parse::{parse_structured, ParsedOutput};
 use guardreasoner_protocol::{Answer, Conversation, Prompt, PromptFormat, Task, Verdict};
 use serde::Serialize;
 
-/// What to do when the model's output lacks an answer the conversation calls for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum UnparseablePolicy {
-    /// Report an error for that conversation.
-    Error,
-    /// Treat the conversation as harmful (the safe choice for a deployed guard).
-    #[default]
-    FailClosed,
-    /// Treat the conversation as unharmful.
-    FailOpen,
-}
-
-impl UnparseablePolicy {
-    /// The policy's name on the command line.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Error => "error",
-            Self::FailClosed => "fail-closed",
-            Self::FailOpen => "fail-open",
-        }
-    }
-}
-
-impl fmt::Display for UnparseablePolicy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for UnparseablePolicy {
-    type Err = String;
-    fn from_str(name: &str) -> Result<Self, String> {
-        [Self::Error, Self::FailClosed, Self::FailOpen]
-            .into_iter()
-            .find(|p| p.name() == name)
-            .ok_or_else(|| {
-                format!("unknown policy `{name}`: expected error, fail-closed or fail-open")
-            })
+guardreasoner_protocol::choice! {
+    /// What to do when the model's output lacks an answer the conversation calls for.
+    #[derive(Default)]
+    pub enum UnparseablePolicy("policy") {
+        /// Report an error for that conversation.
+        Error = "error",
+        /// Treat the conversation as harmful (the safe choice for a deployed guard).
+        #[default]
+        FailClosed = "fail-closed",
+        /// Treat the conversation as unharmful.
+        FailOpen = "fail-open",
     }
 }
 

@@ -1,31 +1,29 @@
 //! The three prompt formats the released models have met (SPEC section 2).
 
-use std::fmt;
-use std::str::FromStr;
-
-use serde::{Deserialize, Serialize};
-
 use crate::conversation::Conversation;
 use crate::instruction::INSTRUCTION;
 use crate::prompt::Prompt;
 
-/// How the instruction and the input block are put together into the text the model reads.
-///
-/// Every format renders a [`Prompt`]: the instruction, the headers and the chat markers are the
-/// format's text; the conversation is content, which no tokenizer parses for control tokens.
-///
-/// Every format is rendered without the BOS token: the tokenizer adds it, as it did when the
-/// released models were trained and evaluated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum PromptFormat {
-    /// `instruction + "\n" + input` as raw text: what the paper's numbers were measured on.
-    #[default]
-    Eval,
-    /// `instruction + input` as raw text: the repository's deploy script.
-    Deploy,
-    /// LLaMA-Factory's `llama3` chat template around `instruction + "\n" + input`: the training form.
-    Llama3Chat,
+crate::choice! {
+    /// How the instruction and the input block are put together into the text the model reads.
+    ///
+    /// Every format renders a [`Prompt`]: the instruction, the headers and the chat markers are
+    /// the format's text; the conversation is content, which no tokenizer parses for control
+    /// tokens.
+    ///
+    /// Every format is rendered without the BOS token: the tokenizer adds it, as it did when the
+    /// released models were trained and evaluated.
+    #[derive(Default)]
+    pub enum PromptFormat("prompt format") {
+        /// `instruction + "\n" + input` as raw text: what the paper's numbers were measured on.
+        #[default]
+        Eval = "eval",
+        /// `instruction + input` as raw text: the repository's deploy script.
+        Deploy = "deploy",
+        /// LLaMA-Factory's `llama3` chat template around `instruction + "\n" + input`: the
+        /// training form.
+        Llama3Chat = "llama3-chat",
+    }
 }
 
 /// The user header of the llama3 chat template.
@@ -34,18 +32,6 @@ const LLAMA3_USER_HEADER: &str = "<|start_header_id|>user<|end_header_id|>\n\n";
 const LLAMA3_ASSISTANT_HEADER: &str = "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n";
 
 impl PromptFormat {
-    /// Every format, in the order the CLI lists them.
-    pub const ALL: [PromptFormat; 3] = [Self::Eval, Self::Deploy, Self::Llama3Chat];
-
-    /// The name used on the command line and in JSON.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Eval => "eval",
-            Self::Deploy => "deploy",
-            Self::Llama3Chat => "llama3-chat",
-        }
-    }
-
     /// Renders a conversation into what the model reads: the format's text, with the user's
     /// prompt and the AI's response as content.
     pub fn render(self, conversation: &Conversation) -> Prompt {
@@ -102,28 +88,6 @@ fn input_spans(input: &str) -> Prompt {
         .map(|conversation| conversation.input_prompt())
         .filter(|prompt| prompt.text() == input)
         .unwrap_or_else(|| Prompt::content(input))
-}
-
-impl fmt::Display for PromptFormat {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// The error for a prompt format name that does not exist.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown prompt format `{0}`: expected one of eval, deploy, llama3-chat")]
-pub struct UnknownPromptFormat(pub String);
-
-impl FromStr for PromptFormat {
-    type Err = UnknownPromptFormat;
-
-    fn from_str(name: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|format| format.name() == name)
-            .ok_or_else(|| UnknownPromptFormat(name.to_string()))
-    }
 }
 
 #[cfg(test)]

@@ -9,8 +9,11 @@
 //!   format's text and of the conversation's, so that no control-token string a user wrote reaches
 //!   the model as a control token ([`prompt`]).
 //! - [`Verdict`] and the label types: the three answers a guard gives.
+//! - [`choice`](mod@choice): [`choice!`], one definition per set of named options (`name`, `ALL`,
+//!   `FromStr`, `Display`, serde).
 //! - [`parse`]: the paper's last-300-characters extractor and a structured parser of the whole output.
 
+pub mod choice;
 pub mod conversation;
 pub mod format;
 pub mod instruction;

@@ -103,7 +103,7 @@ pub struct ModelFileConfig {
     /// What `--model` takes.
     pub model: Option<String>,
     /// `auto`, `llama-cpp`, `candle` or `openai`.
-    pub backend: Option<String>,
+    pub backend: Option<guardreasoner_engine::load::Backend>,
     /// Tokens per sequence.
     pub context: Option<usize>,
     /// Sequences decoded together.
@@ -113,7 +113,7 @@ pub struct ModelFileConfig {
     /// CPU threads.
     pub threads: Option<usize>,
     /// `auto`, `cpu`, `cuda:N`.
-    pub device: Option<String>,
+    pub device: Option<guardreasoner_engine::DeviceSpec>,
     /// llama.cpp: tokens per decode step.
     pub step_tokens: Option<usize>,
 }
@@ -161,6 +161,28 @@ mod tests {
         let file = read_file(&path).unwrap();
         assert_eq!(file.addr.unwrap().port(), 9000);
         assert_eq!(file.model.parallel, Some(8));
+        // Choices are typed: a wrong one is an error naming the key and the choices.
+        std::fs::write(
+            &path,
+            "[model]\nbackend = \"candle\"\ndevice = \"cuda:1\"\n",
+        )
+        .unwrap();
+        let file = read_file(&path).unwrap();
+        assert_eq!(
+            file.model.backend,
+            Some(guardreasoner_engine::load::Backend::Candle)
+        );
+        assert_eq!(
+            file.model.device,
+            Some(guardreasoner_engine::DeviceSpec::Cuda(1))
+        );
+        std::fs::write(&path, "[model]\nbackend = \"vllm\"\n").unwrap();
+        let error = read_file(&path).unwrap_err();
+        assert!(
+            error.contains("backend")
+                && error.contains("expected auto, llama-cpp, candle or openai"),
+            "{error}"
+        );
         std::fs::write(&path, "# keys\nabc\n\n def \n").unwrap();
         assert_eq!(read_key_file(&path).unwrap(), vec!["abc", "def"]);
         std::fs::remove_dir_all(&dir).unwrap();

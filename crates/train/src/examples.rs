@@ -29,47 +29,17 @@ impl Example {
     }
 }
 
-/// What to do with a sequence longer than the maximum.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Overlong {
-    /// Cut the output's tail to fit (LLaMA-Factory's `cutoff_len` cuts too); counted.
-    #[default]
-    Truncate,
-    /// Leave the sample out; counted.
-    Skip,
-    /// Stop with an error naming the record.
-    Error,
-}
-
-impl Overlong {
-    /// Every choice, in the order the command line lists them.
-    pub const ALL: [Overlong; 3] = [Self::Truncate, Self::Skip, Self::Error];
-
-    /// The choice's name on the command line and in run reports.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Truncate => "truncate",
-            Self::Skip => "skip",
-            Self::Error => "error",
-        }
-    }
-}
-
-impl std::str::FromStr for Overlong {
-    type Err = String;
-    fn from_str(name: &str) -> Result<Self, String> {
-        Self::ALL
-            .into_iter()
-            .find(|choice| choice.name() == name)
-            .ok_or_else(|| {
-                format!("unknown overlong policy `{name}`: expected truncate, skip or error")
-            })
-    }
-}
-
-impl std::fmt::Display for Overlong {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
+guardreasoner_protocol::choice! {
+    /// What to do with a sequence longer than the maximum.
+    #[derive(Default)]
+    pub enum Overlong("overlong policy") {
+        /// Cut the output's tail to fit (LLaMA-Factory's `cutoff_len` cuts too); counted.
+        #[default]
+        Truncate = "truncate",
+        /// Leave the sample out; counted.
+        Skip = "skip",
+        /// Stop with an error naming the record.
+        Error = "error",
     }
 }
 

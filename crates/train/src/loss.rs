@@ -102,42 +102,15 @@ pub fn nll_sum(model: &Llama, batch: &Batch) -> Result<Tensor> {
     token_logprobs(model, batch)?.sum_all()?.neg()
 }
 
-/// Where HS-DPO puts the pair's weight.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum WeightOn {
-    /// `w * dpo + ftx * nll` (SPEC section 7's formula).
-    #[default]
-    Dpo,
-    /// `w * (dpo + ftx * nll)`.
-    Sum,
-}
-
-impl WeightOn {
-    /// Every choice, in the order the command line lists them.
-    pub const ALL: [WeightOn; 2] = [Self::Dpo, Self::Sum];
-
-    /// The choice's name on the command line and in run reports.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Dpo => "dpo",
-            Self::Sum => "sum",
-        }
-    }
-}
-
-impl std::str::FromStr for WeightOn {
-    type Err = String;
-    fn from_str(name: &str) -> std::result::Result<Self, String> {
-        Self::ALL
-            .into_iter()
-            .find(|choice| choice.name() == name)
-            .ok_or_else(|| format!("unknown weight placement `{name}`: expected dpo or sum"))
-    }
-}
-
-impl std::fmt::Display for WeightOn {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
+guardreasoner_protocol::choice! {
+    /// Where HS-DPO puts the pair's weight.
+    #[derive(Default)]
+    pub enum WeightOn("weight placement") {
+        /// `w * dpo + ftx * nll` (SPEC section 7's formula).
+        #[default]
+        Dpo = "dpo",
+        /// `w * (dpo + ftx * nll)`.
+        Sum = "sum",
     }
 }
 

@@ -29,20 +29,21 @@ pub enum Origin {
     Gguf(PathBuf),
 }
 
-/// The precision a training step computes in. The weights themselves (the optimizer's master
-/// copy) and AdamW's moments are f32 either way.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Precision {
-    /// Everything in f32.
-    #[default]
-    F32,
-    /// Mixed precision, PyTorch autocast's rule for linear layers: the blocks' seven projections
-    /// multiply in bf16 (a bf16 copy of each weight made in the step's graph, so that gradients
-    /// flow back to the f32 variable); activations, norms, attention, the embedding, the output
-    /// projection and the loss stay f32. What a GPU's tensor cores are fast at; on a CPU without
-    /// bf16 units it is slower than f32.
-    Bf16,
+guardreasoner_protocol::choice! {
+    /// The precision a training step computes in. The weights themselves (the optimizer's master
+    /// copy) and AdamW's moments are f32 either way.
+    #[derive(Default)]
+    pub enum Precision("precision") {
+        /// Everything in f32.
+        #[default]
+        F32 = "f32",
+        /// Mixed precision, PyTorch autocast's rule for linear layers: the blocks' seven
+        /// projections multiply in bf16 (a bf16 copy of each weight made in the step's graph, so
+        /// that gradients flow back to the f32 variable); activations, norms, attention, the
+        /// embedding, the output projection and the loss stay f32. What a GPU's tensor cores are
+        /// fast at; on a CPU without bf16 units it is slower than f32.
+        Bf16 = "bf16",
+    }
 }
 
 impl Precision {
@@ -53,32 +54,6 @@ impl Precision {
         } else {
             Self::Bf16
         }
-    }
-
-    /// The name used on the command line.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::F32 => "f32",
-            Self::Bf16 => "bf16",
-        }
-    }
-}
-
-impl std::str::FromStr for Precision {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        match text {
-            "f32" => Ok(Self::F32),
-            "bf16" => Ok(Self::Bf16),
-            other => Err(format!("unknown precision `{other}`: expected f32 or bf16")),
-        }
-    }
-}
-
-impl std::fmt::Display for Precision {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
     }
 }
 

@@ -91,20 +91,12 @@ pub fn run(mut args: Args) -> Result<()> {
     if let Some(threads) = model_file.threads.filter(|_| !given("--threads")) {
         args.model.threads = Some(threads);
     }
-    if let Some(device) = model_file.device.as_deref().filter(|_| !given("--device")) {
-        args.model.device = device
-            .parse()
-            .map_err(|e| anyhow::anyhow!("[model] device: {e}"))?;
+    if let Some(device) = model_file.device.filter(|_| !given("--device")) {
+        args.model.device = device;
     }
     let mut load = args.model.load_options();
-    if let Some(backend) = model_file
-        .backend
-        .as_deref()
-        .filter(|_| !given("--backend"))
-    {
-        load.backend = backend
-            .parse()
-            .map_err(|e: String| anyhow::anyhow!("[model] backend: {e}"))?;
+    if let Some(backend) = model_file.backend.filter(|_| !given("--backend")) {
+        load.backend = backend;
     }
     if let Some(parallel) = args.parallel.or(model_file.parallel) {
         load.batch_size = parallel.max(1);
