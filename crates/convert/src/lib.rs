@@ -18,6 +18,9 @@
 //! The output is written to a temporary file beside it and renamed into place only when whole,
 //! so an interrupted conversion never leaves a file that looks finished.
 
+// Every public item says what it is for; keep it so.
+#![deny(missing_docs)]
+
 pub mod checkpoint;
 pub mod config;
 pub mod encode;

@@ -8,6 +8,9 @@
 //! `benchmarks/wildguardtest/wildguardtest.parquet`, `benchmarks/test/<size>/<Benchmark>/...`), so
 //! that a mirror of it is served by any static file server.
 
+// Every public item says what it is for; keep it so.
+#![deny(missing_docs)]
+
 pub mod cache;
 pub mod fetch;
 pub mod manifest;

@@ -19,6 +19,9 @@
 //! - [`model`]: what `--model` names: a file, a directory, a repo id, or an alias; [`hub`]
 //!   downloads a repo id.
 
+// Every public item says what it is for; keep it so.
+#![deny(missing_docs)]
+
 pub mod backends;
 pub mod chat_template;
 pub mod convert;

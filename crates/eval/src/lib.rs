@@ -8,6 +8,9 @@
 //!
 //! Nothing here depends on an ML library: the scorer works on outputs from any runtime.
 
+// Every public item says what it is for; keep it so.
+#![deny(missing_docs)]
+
 use std::path::Path;
 
 pub mod dataset;

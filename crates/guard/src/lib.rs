@@ -6,6 +6,9 @@
 //! applies its [`UnparseablePolicy`] when an answer the conversation calls for is missing. The
 //! result always says whether the policy, rather than the model, decided.
 
+// Every public item says what it is for; keep it so.
+#![deny(missing_docs)]
+
 use std::fmt;
 use std::str::FromStr;
 

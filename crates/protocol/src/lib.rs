@@ -13,6 +13,9 @@
 //!   `FromStr`, `Display`, serde).
 //! - [`parse`]: the paper's last-300-characters extractor and a structured parser of the whole output.
 
+// Every public item says what it is for; keep it so.
+#![deny(missing_docs)]
+
 pub mod choice;
 pub mod conversation;
 pub mod format;

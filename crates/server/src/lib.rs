@@ -14,6 +14,9 @@
 //! blocking thread, then serves until SIGTERM or ctrl-c, and finishes in-flight requests up to a
 //! grace period.
 
+// Every public item says what it is for; keep it so.
+#![deny(missing_docs)]
+
 pub mod auth;
 pub mod checks;
 pub mod config;

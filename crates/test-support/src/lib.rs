@@ -8,6 +8,9 @@
 //! requires it (`scripts/test` sets [`REQUIRE_SHARED_DATA`] and [`REQUIRE_TEST_MODEL`]), the test
 //! fails instead, loudly, so that CI cannot pass without running it.
 
+// Every public item says what it is for; keep it so.
+#![deny(missing_docs)]
+
 use std::path::{Path, PathBuf};
 
 /// Set (to anything) to make a test fail where `shared/data` is absent, instead of skipping.

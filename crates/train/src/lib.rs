@@ -11,6 +11,9 @@
 //!
 //! The engine stays an inference crate; everything that updates weights lives here.
 
+// Every public item says what it is for; keep it so.
+#![deny(missing_docs)]
+
 pub mod checkpoint;
 pub mod curve;
 pub mod data;
