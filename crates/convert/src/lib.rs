@@ -41,38 +41,79 @@ use crate::config::{Config, RopeScaling};
 use crate::gguf::{TensorType, Value, Writer};
 use crate::tensors::Source;
 
-/// The element type of the output's matrices (vectors and norms stay f32).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OutType {
+/// A GGUF file's weight type: the element type of its matrices (vectors and norms stay f32).
+/// The one name for the choice, from `--type`/`--quant` to llama.cpp's quantizer: this crate
+/// writes f32, f16, bf16 and Q8_0 itself ([`GgufType::written_by_converter`]); Q4_K_M is
+/// llama.cpp's quantizer's, run on this crate's output (the engine does that).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum GgufType {
     /// 32-bit floats.
     F32,
     /// IEEE half.
     F16,
     /// bfloat16 (lossless for the bf16 checkpoints Llama 3 ships).
     Bf16,
-    /// 8-bit blocks of 32 with an f16 scale: near-lossless, half of f16's size.
+    /// 8-bit blocks of 32 with an f16 scale: near-lossless, half of f16's size (the models
+    /// cache's default).
+    #[default]
     Q8_0,
+    /// llama.cpp's 4-bit k-quant mix (Q4_K, with Q6_K for the output, the token embedding and
+    /// half of `attn_v`/`ffn_down`), as `llama-quantize` makes it.
+    Q4KM,
 }
 
-impl OutType {
-    /// The type's name (`convert_hf_to_gguf.py --outtype`'s).
+impl GgufType {
+    /// Every type, in the order the command line lists them.
+    pub const ALL: [GgufType; 5] = [Self::F32, Self::F16, Self::Bf16, Self::Q8_0, Self::Q4KM];
+
+    /// The type's name (`convert_hf_to_gguf.py --outtype`'s, `llama-quantize`'s in lower case),
+    /// on the command line and in cached file names.
     pub fn name(self) -> &'static str {
         match self {
             Self::F32 => "f32",
             Self::F16 => "f16",
             Self::Bf16 => "bf16",
             Self::Q8_0 => "q8_0",
+            Self::Q4KM => "q4_k_m",
         }
     }
 
-    /// llama.cpp's `general.file_type` for a file of this type.
+    /// Whether [`convert`] writes this type itself (byte for byte as llama.cpp's converter);
+    /// the others are made by llama.cpp's quantizer from a file it writes.
+    pub fn written_by_converter(self) -> bool {
+        self != Self::Q4KM
+    }
+
+    /// llama.cpp's `general.file_type` (`llama_ftype`) for a file of this type.
     pub fn file_type(self) -> u32 {
         match self {
             Self::F32 => 0,
             Self::F16 => 1,
             Self::Q8_0 => 7,
+            Self::Q4KM => 15,
             Self::Bf16 => 32,
         }
+    }
+}
+
+impl std::str::FromStr for GgufType {
+    type Err = String;
+
+    /// Either case (`Q4_K_M`, as llama-quantize spells it, or `q4_k_m`).
+    fn from_str(name: &str) -> Result<Self, String> {
+        let lower = name.to_ascii_lowercase();
+        Self::ALL
+            .into_iter()
+            .find(|t| t.name() == lower)
+            .ok_or_else(|| {
+                format!("unknown GGUF type `{name}`: expected f32, f16, bf16, q8_0 or q4_k_m")
+            })
+    }
+}
+
+impl std::fmt::Display for GgufType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -97,10 +138,16 @@ pub struct Report {
 pub fn convert(
     dir: &Path,
     out: &Path,
-    out_type: OutType,
+    out_type: GgufType,
     name: Option<&str>,
     progress: &mut dyn FnMut(usize, usize, &str),
 ) -> Result<Report, ConvertError> {
+    if !out_type.written_by_converter() {
+        return Err(ConvertError::file(
+            dir,
+            format!("{out_type} is made by llama.cpp's quantizer from this converter's output, not by the converter"),
+        ));
+    }
     let config = Config::read(dir)?;
     let checkpoint = Checkpoint::open(dir)?;
     let planned = tensors::plan(&config, &checkpoint, out_type)?;
@@ -151,7 +198,7 @@ fn partial_path(out: &Path) -> PathBuf {
 }
 
 /// The `llama.*` keys and `general.file_type`, in llama.cpp's order.
-fn hyperparameters(config: &Config, out_type: OutType) -> Vec<(String, Value)> {
+fn hyperparameters(config: &Config, out_type: GgufType) -> Vec<(String, Value)> {
     let u32_of = |v: usize| Value::U32(v as u32);
     let mut out = vec![
         ("llama.block_count".to_string(), u32_of(config.layers)),
@@ -252,4 +299,34 @@ fn write(
         .into_inner()
         .map_err(|e| ConvertError::io(partial)(e.into_error()))?;
     file.sync_all().map_err(ConvertError::io(partial))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_converter_writes_every_type_but_q4_k_m_and_says_who_makes_that() {
+        let written: Vec<GgufType> = GgufType::ALL
+            .into_iter()
+            .filter(|t| t.written_by_converter())
+            .collect();
+        assert_eq!(
+            written,
+            [GgufType::F32, GgufType::F16, GgufType::Bf16, GgufType::Q8_0]
+        );
+        let dir = std::env::temp_dir();
+        let error = convert(
+            &dir,
+            &dir.join("never.gguf"),
+            GgufType::Q4KM,
+            None,
+            &mut |_, _, _| {},
+        )
+        .unwrap_err();
+        assert!(
+            error.to_string().contains("llama.cpp's quantizer"),
+            "{error}"
+        );
+    }
 }

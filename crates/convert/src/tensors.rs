@@ -5,7 +5,7 @@ use crate::checkpoint::Checkpoint;
 use crate::config::{Config, Llama3Rope, RopeScaling};
 use crate::error::ConvertError;
 use crate::gguf::{TensorInfo, TensorType};
-use crate::OutType;
+use crate::GgufType;
 
 /// Where a tensor of the output comes from.
 #[derive(Debug, Clone)]
@@ -81,7 +81,7 @@ pub fn hf_name(gguf: &str) -> Option<String> {
 pub fn plan(
     config: &Config,
     checkpoint: &Checkpoint,
-    out: OutType,
+    out: GgufType,
 ) -> Result<Vec<Planned>, ConvertError> {
     let mut planned = Vec::new();
     for (name, entry) in &checkpoint.entries {
@@ -113,7 +113,14 @@ pub fn plan(
             None
         };
         let shape: Vec<u64> = entry.shape.iter().map(|d| *d as u64).collect();
-        let kind = tensor_type(&gguf, &shape, out);
+        let kind = tensor_type(&gguf, &shape, out).ok_or_else(|| {
+            ConvertError::file(
+                &checkpoint.shards[entry.shard],
+                format!(
+                    "{out} is not a type this converter writes (llama.cpp's quantizer makes it)"
+                ),
+            )
+        })?;
         planned.push(Planned {
             info: TensorInfo {
                 name: gguf,
@@ -201,17 +208,19 @@ fn expected_shape(config: &Config, name: &str) -> Option<Vec<usize>> {
 
 /// The type a tensor gets: F32 for vectors and norms (as llama.cpp keeps them), else the
 /// output type, with F16 where a row does not split into Q8_0's blocks of 32.
-fn tensor_type(gguf: &str, shape: &[u64], out: OutType) -> TensorType {
+/// `None` for a type the converter does not write (Q4_K_M).
+fn tensor_type(gguf: &str, shape: &[u64], out: GgufType) -> Option<TensorType> {
     if shape.len() <= 1 || gguf.ends_with("_norm.weight") {
-        return TensorType::F32;
+        return out.written_by_converter().then_some(TensorType::F32);
     }
-    match out {
-        OutType::F32 => TensorType::F32,
-        OutType::F16 => TensorType::F16,
-        OutType::Bf16 => TensorType::Bf16,
-        OutType::Q8_0 if shape.last().is_some_and(|d| d % 32 == 0) => TensorType::Q8_0,
-        OutType::Q8_0 => TensorType::F16,
-    }
+    Some(match out {
+        GgufType::F32 => TensorType::F32,
+        GgufType::F16 => TensorType::F16,
+        GgufType::Bf16 => TensorType::Bf16,
+        GgufType::Q8_0 if shape.last().is_some_and(|d| d % 32 == 0) => TensorType::Q8_0,
+        GgufType::Q8_0 => TensorType::F16,
+        GgufType::Q4KM => return None,
+    })
 }
 
 /// llama.cpp's Q/K row order: within each head, the two halves of the rotary pairs

@@ -5,71 +5,15 @@
 //! `convert_hf_to_gguf.py` writes); Q4_K_M is llama.cpp's own quantizer run on a bf16 or f16
 //! conversion, as `llama-quantize` is run on the Python converter's output.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
 use guardreasoner_convert::checkpoint::Dtype;
-use guardreasoner_convert::OutType;
 use sha2::{Digest, Sha256};
 
 use crate::error::EngineError;
 
-/// A GGUF file's weight type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum GgufType {
-    /// 32-bit floats.
-    F32,
-    /// IEEE half.
-    F16,
-    /// bfloat16.
-    Bf16,
-    /// 8-bit blocks: near-lossless at half of f16's size (the cache's default).
-    #[default]
-    Q8_0,
-    /// llama.cpp's 4-bit k-quant mix, made by its quantizer.
-    Q4KM,
-}
-
-impl GgufType {
-    /// Every type, in the order the command line lists them.
-    pub const ALL: [GgufType; 5] = [Self::F32, Self::F16, Self::Bf16, Self::Q8_0, Self::Q4KM];
-
-    /// The type's name on the command line and in cached file names (the converter's own for
-    /// the types it writes).
-    pub fn name(self) -> &'static str {
-        self.direct().map_or("q4_k_m", OutType::name)
-    }
-
-    /// The converter's own type, where the converter writes this type itself.
-    fn direct(self) -> Option<OutType> {
-        match self {
-            Self::F32 => Some(OutType::F32),
-            Self::F16 => Some(OutType::F16),
-            Self::Bf16 => Some(OutType::Bf16),
-            Self::Q8_0 => Some(OutType::Q8_0),
-            Self::Q4KM => None,
-        }
-    }
-}
-
-impl FromStr for GgufType {
-    type Err = String;
-    fn from_str(name: &str) -> Result<Self, String> {
-        Self::ALL
-            .into_iter()
-            .find(|t| t.name() == name.to_ascii_lowercase())
-            .ok_or_else(|| {
-                format!("unknown GGUF type `{name}`: expected f32, f16, bf16, q8_0 or q4_k_m")
-            })
-    }
-}
-
-impl fmt::Display for GgufType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+/// A GGUF file's weight type: the converter's one type, for the command line and the cache.
+pub use guardreasoner_convert::GgufType;
 
 /// What a conversion wrote.
 pub use guardreasoner_convert::Report;
@@ -85,9 +29,9 @@ pub fn convert(
     threads: Option<usize>,
     progress: &mut dyn FnMut(usize, usize, &str),
 ) -> Result<Report, EngineError> {
-    if let Some(direct) = kind.direct() {
+    if kind.written_by_converter() {
         return Ok(guardreasoner_convert::convert(
-            dir, out, direct, name, progress,
+            dir, out, kind, name, progress,
         )?);
     }
     if !cfg!(feature = "llama-cpp") {
@@ -103,9 +47,9 @@ pub fn convert(
         .all(|(_, e)| e.dtype == Dtype::BF16);
     drop(checkpoint);
     let intermediate_type = if all_bf16 {
-        OutType::Bf16
+        GgufType::Bf16
     } else {
-        OutType::F16
+        GgufType::F16
     };
     let file_name = out
         .file_name()
@@ -139,8 +83,7 @@ pub fn convert(
 
 #[cfg(feature = "llama-cpp")]
 fn quantize_q4_k_m(input: &Path, out: &Path, threads: Option<usize>) -> Result<(), EngineError> {
-    use crate::backends::llama_cpp::{quantize, Quantization};
-    quantize(input, out, Quantization::Q4KM, threads)
+    crate::backends::llama_cpp::quantize(input, out, GgufType::Q4KM, threads)
 }
 
 #[cfg(not(feature = "llama-cpp"))]

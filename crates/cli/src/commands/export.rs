@@ -113,14 +113,10 @@ fn gguf(args: GgufArgs) -> Result<()> {
     drop(engine);
     #[cfg(feature = "llama-cpp")]
     {
-        use guardreasoner_engine::backends::llama_cpp::{quantize, Quantization};
-        let quantization = match args.kind {
-            GgufType::Q8_0 => Some(Quantization::Q8_0),
-            GgufType::Q4KM => Some(Quantization::Q4KM),
-            _ => None,
-        };
-        if let Some(quantization) = quantization {
-            let result = quantize(&f16, &args.out, quantization, None);
+        if matches!(args.kind, GgufType::Q8_0 | GgufType::Q4KM) {
+            let result = guardreasoner_engine::backends::llama_cpp::quantize(
+                &f16, &args.out, args.kind, None,
+            );
             std::fs::remove_file(&f16).ok();
             result?;
         }

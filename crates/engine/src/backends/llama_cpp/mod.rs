@@ -130,25 +130,18 @@ pub fn system_info() -> Result<String, EngineError> {
         .to_string())
 }
 
-/// A GGUF quantization llama.cpp's quantizer makes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Quantization {
-    /// 8-bit, blocks of 32 (`Q8_0`): near-lossless.
-    Q8_0,
-    /// llama.cpp's 4-bit k-quant mix (`Q4_K_M`: Q4_K, with Q6_K for the output, token embedding
-    /// and half of `attn_v`/`ffn_down`), as `llama-quantize` makes it.
-    Q4KM,
-}
-
-/// Quantizes the GGUF file `input` (f32/f16/bf16 weights) into `output` with llama.cpp's own
-/// quantizer (`llama_model_quantize`, what `llama-quantize` runs), so that the mix of tensor types
-/// is llama.cpp's exactly. `output` is written beside itself first and renamed when complete.
+/// Quantizes the GGUF file `input` (f32/f16/bf16 weights) into `output` of type `kind` with
+/// llama.cpp's own quantizer (`llama_model_quantize`, what `llama-quantize` runs), so that the
+/// mix of tensor types is llama.cpp's exactly (Q4_K_M: Q4_K, with Q6_K for the output, the token
+/// embedding and half of `attn_v`/`ffn_down`). `output` is written beside itself first and renamed
+/// when complete.
 pub fn quantize(
     input: &Path,
     output: &Path,
-    quantization: Quantization,
+    kind: crate::convert::GgufType,
     threads: Option<usize>,
 ) -> Result<(), EngineError> {
+    use crate::convert::GgufType;
     backend()?;
     let c_path = |path: &Path| {
         std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
@@ -165,9 +158,12 @@ pub fn quantize(
     let status = unsafe {
         let mut params = llama_cpp_sys_2::llama_model_quantize_default_params();
         params.nthread = crate::device::cpu_threads(threads) as i32;
-        params.ftype = match quantization {
-            Quantization::Q8_0 => llama_cpp_sys_2::LLAMA_FTYPE_MOSTLY_Q8_0,
-            Quantization::Q4KM => llama_cpp_sys_2::LLAMA_FTYPE_MOSTLY_Q4_K_M,
+        params.ftype = match kind {
+            GgufType::F32 => llama_cpp_sys_2::LLAMA_FTYPE_ALL_F32,
+            GgufType::F16 => llama_cpp_sys_2::LLAMA_FTYPE_MOSTLY_F16,
+            GgufType::Bf16 => llama_cpp_sys_2::LLAMA_FTYPE_MOSTLY_BF16,
+            GgufType::Q8_0 => llama_cpp_sys_2::LLAMA_FTYPE_MOSTLY_Q8_0,
+            GgufType::Q4KM => llama_cpp_sys_2::LLAMA_FTYPE_MOSTLY_Q4_K_M,
         };
         llama_cpp_sys_2::llama_model_quantize(c_input.as_ptr(), c_partial.as_ptr(), &params)
     };
