@@ -39,7 +39,7 @@ pub use error::ConvertError;
 use crate::checkpoint::Checkpoint;
 use crate::config::{Config, RopeScaling};
 use crate::gguf::{TensorType, Value, Writer};
-use crate::tensors::Source;
+use crate::tensors::TensorSource;
 
 /// A GGUF file's weight type: the element type of its matrices (vectors and norms stay f32).
 /// The one name for the choice, from `--type`/`--quant` to llama.cpp's quantizer: this crate
@@ -269,8 +269,8 @@ fn write(
     for (index, tensor) in planned.iter().enumerate() {
         progress(index, planned.len(), &tensor.info.name);
         let values = match &tensor.source {
-            Source::RopeFreqs(values) => values.clone(),
-            Source::Checkpoint {
+            TensorSource::RopeFreqs(values) => values.clone(),
+            TensorSource::Checkpoint {
                 name,
                 permute_heads,
             } => {

@@ -9,7 +9,7 @@ use crate::GgufType;
 
 /// Where a tensor of the output comes from.
 #[derive(Debug, Clone)]
-pub enum Source {
+pub enum TensorSource {
     /// A checkpoint tensor, by its Hugging Face name, with Q/K rows permuted for `heads` heads.
     Checkpoint {
         /// The Hugging Face name.
@@ -27,7 +27,7 @@ pub struct Planned {
     /// Name, shape and type in the file.
     pub info: TensorInfo,
     /// Its values.
-    pub source: Source,
+    pub source: TensorSource,
 }
 
 /// Llama's model-wide tensors: Hugging Face's name, llama.cpp's name.
@@ -127,7 +127,7 @@ pub fn plan(
                 shape,
                 kind,
             },
-            source: Source::Checkpoint {
+            source: TensorSource::Checkpoint {
                 name: name.clone(),
                 permute_heads,
             },
@@ -152,7 +152,7 @@ pub fn plan(
                     shape: vec![factors.len() as u64],
                     kind: TensorType::F32,
                 },
-                source: Source::RopeFreqs(factors),
+                source: TensorSource::RopeFreqs(factors),
             },
         );
     }

@@ -41,8 +41,15 @@ pub enum EngineError {
         message: String,
     },
     /// Sampling parameters no backend can honour (e.g. `max_new_tokens` 0).
-    #[error("invalid sampling parameters: {0}")]
-    InvalidParams(String),
+    #[error("invalid sampling parameters: {message}")]
+    InvalidParams {
+        /// The parameter at fault, as [`crate::SamplingParams`] names it (`max_new_tokens`,
+        /// `temperature`, `top_p`), so that a caller can name its own field without reading the
+        /// message.
+        param: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
     /// The backend failed while running.
     #[error("{backend}: {message}")]
     Backend {

@@ -46,19 +46,28 @@ impl SamplingParams {
     /// Checks what every backend relies on; each backend calls it before generating, so that no
     /// backend quietly does something else (one token for `max_new_tokens: 0`, say).
     pub fn validate(&self) -> Result<(), EngineError> {
-        let problem = if self.max_new_tokens == 0 {
-            "max_new_tokens must be at least 1".to_string()
+        let (param, message) = if self.max_new_tokens == 0 {
+            (
+                "max_new_tokens",
+                "max_new_tokens must be at least 1".to_string(),
+            )
         } else if !self.temperature.is_finite() || self.temperature < 0.0 {
-            format!(
-                "temperature must be 0 (greedy) or positive, not {}",
-                self.temperature
+            (
+                "temperature",
+                format!(
+                    "temperature must be 0 (greedy) or positive, not {}",
+                    self.temperature
+                ),
             )
         } else if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            format!("top_p must be in (0, 1], not {}", self.top_p)
+            (
+                "top_p",
+                format!("top_p must be in (0, 1], not {}", self.top_p),
+            )
         } else {
             return Ok(());
         };
-        Err(EngineError::InvalidParams(problem))
+        Err(EngineError::InvalidParams { param, message })
     }
 
     /// Whether decoding is greedy.
@@ -287,8 +296,19 @@ mod tests {
                 ..Default::default()
             },
         ];
-        for params in bad {
-            let error = params.validate().unwrap_err().to_string();
+        for (params, named) in bad.into_iter().zip([
+            "max_new_tokens",
+            "temperature",
+            "temperature",
+            "top_p",
+            "top_p",
+        ]) {
+            let error = params.validate().unwrap_err();
+            assert!(
+                matches!(&error, EngineError::InvalidParams { param, .. } if *param == named),
+                "{error:?}"
+            );
+            let error = error.to_string();
             assert!(
                 error.starts_with("invalid sampling parameters: "),
                 "{error}"

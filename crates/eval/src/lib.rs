@@ -4,7 +4,7 @@
 //! [`registry`] (which benchmarks exist) → [`dataset`] (their samples and ground truth) →
 //! [`predictions`] (a model's saved outputs, checked line by line against the samples) →
 //! [`score`] (F1 and friends per benchmark and task, averages, headline) → [`report`] (a table,
-//! markdown or JSON, beside the paper's own numbers from [`paper`]).
+//! markdown or JSON, beside the paper's own numbers from [`published`]).
 //!
 //! Nothing here depends on an ML library: the scorer works on outputs from any runtime.
 
@@ -16,8 +16,8 @@ use std::path::Path;
 pub mod dataset;
 pub mod error;
 pub mod metrics;
-pub mod paper;
 pub mod predictions;
+pub mod published;
 pub mod registry;
 pub mod report;
 pub mod score;

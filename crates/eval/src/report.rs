@@ -4,7 +4,7 @@ use comfy_table::presets::{ASCII_MARKDOWN, UTF8_FULL_CONDENSED};
 use comfy_table::{CellAlignment, Table};
 use serde::Serialize;
 
-use crate::paper::{self, GUARDREASONER_MODELS};
+use crate::published::{self, GUARDREASONER_MODELS};
 use crate::score::{BenchmarkScore, Report};
 
 guardreasoner_protocol::choice! {
@@ -37,7 +37,7 @@ fn fixed(value: f64) -> String {
 fn paper_cells(benchmark: &str, task: guardreasoner_protocol::Task) -> Vec<String> {
     GUARDREASONER_MODELS
         .iter()
-        .map(|model| paper::f1(model, benchmark, task).map_or("-".into(), fixed))
+        .map(|model| published::f1(model, benchmark, task).map_or("-".into(), fixed))
         .collect()
 }
 
@@ -100,9 +100,9 @@ fn render_table(report: &Report, markdown: bool) -> String {
         ];
         row.extend(std::iter::repeat_n(String::new(), 5));
         row.extend(
-            GUARDREASONER_MODELS
-                .iter()
-                .map(|model| paper::task_average(model, average.task).map_or("-".into(), fixed)),
+            GUARDREASONER_MODELS.iter().map(|model| {
+                published::task_average(model, average.task).map_or("-".into(), fixed)
+            }),
         );
         table.add_row(row);
     }
@@ -117,7 +117,7 @@ fn render_table(report: &Report, markdown: bool) -> String {
         row.extend(
             GUARDREASONER_MODELS
                 .iter()
-                .map(|model| paper::headline(model).map_or("-".into(), fixed)),
+                .map(|model| published::headline(model).map_or("-".into(), fixed)),
         );
         table.add_row(row);
     }
@@ -228,7 +228,7 @@ fn render_json(report: &Report) -> String {
                 .map(|score| JsonPaperCell {
                     benchmark: score.benchmark,
                     task: score.task,
-                    f1: paper::f1(model, score.benchmark, score.task),
+                    f1: published::f1(model, score.benchmark, score.task),
                 })
                 .collect(),
         })

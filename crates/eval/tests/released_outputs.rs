@@ -3,7 +3,7 @@
 mod common;
 
 use guardreasoner_eval::score::BenchmarkScore;
-use guardreasoner_eval::{paper, score_outputs, Report, ScoreMode, Weighting};
+use guardreasoner_eval::{published, score_outputs, Report, ScoreMode, Weighting};
 use guardreasoner_protocol::Task;
 use serde::Deserialize;
 
@@ -99,7 +99,7 @@ fn about_half_equal_the_papers_table_and_all_are_within_0_6() {
         let report = score(size, ScoreMode::Paper).unwrap();
         for s in &report.benchmarks {
             let published =
-                paper::f1(&format!("GuardReasoner {size}"), s.benchmark, s.task).unwrap();
+                published::f1(&format!("GuardReasoner {size}"), s.benchmark, s.task).unwrap();
             let ours = rounded(s.f1);
             assert!(
                 (ours - published).abs() <= 0.6,

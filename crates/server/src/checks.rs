@@ -13,7 +13,7 @@ use crate::error::ApiError;
 use crate::state::AppState;
 
 /// One conversation's verdict, or why it has none.
-pub type Verdict = Result<CheckResult, GuardError>;
+pub type ItemResult = Result<CheckResult, GuardError>;
 
 /// Queues `conversations` (all or none) and returns the guard and the receiver of their events.
 /// `params` overrides the guard's sampling; `overload` is the status for a full queue; `field`
@@ -54,7 +54,7 @@ pub fn judge(
     guard: &GuardHandle,
     conversation: &Conversation,
     finished: Result<guardreasoner_engine::Generation, guardreasoner_engine::EngineError>,
-) -> Verdict {
+) -> ItemResult {
     if let Ok(generation) = &finished {
         state.metrics.generation(generation);
     }
@@ -74,9 +74,9 @@ pub async fn check_all(
     params: Option<&SamplingParams>,
     overload: StatusCode,
     field: &str,
-) -> Result<Vec<Verdict>, ApiError> {
+) -> Result<Vec<ItemResult>, ApiError> {
     let (guard, mut receiver) = submit(state, conversations, params, overload, field).await?;
-    let mut verdicts: Vec<Option<Verdict>> = conversations.iter().map(|_| None).collect();
+    let mut verdicts: Vec<Option<ItemResult>> = conversations.iter().map(|_| None).collect();
     let mut left = conversations.len();
     let limit = state.config.request_timeout;
     let wait = async {

@@ -164,7 +164,9 @@ impl ApiError {
             EngineError::PromptTooLong { index, .. } => Self::unprocessable(error.to_string())
                 .with_param(format!("{field}[{index}]"))
                 .with_code("context_length_exceeded"),
-            EngineError::InvalidParams(_) => Self::unprocessable(error.to_string()),
+            EngineError::InvalidParams { param, .. } => {
+                Self::unprocessable(error.to_string()).with_param(*param)
+            }
             EngineError::InvalidPrompt { .. } => Self::bad_request(error.to_string())
                 .with_param(field)
                 .with_code("invalid_prompt"),

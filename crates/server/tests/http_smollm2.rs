@@ -587,6 +587,16 @@ fn bad_requests_get_clear_errors() {
         422,
     );
     assert_eq!(top_p["error"]["param"], "top_p");
+    // Named from the error's own field, not guessed from its text.
+    let temperature = assert_openai_error(
+        &post(
+            addr,
+            "/v1/completions",
+            &json!({"prompt": "top_p", "temperature": -1.0}),
+        ),
+        422,
+    );
+    assert_eq!(temperature["error"]["param"], "temperature");
     let n = assert_openai_error(
         &post(
             addr,

@@ -6,7 +6,7 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use crate::error::TrainError;
-use crate::steps::Step;
+use crate::trainer::Step;
 
 /// The CSV header.
 pub const HEADER: &str = "step,epoch,lr,loss,eval_loss,grad_norm,tokens,seconds,tokens_per_second";

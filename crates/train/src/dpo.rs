@@ -11,12 +11,12 @@ use guardreasoner_engine::backends::candle::tokenizer::GuardTokenizer;
 use guardreasoner_protocol::PromptFormat;
 
 use crate::data::PreferencePair;
+use crate::encode::{encode_one, Example, Fitted, Overlong, Text};
 use crate::error::TrainError;
-use crate::examples::{encode_one, Example, Fitted, Overlong, Text};
 use crate::loss::{self, Batch, DpoSettings};
 use crate::model::Trainable;
 use crate::optim::AdamW;
-use crate::steps::{self, Micro, Schedule, Step};
+use crate::trainer::{self, Micro, Schedule, Step};
 
 /// One encoded pair.
 #[derive(Debug, Clone, PartialEq)]
@@ -40,7 +40,7 @@ pub struct EncodedPairs {
     pub skipped: usize,
 }
 
-/// Encodes pairs as [`crate::examples::encode`] encodes records.
+/// Encodes pairs as [`crate::encode::encode`] encodes records.
 pub fn encode_pairs(
     tokenizer: &GuardTokenizer,
     pairs: &[PreferencePair],
@@ -233,7 +233,7 @@ pub fn train(
         } else {
             Some(&mut measure)
         };
-    steps::run(
+    trainer::run(
         model,
         optimizer,
         pairs.len(),

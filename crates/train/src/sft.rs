@@ -4,15 +4,15 @@
 //! The loss of a step is the mean NLL per output token over all of the step's micro-batches
 //! (what transformers' Trainer minimizes, counting items across accumulation).
 
+use crate::encode::Example;
 use crate::error::TrainError;
-use crate::examples::Example;
 use crate::loss::{self, Batch};
 use crate::model::Trainable;
 use crate::optim::AdamW;
-use crate::steps::{self, Micro, Schedule, Step};
+use crate::trainer::{self, Micro, Schedule, Step};
 
 /// Trains `model` on `train`, the held-out NLL measured on `held_out` (first entry of
-/// [`Step::held_out`]); see [`steps::run`] for `on_step`.
+/// [`Step::held_out`]); see [`trainer::run`] for `on_step`.
 pub fn train(
     model: &Trainable,
     optimizer: &mut AdamW,
@@ -45,7 +45,7 @@ pub fn train(
         } else {
             Some(&mut measure)
         };
-    steps::run(
+    trainer::run(
         model,
         optimizer,
         train.len(),

@@ -6,12 +6,12 @@ mod common;
 
 use candle_core::{DType, Device, Tensor};
 use guardreasoner_engine::backends::candle::llama::Weight;
-use guardreasoner_train::examples::Example;
+use guardreasoner_train::encode::Example;
 use guardreasoner_train::loss::{self, Batch};
 use guardreasoner_train::model::{Precision, Trainable};
 use guardreasoner_train::optim::AdamWConfig;
 use guardreasoner_train::sft;
-use guardreasoner_train::steps::Schedule;
+use guardreasoner_train::trainer::Schedule;
 
 /// The mean NLL of `batch` as a training step computes it (in the model's precision).
 fn mean_nll(model: &Trainable, batch: &Batch) -> Tensor {

@@ -12,13 +12,13 @@ use guardreasoner_protocol::PromptFormat;
 use guardreasoner_train::checkpoint::{self, TrainerState};
 use guardreasoner_train::curve::LossCurve;
 use guardreasoner_train::dpo;
-use guardreasoner_train::examples::{self, Overlong};
+use guardreasoner_train::encode::{self, Overlong};
 use guardreasoner_train::lora::{self, LoraConfig};
 use guardreasoner_train::loss::{DpoSettings, WeightOn};
 use guardreasoner_train::model::{Precision, TrainModel};
 use guardreasoner_train::optim::{AdamW, AdamWConfig};
 use guardreasoner_train::sft;
-use guardreasoner_train::steps::{Schedule, Step};
+use guardreasoner_train::trainer::{Schedule, Step};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde_json::{json, Value};
@@ -422,7 +422,7 @@ fn run_sft(args: SftArgs) -> Result<()> {
     let records = guardreasoner_train::data::read_records(&args.data)?;
     let model = run.load()?;
     let format = run.format();
-    let encoded = examples::encode(
+    let encoded = encode::encode(
         model.tokenizer(),
         &records,
         format,

@@ -108,14 +108,10 @@ impl Sampling {
             ignore_eos: self.ignore_eos.unwrap_or(false),
             ..SamplingParams::default()
         };
-        params.validate().map_err(|e| {
-            let param = if e.to_string().contains("top_p") {
-                "top_p"
-            } else {
-                "temperature"
-            };
-            ApiError::unprocessable(e.to_string()).with_param(param)
-        })?;
+        // The budget was checked above, in the request's own words; the rest are named alike.
+        params
+            .validate()
+            .map_err(|e| ApiError::from_engine(&e, "prompt"))?;
         Ok(params)
     }
 
