@@ -50,10 +50,13 @@ impl Message {
     }
 }
 
-/// Marks where message `index`'s text goes in a placeholder rendering: private-use characters no
-/// template writes.
+/// What opens and closes a placeholder: private-use characters no template writes.
+const PLACEHOLDER_OPEN: char = '\u{F0000}';
+const PLACEHOLDER_CLOSE: char = '\u{F0001}';
+
+/// Marks where message `index`'s text goes in a placeholder rendering.
 fn placeholder(index: usize) -> String {
-    format!("\u{F0000}{index}\u{F0001}")
+    format!("{PLACEHOLDER_OPEN}{index}{PLACEHOLDER_CLOSE}")
 }
 
 /// A compiled chat template with its special tokens.
@@ -174,16 +177,16 @@ fn trace(real: &str, marked: &str, messages: &[Message]) -> Option<Prompt> {
     let mut pieces: Vec<&str> = Vec::new();
     let mut slots: Vec<usize> = Vec::new();
     let mut rest = marked;
-    while let Some(start) = rest.find('\u{F0000}') {
-        let after = &rest[start + '\u{F0000}'.len_utf8()..];
-        let end = after.find('\u{F0001}')?;
+    while let Some(start) = rest.find(PLACEHOLDER_OPEN) {
+        let after = &rest[start + PLACEHOLDER_OPEN.len_utf8()..];
+        let end = after.find(PLACEHOLDER_CLOSE)?;
         let index: usize = after[..end].parse().ok()?;
         if index >= messages.len() {
             return None;
         }
         pieces.push(&rest[..start]);
         slots.push(index);
-        rest = &after[end + '\u{F0001}'.len_utf8()..];
+        rest = &after[end + PLACEHOLDER_CLOSE.len_utf8()..];
     }
     pieces.push(rest);
     let mut prompt = Prompt::format(pieces[0]);

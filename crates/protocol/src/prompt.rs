@@ -134,11 +134,6 @@ impl Prompt {
         self.spans.is_empty()
     }
 
-    /// Whether the prompt has content, that is text some caller passed through.
-    pub fn has_content(&self) -> bool {
-        self.spans.iter().any(|s| s.kind == SpanKind::Content)
-    }
-
     /// Whether `prefix` is the start of this prompt, kinds included.
     pub fn starts_with(&self, prefix: &Prompt) -> bool {
         self.common_prefix_len(prefix) == prefix.len()
@@ -246,8 +241,8 @@ mod tests {
         assert_eq!(prompt.text(), "abcd");
         assert_eq!(prompt.to_string(), "abcd");
         assert_eq!(prompt.len(), 4);
-        assert!(prompt.has_content());
-        assert!(!Prompt::format("x").has_content());
+        assert_eq!(prompt.texts(SpanKind::Content), ["c"]);
+        assert!(Prompt::format("x").texts(SpanKind::Content).is_empty());
     }
 
     #[test]

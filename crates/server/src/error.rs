@@ -114,6 +114,20 @@ impl ApiError {
         }
     }
 
+    /// 503: the server holds its cap of open connections (answered by the connection loop,
+    /// before any request is read).
+    pub fn too_many_connections() -> Self {
+        Self {
+            retry_after: Some(Duration::from_secs(1)),
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "too many open connections; retry shortly",
+            )
+            .with_code("too_many_connections")
+        }
+    }
+
     /// 504: the request's deadline passed; its sequences were cancelled.
     pub fn deadline(limit: Duration) -> Self {
         Self::new(

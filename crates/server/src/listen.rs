@@ -25,6 +25,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
+use crate::error::ApiError;
 use crate::metrics::Metrics;
 
 /// What one client may hold.
@@ -38,16 +39,21 @@ pub struct Limits {
     pub max_connections: usize,
 }
 
-/// The body a connection past the cap is told, in OpenAI's error shape.
-const OVER_CAPACITY_BODY: &str = r#"{"error":{"message":"too many open connections; retry shortly","type":"server_error","param":null,"code":"too_many_connections"}}"#;
-
-/// What a connection past the cap is told before it is closed.
+/// What a connection past the cap is told before it is closed: [`ApiError::too_many_connections`]
+/// written out by hand, since no HTTP connection is served for it.
 fn over_capacity() -> &'static [u8] {
     static REPLY: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
     REPLY.get_or_init(|| {
+        let error = ApiError::too_many_connections();
+        let body = error.body().to_string();
+        let retry = error
+            .retry_after
+            .map(|after| format!("Retry-After: {}\r\n", after.as_secs()))
+            .unwrap_or_default();
         format!(
-            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{OVER_CAPACITY_BODY}",
-            OVER_CAPACITY_BODY.len()
+            "HTTP/1.1 {}\r\nContent-Type: application/json\r\n{retry}Connection: close\r\nContent-Length: {}\r\n\r\n{body}",
+            error.status,
+            body.len()
         )
         .into_bytes()
     })
@@ -170,6 +176,11 @@ mod tests {
     #[test]
     fn the_over_capacity_reply_is_well_formed() {
         let text = std::str::from_utf8(over_capacity()).unwrap();
+        assert!(
+            text.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+            "{text}"
+        );
+        assert!(text.contains("\r\nRetry-After: 1\r\n"), "{text}");
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
         assert!(head.contains(&format!("Content-Length: {}", body.len())));
         let json: serde_json::Value = serde_json::from_str(body).unwrap();

@@ -87,11 +87,6 @@ impl OpenAiEngine {
         self
     }
 
-    /// Whether prompts go as token ids made here.
-    pub fn sends_token_ids(&self) -> bool {
-        self.tokenizer.is_some()
-    }
-
     /// What a request's `prompt` field carries: the ids, or the text.
     fn prompt_field(&self, prompt: &Prompt) -> Result<serde_json::Value, EngineError> {
         Ok(match &self.tokenizer {

@@ -309,15 +309,8 @@ impl GuardTokenizer {
     /// becomes the special token, as Hugging Face tokenizers and llama.cpp do with a raw string.
     /// For text the caller wrote itself (a fixture, a reference), never a conversation's.
     pub fn encode_text(&self, text: &str) -> Result<Vec<u32>, EngineError> {
-        let encoding = self
-            .inner
-            .encode(text, true)
-            .map_err(|e| EngineError::backend_caused("candle", "cannot tokenize", e))?;
-        let mut ids = Vec::with_capacity(encoding.len() + 1);
-        if let Some(bos) = self.bos {
-            ids.push(bos);
-        }
-        ids.extend_from_slice(encoding.get_ids());
+        let mut ids: Vec<u32> = self.bos.into_iter().collect();
+        ids.extend(encode_ids(&self.inner, text, true)?);
         Ok(ids)
     }
 
@@ -405,20 +398,29 @@ fn prepend_first_off(tokenizer: &Tokenizer) -> Option<Tokenizer> {
     Some(changed)
 }
 
-fn plain_ids(tokenizer: &Tokenizer, text: &str) -> Result<Vec<u32>, EngineError> {
+/// `tokenizer`'s ids of `text`, with its post-processor's special tokens where `add_special`.
+fn encode_ids(
+    tokenizer: &Tokenizer,
+    text: &str,
+    add_special: bool,
+) -> Result<Vec<u32>, EngineError> {
     let encoding = tokenizer
-        .encode(text, false)
+        .encode(text, add_special)
         .map_err(|e| EngineError::backend_caused("candle", "cannot tokenize", e))?;
     Ok(encoding.get_ids().to_vec())
 }
 
 impl Vocabulary for GuardTokenizer {
     fn plain(&self, text: &str) -> Result<Vec<u32>, EngineError> {
-        plain_ids(&self.plain, text)
+        encode_ids(&self.plain, text, false)
     }
 
     fn plain_after_control(&self, text: &str) -> Result<Vec<u32>, EngineError> {
-        plain_ids(self.after_control.as_ref().unwrap_or(&self.plain), text)
+        encode_ids(
+            self.after_control.as_ref().unwrap_or(&self.plain),
+            text,
+            false,
+        )
     }
 
     fn markers(&self) -> &Markers {

@@ -24,13 +24,14 @@ impl LlamaVocabulary {
             let vocab = model.vocab();
             let controls = vocab
                 .tokens()
-                .filter(|&token| {
-                    let attr = vocab.attr(token);
-                    attr.contains(LlamaTokenAttr::Control) || attr.contains(LlamaTokenAttr::Unknown)
-                })
                 .filter_map(|token| {
-                    let text = vocab.text(token)?.to_str().ok()?.to_string();
                     let attr = vocab.attr(token);
+                    if !attr.contains(LlamaTokenAttr::Control)
+                        && !attr.contains(LlamaTokenAttr::Unknown)
+                    {
+                        return None;
+                    }
+                    let text = vocab.text(token)?.to_str().ok()?.to_string();
                     Some(Control {
                         text,
                         id: token.0 as u32,
@@ -39,13 +40,7 @@ impl LlamaVocabulary {
                     })
                 })
                 .collect();
-            let ids = |add_special| -> Vec<u32> {
-                vocab
-                    .tokenize(b"a", add_special, false)
-                    .into_iter()
-                    .map(|t| t.0 as u32)
-                    .collect()
-            };
+            let ids = |add_special| ids(vocab.tokenize(b"a", add_special, false));
             // llama.cpp adds BOS (and EOS, for the few models that ask) around the text; where
             // the two tokenizations do not show that shape, the vocabulary's own flags say it.
             let (prefix, suffix) = Markers::edges(&ids(true), &ids(false)).unwrap_or_else(|| {
@@ -77,12 +72,10 @@ impl LlamaVocabulary {
 
     /// llama.cpp's ids of `text` as one string, BOS included where the model wants it.
     pub(super) fn whole(&self, text: &str, parse_special: bool) -> Vec<u32> {
-        self.model
+        ids(self
+            .model
             .vocab()
-            .tokenize(text.as_bytes(), true, parse_special)
-            .into_iter()
-            .map(|t| t.0 as u32)
-            .collect()
+            .tokenize(text.as_bytes(), true, parse_special))
     }
 
     /// The prompt's ids as llama.cpp tokens.
@@ -97,15 +90,18 @@ impl LlamaVocabulary {
     }
 }
 
+/// llama.cpp's tokens as the ids the engine passes around.
+fn ids(tokens: Vec<LlamaToken>) -> Vec<u32> {
+    tokens.into_iter().map(|t| t.0 as u32).collect()
+}
+
 impl Vocabulary for LlamaVocabulary {
     fn plain(&self, text: &str) -> Result<Vec<u32>, EngineError> {
-        Ok(self
-            .model
-            .vocab()
-            .tokenize(text.as_bytes(), false, false)
-            .into_iter()
-            .map(|t| t.0 as u32)
-            .collect())
+        Ok(ids(self.model.vocab().tokenize(
+            text.as_bytes(),
+            false,
+            false,
+        )))
     }
 
     fn markers(&self) -> &Markers {
